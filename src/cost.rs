@@ -1,0 +1,57 @@
+//! Cycle costs. Every default says where it comes from or that it is an assumption; profiles
+//! (TOML) override them.
+
+use serde::{Deserialize, Serialize};
+
+/// Cycle costs of the modelled events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Costs {
+    /// An L1 TLB hit (assumption: 1 cycle, overlapped with the cache access).
+    pub tlb_l1_hit: u64,
+    /// An L2 TLB lookup (assumption: 7 cycles, Skylake STLB latency class).
+    pub tlb_l2_hit: u64,
+    /// A page-walk-cache hit (DMT's model: 1 cycle).
+    pub pwc_hit: u64,
+    /// A page-table read served by the L1 data cache (DMT: 4).
+    pub pt_l1: u64,
+    /// ... by the L2 (DMT: 14).
+    pub pt_l2: u64,
+    /// ... by the LLC (DMT: 54).
+    pub pt_llc: u64,
+    /// ... by memory (DMT: 200).
+    pub pt_memory: u64,
+    /// A VM exit and re-entry, hardware round trip plus minimal handler (AMD SVM measurement on
+    /// LKML, 2020: VMRUN round trip ~1,344–1,376 cycles).
+    pub vm_exit: u64,
+    /// Hypervisor work per page-table entry it reads or writes while handling an exit
+    /// (assumption).
+    pub hv_per_entry: u64,
+    /// A trap into hardware mode (M-mode/PALcode/HMcode) and back (assumption: RISC-V traps are
+    /// tens of cycles plus pipeline flush; reference/arch.md §4.9).
+    pub hw_trap: u64,
+}
+
+impl Default for Costs {
+    fn default() -> Self {
+        Costs {
+            tlb_l1_hit: 1,
+            tlb_l2_hit: 7,
+            pwc_hit: 1,
+            pt_l1: 4,
+            pt_l2: 14,
+            pt_llc: 54,
+            pt_memory: 200,
+            vm_exit: 1_350,
+            hv_per_entry: 50,
+            hw_trap: 100,
+        }
+    }
+}
+
+impl Costs {
+    /// Page-table read latency by cache level (l1, l2, llc, memory).
+    pub const fn pt_latency(&self) -> [u64; 4] {
+        [self.pt_l1, self.pt_l2, self.pt_llc, self.pt_memory]
+    }
+}

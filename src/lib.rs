@@ -1,0 +1,27 @@
+//! memvirt: a fast, bit-accurate simulator of memory virtualization.
+//!
+//! Where things live:
+//! - [`addr`]: one type per address space (`Gva`, `Gpa`, `Hpa`, `Hva`), page sizes and levels.
+//! - [`paging`]: page-table formats as data, entry families (RISC-V, x86, EPT), the generic
+//!   walker and the mapper.
+//! - [`mem`]: host frames, guest memory backed by them, and the views walks read through.
+//! - [`mmu`]: the per-vCPU hardware: TLBs, page-walk caches, nested TLB, page-table-read cache,
+//!   all built on one set-associative table.
+//! - [`scheme`]: the memory-virtualization schemes behind one trait.
+//! - [`machine`]: a vCPU, its memory and a scheme, driven access by access.
+//!
+//! See `DESIGN.md` at the repository root for the layers and the non-goals.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod addr;
+pub mod cost;
+pub mod fixture;
+pub mod machine;
+pub mod mem;
+pub mod mmu;
+pub mod paging;
+pub mod scheme;
+pub mod stats;
+
+pub use addr::{Asid, Gfn, Gpa, Gva, Gvpn, Hfn, Hpa, Hva, Level, PageSize, Vmid};

@@ -1,0 +1,373 @@
+//! A vCPU with its memory, driven access by access, and the [`Scheme`] that decides what the
+//! hardware walks on a TLB miss and how the hypervisor learns of guest page-table changes.
+//!
+//! The split is the one DESIGN.md §3 draws: [`Platform`] is everything a scheme may touch (host
+//! memory, the guest's memory map, the MMU, the guest's registers, counters and costs); the
+//! scheme is a separate value so that `Machine<S>` dispatches statically on the hot path.
+
+use crate::addr::{Asid, Gfn, Gpa, GuestPhys, GuestVirt, Gva, Hpa, PageSize, Vmid};
+use crate::cost::Costs;
+use crate::mem::{GuestBacking, HostMemory, MemError};
+use crate::mmu::setassoc::GeometryError;
+use crate::mmu::{FlushOp, Mmu, MmuConfig, TranslationFault};
+use crate::paging::mapper::TableStore;
+use crate::paging::walk::PageTable;
+use crate::paging::{Access, Format, Regime};
+use crate::stats::Stats;
+
+/// Simulator errors (never guest-visible events).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    /// Memory ran out.
+    #[error(transparent)]
+    Memory(#[from] MemError),
+    /// A hardware structure had an impossible geometry.
+    #[error(transparent)]
+    Geometry(#[from] GeometryError),
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A scheme reached a state it cannot handle: a bug in memvirt, reported rather than
+    /// panicking.
+    #[error("internal error in scheme {scheme}: {detail}")]
+    Internal {
+        /// Scheme name.
+        scheme: &'static str,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// Why an access did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// A fault the guest must handle (delivered to the guest kernel).
+    GuestFault(TranslationFault),
+    /// The simulation cannot go on.
+    Error(SimError),
+}
+
+impl From<SimError> for Stop {
+    fn from(e: SimError) -> Self {
+        Stop::Error(e)
+    }
+}
+
+impl From<MemError> for Stop {
+    fn from(e: MemError) -> Self {
+        Stop::Error(SimError::Memory(e))
+    }
+}
+
+/// The architecture being simulated: formats and A/D regimes of both stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchConfig {
+    /// The guest's (or native OS's) first-stage format.
+    pub guest_format: Format,
+    /// The nested format (ignored by schemes without a nested table).
+    pub nested_format: Format,
+    /// First-stage regime.
+    pub guest_regime: Regime,
+    /// Nested regime.
+    pub nested_regime: Regime,
+}
+
+impl ArchConfig {
+    /// RISC-V Sv39 guest over Sv39x4, Svadu.
+    pub const RISCV_SV39: ArchConfig = ArchConfig {
+        guest_format: Format::SV39,
+        nested_format: Format::SV39X4,
+        guest_regime: Regime { sum: false, mxr: false, ad: crate::paging::AdPolicy::Hardware },
+        nested_regime: Regime { sum: false, mxr: false, ad: crate::paging::AdPolicy::Hardware },
+    };
+}
+
+/// The guest's current address space: its root table and ASID/PCID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestRoot {
+    /// The guest's table (`satp`/`vsatp`/CR3 root).
+    pub table: PageTable<GuestVirt, GuestPhys>,
+    /// The ASID/PCID.
+    pub asid: Asid,
+}
+
+/// Everything but the scheme.
+#[derive(Debug)]
+pub struct Platform {
+    /// Host physical memory.
+    pub host: HostMemory,
+    /// Guest physical memory and its backing.
+    pub guest_mem: GuestBacking,
+    /// The vCPU's translation hardware.
+    pub mmu: Mmu,
+    /// Formats and regimes.
+    pub arch: ArchConfig,
+    /// The guest's current root, once it has set one.
+    pub root: Option<GuestRoot>,
+    /// Counters.
+    pub stats: Stats,
+    /// Cycle costs.
+    pub costs: Costs,
+}
+
+/// Sizes of the simulated machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlatformConfig {
+    /// Architecture.
+    pub arch: ArchConfig,
+    /// MMU geometry.
+    pub mmu: MmuConfig,
+    /// Guest physical memory in bytes.
+    pub guest_bytes: u64,
+    /// Host physical memory in bytes.
+    pub host_bytes: u64,
+    /// The VMID the guest runs with (`Vmid::HOST` for native runs).
+    pub vmid: Vmid,
+}
+
+impl Platform {
+    /// A fresh platform: empty memory, empty MMU, no root yet.
+    pub fn new(cfg: &PlatformConfig, costs: Costs) -> Result<Self, SimError> {
+        let page = PageSize::Size4K.bytes();
+        if cfg.guest_bytes < page || cfg.host_bytes < page {
+            return Err(SimError::Config(format!(
+                "guest ({} bytes) and host ({} bytes) memory must each hold at least one 4 KiB page",
+                cfg.guest_bytes, cfg.host_bytes
+            )));
+        }
+        let mut mmu = Mmu::new(&cfg.mmu)?;
+        mmu.vmid = cfg.vmid;
+        Ok(Platform {
+            host: HostMemory::new(cfg.host_bytes / page),
+            guest_mem: GuestBacking::new(cfg.guest_bytes / page),
+            mmu,
+            arch: cfg.arch,
+            root: None,
+            stats: Stats::default(),
+            costs,
+        })
+    }
+
+    /// The host frame behind `gfn`, backing it on first use.
+    pub fn back(&mut self, gfn: Gfn) -> Result<Option<crate::addr::Hfn>, MemError> {
+        self.guest_mem.back(gfn, &mut self.host)
+    }
+
+    /// The HPA backing `gpa`, or `None` outside guest memory.
+    pub fn gpa_to_hpa(&mut self, gpa: Gpa) -> Result<Option<Hpa>, MemError> {
+        Ok(self
+            .back(gpa.page())?
+            .map(|hfn| Hpa::new(hfn.addr().as_u64() | gpa.page_offset(PageSize::Size4K))))
+    }
+
+    /// Reads the guest word at `gpa` (no modelled cost: a software or kernel access).
+    pub fn read_guest_u64(&mut self, gpa: Gpa) -> Result<u64, MemError> {
+        Ok(self.gpa_to_hpa(gpa)?.map_or(0, |hpa| self.host.read_u64(hpa)))
+    }
+
+    /// The current guest root.
+    pub fn current_root(&self) -> Result<GuestRoot, SimError> {
+        self.root.ok_or_else(|| SimError::Config("the guest has not set a page-table root".into()))
+    }
+
+    /// Charges a walk's references and returns its cycles.
+    pub fn account_walk(&mut self) -> u64 {
+        let lat = self.costs.pt_latency();
+        let cycles = self.mmu.account_walk(&lat);
+        self.stats.cycles.walk += cycles;
+        cycles
+    }
+}
+
+/// A memory-virtualization scheme: what the hardware walks on a TLB miss, how the hypervisor
+/// learns of guest page-table changes, and what guest root switches and flushes cost.
+///
+/// Each hook receives the [`Platform`]; the scheme keeps its own tables (nested, shadow) and
+/// counts its exits and traps in `p.stats`.
+pub trait Scheme {
+    /// The scheme's name as the command line spells it.
+    fn name(&self) -> &'static str;
+
+    /// The TLB (both levels) missed, or hit without the needed permission: translate `gva` and
+    /// fill the TLB, or report a guest fault.
+    fn tlb_miss(&mut self, p: &mut Platform, gva: Gva, access: Access) -> Result<Hpa, Stop>;
+
+    /// The guest stored `new` over `old` in the 8-byte word at `gpa` (a page-table write, or any
+    /// store the guest kernel makes through its direct map).
+    fn guest_store(
+        &mut self,
+        p: &mut Platform,
+        gpa: Gpa,
+        old: u64,
+        new: u64,
+    ) -> Result<(), SimError> {
+        let _ = (p, gpa, old, new);
+        Ok(())
+    }
+
+    /// The guest kernel wrote a whole data frame (zeroing or copying a page).
+    fn guest_frame_written(&mut self, p: &mut Platform, gfn: Gfn) -> Result<(), SimError> {
+        let _ = (p, gfn);
+        Ok(())
+    }
+
+    /// The guest executed a TLB-maintenance operation. By default the hardware applies it.
+    fn guest_flush(&mut self, p: &mut Platform, op: FlushOp) -> Result<(), SimError> {
+        p.mmu.flush(&op);
+        Ok(())
+    }
+
+    /// The guest switched its page-table root. By default the new root is simply installed.
+    fn guest_root_switch(&mut self, p: &mut Platform, root: GuestRoot) -> Result<(), SimError> {
+        p.root = Some(root);
+        p.mmu.asid = root.asid;
+        Ok(())
+    }
+
+    /// The guest freed an address space whose root was `root`.
+    fn guest_address_space_freed(
+        &mut self,
+        p: &mut Platform,
+        root: GuestRoot,
+    ) -> Result<(), SimError> {
+        let _ = (p, root);
+        Ok(())
+    }
+}
+
+/// A platform driven by a scheme.
+#[derive(Debug)]
+pub struct Machine<S: Scheme> {
+    /// Memory, MMU, counters.
+    pub platform: Platform,
+    /// The scheme.
+    pub scheme: S,
+}
+
+impl<S: Scheme> Machine<S> {
+    /// Joins a platform and a scheme.
+    pub fn new(platform: Platform, scheme: S) -> Self {
+        Machine { platform, scheme }
+    }
+
+    /// One guest access: the L1 TLB, else the L2, else the scheme's miss path.
+    #[inline]
+    pub fn access(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
+        let p = &mut self.platform;
+        p.stats.accesses += 1;
+        if let Some(hpa) = p.mmu.lookup_l1(gva, access) {
+            p.stats.cycles.tlb += p.costs.tlb_l1_hit;
+            return Ok(hpa);
+        }
+        self.access_slow(gva, access)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn access_slow(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
+        let p = &mut self.platform;
+        if let Some(hpa) = p.mmu.lookup_l2(gva, access) {
+            p.stats.cycles.tlb += p.costs.tlb_l2_hit;
+            return Ok(hpa);
+        }
+        p.stats.cycles.tlb += p.costs.tlb_l2_hit;
+        self.scheme.tlb_miss(p, gva, access)
+    }
+
+    /// A guest store of `value` to the word at `gpa`, made by the guest kernel (page-table
+    /// updates included). The scheme sees it after it lands.
+    pub fn guest_store(&mut self, gpa: Gpa, value: u64) -> Result<(), SimError> {
+        let p = &mut self.platform;
+        let Some(hpa) = p.gpa_to_hpa(gpa)? else {
+            return Err(SimError::Config(format!("guest store to {gpa} outside guest memory")));
+        };
+        let old = p.host.read_u64(hpa);
+        p.host.write_u64(hpa, value);
+        self.scheme.guest_store(p, gpa, old, value)
+    }
+
+    /// A guest TLB-maintenance operation.
+    pub fn guest_flush(&mut self, op: FlushOp) -> Result<(), SimError> {
+        self.platform.stats.count_flush(&op);
+        self.scheme.guest_flush(&mut self.platform, op)
+    }
+
+    /// A guest page-table-root switch.
+    pub fn guest_root_switch(&mut self, root: GuestRoot) -> Result<(), SimError> {
+        self.platform.stats.root_switches += 1;
+        self.scheme.guest_root_switch(&mut self.platform, root)
+    }
+
+    /// A table store for guest tables that goes through this machine (so schemes see every
+    /// store), allocating table pages with `alloc`.
+    pub fn guest_tables<'a, A: FnMut() -> Result<Gfn, MemError>>(
+        &'a mut self,
+        alloc: A,
+    ) -> GuestTableStore<'a, S, A> {
+        GuestTableStore { machine: self, alloc, error: None }
+    }
+}
+
+/// [`TableStore`] for guest tables: loads read guest memory, stores go through
+/// [`Machine::guest_store`], new tables come from the guest's frame allocator.
+#[derive(Debug)]
+pub struct GuestTableStore<'a, S: Scheme, A> {
+    machine: &'a mut Machine<S>,
+    alloc: A,
+    /// The first simulator error a store hit (stores cannot fail through the trait).
+    pub error: Option<SimError>,
+}
+
+impl<S: Scheme, A: FnMut() -> Result<Gfn, MemError>> TableStore<GuestPhys>
+    for GuestTableStore<'_, S, A>
+{
+    fn load(&mut self, addr: Gpa) -> u64 {
+        self.machine.platform.read_guest_u64(addr).unwrap_or(0)
+    }
+
+    fn store(&mut self, addr: Gpa, value: u64) {
+        if let Err(e) = self.machine.guest_store(addr, value) {
+            self.error.get_or_insert(e);
+        }
+    }
+
+    fn alloc_table(&mut self, _bytes: u64) -> Result<Gpa, MemError> {
+        let gfn = (self.alloc)()?;
+        // Zero it as the kernel does (a frame write the scheme sees).
+        let p = &mut self.machine.platform;
+        if let Some(hfn) = p.back(gfn)? {
+            p.host.zero_frame(hfn);
+        }
+        if let Err(e) = self.machine.scheme.guest_frame_written(&mut self.machine.platform, gfn) {
+            self.error.get_or_insert(e);
+        }
+        Ok(gfn.addr())
+    }
+}
+
+/// [`TableStore`] for hypervisor tables in host memory (nested and shadow tables).
+#[derive(Debug)]
+pub struct HostTableStore<'a> {
+    /// Host memory.
+    pub host: &'a mut HostMemory,
+}
+
+impl TableStore<crate::addr::HostPhys> for HostTableStore<'_> {
+    fn load(&mut self, addr: Hpa) -> u64 {
+        self.host.read_u64(addr)
+    }
+
+    fn store(&mut self, addr: Hpa, value: u64) {
+        self.host.write_u64(addr, value);
+    }
+
+    fn alloc_table(&mut self, bytes: u64) -> Result<Hpa, MemError> {
+        let frames = bytes.div_ceil(PageSize::Size4K.bytes()).max(1);
+        let first = if frames == 1 {
+            self.host.alloc_frame()?
+        } else {
+            self.host.alloc_contiguous(frames, frames)?
+        };
+        Ok(first.addr())
+    }
+}

@@ -1,0 +1,274 @@
+//! Simulated host physical memory.
+//!
+//! Frames are allocated on demand. A frame used as a page table holds 512 real 8-byte entries; any
+//! other frame carries only a 64-bit content token (enough for end-to-end checks that a
+//! translation reached the right frame). Memory use therefore grows with the number of table pages
+//! and frames touched, never with guest bytes.
+
+use crate::addr::{u64_to_usize, Hfn, Hpa, PAGE_SHIFT};
+
+/// Entries in one 4 KiB table page.
+pub const ENTRIES_PER_PAGE: usize = 512;
+
+type TablePage = Box<[u64; ENTRIES_PER_PAGE]>;
+
+/// Simulator errors of the memory layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemError {
+    /// The host ran out of frames.
+    #[error("host memory exhausted: all {limit} frames ({mib} MiB) are in use")]
+    HostExhausted {
+        /// The frame limit.
+        limit: u64,
+        /// The limit in MiB.
+        mib: u64,
+    },
+    /// The guest ran out of guest-physical frames.
+    #[error("guest physical memory exhausted: all {frames} frames ({mib} MiB) are in use")]
+    GuestExhausted {
+        /// Guest frames.
+        frames: u64,
+        /// The guest's memory in MiB.
+        mib: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Frame {
+    /// Content token of a data frame (0 for a zeroed frame).
+    token: u64,
+    /// 1 + index into `HostMemory::tables` when the frame holds entries, else 0.
+    table: u32,
+    /// Allocated (not on the free list).
+    live: bool,
+}
+
+/// The host's physical memory: a frame allocator plus per-frame contents.
+#[derive(Debug)]
+pub struct HostMemory {
+    frames: Vec<Frame>,
+    tables: Vec<TablePage>,
+    free_tables: Vec<u32>,
+    free_frames: Vec<u64>,
+    limit: u64,
+    live: u64,
+}
+
+impl HostMemory {
+    /// Host memory of `limit_frames` 4 KiB frames. Frame 0 is reserved so that 0 can mean
+    /// "no frame" in compact maps.
+    pub fn new(limit_frames: u64) -> Self {
+        HostMemory {
+            frames: vec![Frame { live: true, ..Frame::default() }],
+            tables: Vec::new(),
+            free_tables: Vec::new(),
+            free_frames: Vec::new(),
+            limit: limit_frames.max(2),
+            live: 0,
+        }
+    }
+
+    /// Allocates one zeroed frame.
+    pub fn alloc_frame(&mut self) -> Result<Hfn, MemError> {
+        if let Some(raw) = self.free_frames.pop() {
+            let hfn = Hfn::new(raw);
+            self.frames[u64_to_usize(raw)].live = true;
+            self.live += 1;
+            return Ok(hfn);
+        }
+        self.alloc_contiguous(1, 1)
+    }
+
+    /// Allocates `count` zeroed, contiguous frames whose first frame number is a multiple of
+    /// `align` (a 16 KiB x4 root needs 4 frames aligned to 4; a 2 MiB backing page 512 to 512).
+    pub fn alloc_contiguous(&mut self, count: u64, align: u64) -> Result<Hfn, MemError> {
+        let next = self.frames.len() as u64;
+        let first = next.div_ceil(align.max(1)) * align.max(1);
+        let end = first + count;
+        if end > self.limit {
+            return Err(MemError::HostExhausted { limit: self.limit, mib: self.limit >> 8 });
+        }
+        // Frames skipped for alignment go on the free list.
+        for skipped in next..first {
+            self.frames.push(Frame::default());
+            self.free_frames.push(skipped);
+        }
+        for _ in first..end {
+            self.frames.push(Frame { live: true, ..Frame::default() });
+        }
+        self.live += count;
+        Ok(Hfn::new(first))
+    }
+
+    /// Returns a frame to the allocator, dropping its contents.
+    pub fn free_frame(&mut self, hfn: Hfn) {
+        let Some(frame) = self.frames.get_mut(u64_to_usize(hfn.as_u64())) else { return };
+        if !frame.live || hfn.as_u64() == 0 {
+            return;
+        }
+        if frame.table != 0 {
+            self.free_tables.push(frame.table - 1);
+        }
+        *frame = Frame::default();
+        self.free_frames.push(hfn.as_u64());
+        self.live -= 1;
+    }
+
+    /// Clears a frame: token 0, every entry 0.
+    pub fn zero_frame(&mut self, hfn: Hfn) {
+        let Some(frame) = self.frames.get_mut(u64_to_usize(hfn.as_u64())) else { return };
+        frame.token = 0;
+        if frame.table != 0 {
+            self.free_tables.push(frame.table - 1);
+            frame.table = 0;
+        }
+    }
+
+    /// Copies the contents (token and entries) of `src` to `dst`.
+    pub fn copy_frame(&mut self, src: Hfn, dst: Hfn) {
+        self.zero_frame(dst);
+        let Some(&from) = self.frames.get(u64_to_usize(src.as_u64())) else { return };
+        if let Some(to) = self.frames.get_mut(u64_to_usize(dst.as_u64())) {
+            to.token = from.token;
+        }
+        if from.table != 0 {
+            let page = self.tables[(from.table - 1) as usize].clone();
+            let idx = self.table_slot(dst);
+            if let Some(idx) = idx {
+                *self.tables[idx] = *page;
+            }
+        }
+    }
+
+    /// The content token of a frame (0 if never written).
+    #[inline]
+    pub fn token(&self, hfn: Hfn) -> u64 {
+        self.frames.get(u64_to_usize(hfn.as_u64())).map_or(0, |f| f.token)
+    }
+
+    /// Sets the content token of a frame.
+    #[inline]
+    pub fn set_token(&mut self, hfn: Hfn, token: u64) {
+        if let Some(f) = self.frames.get_mut(u64_to_usize(hfn.as_u64())) {
+            f.token = token;
+        }
+    }
+
+    /// Reads the 8-byte entry at `hpa` (the address is rounded down to 8 bytes). A frame that
+    /// never held entries reads as zero.
+    #[inline]
+    pub fn read_u64(&self, hpa: Hpa) -> u64 {
+        let raw = hpa.as_u64();
+        let Some(frame) = self.frames.get(u64_to_usize(raw >> PAGE_SHIFT)) else { return 0 };
+        if frame.table == 0 {
+            return 0;
+        }
+        self.tables[(frame.table - 1) as usize][entry_index(raw)]
+    }
+
+    /// Writes the 8-byte entry at `hpa`, giving the frame entry storage if it had none.
+    #[inline]
+    pub fn write_u64(&mut self, hpa: Hpa, value: u64) {
+        let raw = hpa.as_u64();
+        if let Some(idx) = self.table_slot(Hfn::new(raw >> PAGE_SHIFT)) {
+            self.tables[idx][entry_index(raw)] = value;
+        }
+    }
+
+    fn table_slot(&mut self, hfn: Hfn) -> Option<usize> {
+        let frame = self.frames.get_mut(u64_to_usize(hfn.as_u64()))?;
+        if frame.table == 0 {
+            let idx = match self.free_tables.pop() {
+                Some(i) => {
+                    self.tables[i as usize].fill(0);
+                    i
+                }
+                None => {
+                    self.tables.push(Box::new([0; ENTRIES_PER_PAGE]));
+                    u32::try_from(self.tables.len() - 1).ok()?
+                }
+            };
+            frame.table = idx + 1;
+        }
+        Some((frame.table - 1) as usize)
+    }
+
+    /// Frames currently allocated.
+    pub fn frames_in_use(&self) -> u64 {
+        self.live
+    }
+
+    /// Frames currently holding page-table entries.
+    pub fn table_frames(&self) -> u64 {
+        (self.tables.len() - self.free_tables.len()) as u64
+    }
+
+    /// The frame limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+}
+
+#[inline]
+fn entry_index(raw: u64) -> usize {
+    u64_to_usize((raw >> 3) & (ENTRIES_PER_PAGE as u64 - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_untouched_frames_read_zero() {
+        let mut mem = HostMemory::new(64);
+        let f = mem.alloc_frame().unwrap();
+        assert_eq!(mem.read_u64(f.addr()), 0);
+        let slot = f.addr().checked_add(8 * 7).unwrap();
+        mem.write_u64(slot, 0xdead_beef);
+        assert_eq!(mem.read_u64(slot), 0xdead_beef);
+        assert_eq!(mem.read_u64(f.addr()), 0);
+        assert_eq!(mem.table_frames(), 1);
+    }
+
+    #[test]
+    fn frame_zero_is_never_handed_out() {
+        let mut mem = HostMemory::new(8);
+        let frames: Vec<u64> = (0..7).map(|_| mem.alloc_frame().unwrap().as_u64()).collect();
+        assert!(!frames.contains(&0));
+        assert!(matches!(mem.alloc_frame(), Err(MemError::HostExhausted { .. })));
+    }
+
+    #[test]
+    fn contiguous_allocations_are_aligned_and_skipped_frames_reused() {
+        let mut mem = HostMemory::new(64);
+        let root = mem.alloc_contiguous(4, 4).unwrap();
+        assert_eq!(root.as_u64() % 4, 0);
+        // Frames 1..4 were skipped for alignment and go to later single allocations.
+        let reused = mem.alloc_frame().unwrap();
+        assert!(reused.as_u64() < root.as_u64());
+        assert_eq!(mem.frames_in_use(), 5);
+    }
+
+    #[test]
+    fn freeing_releases_table_storage() {
+        let mut mem = HostMemory::new(16);
+        let f = mem.alloc_frame().unwrap();
+        mem.write_u64(f.addr(), 1);
+        mem.free_frame(f);
+        assert_eq!(mem.table_frames(), 0);
+        assert_eq!(mem.frames_in_use(), 0);
+        let g = mem.alloc_frame().unwrap();
+        assert_eq!(mem.read_u64(g.addr()), 0, "a reallocated frame starts zeroed");
+    }
+
+    #[test]
+    fn copy_frame_copies_token_and_entries() {
+        let mut mem = HostMemory::new(16);
+        let (a, b) = (mem.alloc_frame().unwrap(), mem.alloc_frame().unwrap());
+        mem.set_token(a, 42);
+        mem.write_u64(a.addr().checked_add(16).unwrap(), 7);
+        mem.copy_frame(a, b);
+        assert_eq!(mem.token(b), 42);
+        assert_eq!(mem.read_u64(b.addr().checked_add(16).unwrap()), 7);
+    }
+}

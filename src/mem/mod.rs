@@ -1,0 +1,10 @@
+//! Simulated memory: host frames, the guest's physical memory backed by them, and the views the
+//! walker reads page-table entries through.
+
+pub mod backing;
+pub mod host;
+pub mod views;
+
+pub use backing::GuestBacking;
+pub use host::{HostMemory, MemError};
+pub use views::{GuestTableMemory, HostTableMemory, OutsideGuestMemory};

@@ -1,0 +1,394 @@
+//! The per-vCPU hardware: combined TLB, page-walk caches for each dimension, the nested TLB and
+//! the page-table-read cache, all built on [`setassoc::SetAssoc`]. The [`Mmu`] runs the hardware
+//! walks (one- and two-dimensional) with these structures and counts what they cost.
+
+pub mod flush;
+pub mod nested;
+pub mod ptcache;
+pub mod pwc;
+pub mod setassoc;
+pub mod tlb;
+
+use serde::Serialize;
+
+pub use flush::{FlushOp, InvpcidType};
+pub use ptcache::{MemLevel, PtCacheConfig};
+pub use tlb::{Geometry, TlbConfig, TlbEntry};
+
+use self::nested::{NestedFault, NestedPath, NestedTlb, TwoDimMemory};
+use self::ptcache::PtCache;
+use self::pwc::{PageWalkCache, PwcConfig};
+use self::setassoc::GeometryError;
+use self::tlb::Tlb;
+use crate::addr::{
+    Asid, Gpa, GuestPhys, GuestVirt, Gva, HostPhys, Hpa, Level, PageSize, Space, Vmid,
+};
+use crate::mem::{GuestBacking, GuestTableMemory, HostMemory, HostTableMemory, OutsideGuestMemory};
+use crate::paging::walk::{walk, Leaf, PageTable, WalkError, WalkFault, WalkTrace};
+use crate::paging::{Access, AllowMask, ArchCause, Family, FaultKind, Format, Regime, Stage};
+
+/// Geometry of every structure of the MMU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct MmuConfig {
+    /// Combined TLB.
+    pub tlb: TlbConfig,
+    /// First-dimension page-walk caches, for entries at levels 1..4.
+    pub pwc: PwcConfig,
+    /// Nested-dimension page-walk caches.
+    pub nested_pwc: PwcConfig,
+    /// Nested TLB.
+    pub ntlb: Geometry,
+    /// Page-table-read cache.
+    pub ptcache: PtCacheConfig,
+}
+
+impl Default for MmuConfig {
+    /// Defaults: a Skylake-like TLB (see [`TlbConfig`]); page-walk caches of 32/4/2/2 entries for
+    /// levels 1–4 (Intel's PDE/PDPTE/PML4E caches, sizes an assumption in line with Bhargava et
+    /// al.'s PWC study); a 32-entry nested TLB (assumption).
+    fn default() -> Self {
+        let pwc = [
+            Geometry { entries: 32, ways: 4 },
+            Geometry { entries: 4, ways: 4 },
+            Geometry { entries: 2, ways: 2 },
+            Geometry { entries: 2, ways: 2 },
+        ];
+        MmuConfig {
+            tlb: TlbConfig::default(),
+            pwc,
+            nested_pwc: pwc,
+            ntlb: Geometry { entries: 32, ways: 4 },
+            ptcache: PtCacheConfig::default(),
+        }
+    }
+}
+
+impl MmuConfig {
+    /// The same TLB with every page-walk cache and the nested TLB turned off (cold-walk analysis).
+    pub fn without_walk_caches(mut self) -> Self {
+        self.pwc = [Geometry::OFF; 4];
+        self.nested_pwc = [Geometry::OFF; 4];
+        self.ntlb = Geometry::OFF;
+        self
+    }
+}
+
+/// What the MMU counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MmuStats {
+    /// Translations answered by an L1 TLB.
+    pub l1_hits: u64,
+    /// Translations answered by the L2 TLB.
+    pub l2_hits: u64,
+    /// Translations that missed both levels.
+    pub misses: u64,
+    /// Walks accounted (hardware or software).
+    pub walks: u64,
+    /// Entry reads in the first dimension.
+    pub guest_refs: u64,
+    /// Entry reads in the nested dimension.
+    pub nested_refs: u64,
+    /// A/D updates written back.
+    pub ad_writes: u64,
+    /// References served by each level of the page-table-read cache (l1, l2, llc, memory).
+    pub refs_by_level: [u64; 4],
+    /// Histogram of reads per walk.
+    pub refs_histogram: RefHistogram,
+    /// First-dimension page-walk-cache counters.
+    pub pwc: pwc::PwcStats,
+    /// Nested page-walk-cache counters.
+    pub nested_pwc: pwc::PwcStats,
+    /// Nested TLB counters.
+    pub ntlb: nested::NtlbStats,
+}
+
+/// Walks by number of entry reads: bucket `i` counts walks that read `i` entries; the last bucket
+/// collects the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefHistogram(pub [u64; 48]);
+
+impl Default for RefHistogram {
+    fn default() -> Self {
+        RefHistogram([0; 48])
+    }
+}
+
+impl Serialize for RefHistogram {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Trailing empty buckets are noise in reports.
+        let used = self.0.iter().rposition(|&n| n != 0).map_or(0, |i| i + 1);
+        self.0[..used].serialize(s)
+    }
+}
+
+/// A fault found by a hardware walk, in the form the scheme and the guest need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TranslationFault {
+    /// The address being translated.
+    pub gva: Gva,
+    /// The access.
+    pub access: Access,
+    /// Which table faulted.
+    pub stage: Stage,
+    /// Why.
+    pub kind: FaultKind,
+    /// The level of the faulting entry.
+    pub level: Level,
+    /// For nested faults, the GPA whose translation failed.
+    pub gpa: Option<Gpa>,
+    /// For nested faults, whether that GPA was the final one (not a guest table entry).
+    pub final_translation: bool,
+    /// The architectural encoding.
+    pub cause: ArchCause,
+}
+
+impl TranslationFault {
+    /// A fault in a first-stage table of `format`.
+    pub fn first_stage(gva: Gva, access: Access, format: &Format, f: WalkFault) -> Self {
+        TranslationFault {
+            gva,
+            access,
+            stage: Stage::First,
+            kind: f.kind,
+            level: f.level,
+            gpa: None,
+            final_translation: true,
+            cause: format.arch_cause(f.site(access, true)),
+        }
+    }
+
+    fn nested(gva: Gva, access: Access, format: &Format, f: NestedFault) -> Self {
+        // RISC-V reports guest-page faults with the original access type; EPT qualifies the
+        // access actually made (a data read of a guest paging entry).
+        let reported = if format.family == Family::Ept { f.checked } else { access };
+        TranslationFault {
+            gva,
+            access,
+            stage: Stage::Nested,
+            kind: f.fault.kind,
+            level: f.fault.level,
+            gpa: Some(f.gpa),
+            final_translation: f.final_translation,
+            cause: format.arch_cause(f.fault.site(reported, f.final_translation)),
+        }
+    }
+}
+
+/// A complete GVA→HPA translation from a 2D walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Combined {
+    /// The guest leaf (GVA→GPA).
+    pub guest: Leaf<GuestPhys>,
+    /// The nested leaf for the final GPA.
+    pub nested: Leaf<HostPhys>,
+    /// The GPA the guest leaf gives.
+    pub gpa: Gpa,
+    /// The HPA.
+    pub hpa: Hpa,
+    /// TLB entry size: the smaller of the two pages.
+    pub size: PageSize,
+}
+
+/// The vCPU's translation hardware.
+#[derive(Debug, Clone)]
+pub struct Mmu {
+    /// Combined TLB.
+    pub tlb: Tlb,
+    /// First-dimension page-walk caches.
+    pub pwc: PageWalkCache,
+    /// Nested page-walk caches.
+    pub nested_pwc: PageWalkCache,
+    /// Nested TLB.
+    pub ntlb: NestedTlb,
+    /// Page-table-read cache.
+    pub ptcache: PtCache,
+    /// The references of the walk in progress (reused, never reallocated).
+    pub trace: WalkTrace,
+    /// Current VMID (`Vmid::HOST` natively).
+    pub vmid: Vmid,
+    /// Current ASID/PCID.
+    pub asid: Asid,
+    /// Counters.
+    pub stats: MmuStats,
+    cfg: MmuConfig,
+}
+
+impl Mmu {
+    /// Empties every structure (keeping the context and the counters), as after a cold start.
+    pub fn reset(&mut self) {
+        if let Ok(fresh) = Mmu::new(&self.cfg) {
+            let (vmid, asid, stats) = (self.vmid, self.asid, self.stats);
+            *self = Mmu { vmid, asid, stats, ..fresh };
+        }
+    }
+
+    /// An MMU with the given geometry, every structure empty.
+    pub fn new(cfg: &MmuConfig) -> Result<Self, GeometryError> {
+        Ok(Mmu {
+            tlb: Tlb::new(&cfg.tlb)?,
+            pwc: PageWalkCache::new("pwc", &cfg.pwc)?,
+            nested_pwc: PageWalkCache::new("nested_pwc", &cfg.nested_pwc)?,
+            ntlb: NestedTlb::new(cfg.ntlb)?,
+            ptcache: PtCache::new(&cfg.ptcache)?,
+            trace: WalkTrace::default(),
+            vmid: Vmid::HOST,
+            asid: Asid(0),
+            stats: MmuStats::default(),
+            cfg: *cfg,
+        })
+    }
+
+    /// The TLB-hit path: an L1 hit, or `None`.
+    #[inline(always)]
+    pub fn lookup_l1(&mut self, gva: Gva, access: Access) -> Option<Hpa> {
+        let hit = self.tlb.lookup_l1(gva, access, self.vmid, self.asid);
+        if hit.is_some() {
+            self.stats.l1_hits += 1;
+        }
+        hit
+    }
+
+    /// The L2 lookup after an L1 miss; counts a miss when it fails too.
+    #[cold]
+    pub fn lookup_l2(&mut self, gva: Gva, access: Access) -> Option<Hpa> {
+        let hit = self.tlb.lookup_l2(gva, access, self.vmid, self.asid);
+        match hit {
+            Some(_) => self.stats.l2_hits += 1,
+            None => self.stats.misses += 1,
+        }
+        hit
+    }
+
+    /// Inserts a translation of `gva` tagged with the current context.
+    pub fn fill(&mut self, gva: Gva, size: PageSize, base: Hpa, global: bool, allow: AllowMask) {
+        let base = Hpa::new(base.as_u64() & !size.offset_mask());
+        self.tlb.insert(TlbEntry::new(gva, size, base, (self.vmid, self.asid, global), allow));
+    }
+
+    /// Applies a TLB-maintenance operation with its exact architectural scope.
+    pub fn flush(&mut self, op: &FlushOp) {
+        let effect = op.effect(self.vmid, self.asid);
+        if let Some(scope) = effect.tlb {
+            self.tlb.flush(&scope);
+        }
+        if let Some(scope) = effect.walk_cache {
+            self.pwc.flush(&scope);
+        }
+        if let Some(scope) = effect.nested {
+            self.ntlb.flush(&scope);
+            self.nested_pwc.flush_vmid(scope.vmid);
+        }
+    }
+
+    /// The native walk: a guest table read straight from guest-physical memory (which is the
+    /// machine's memory), with the first-dimension page-walk caches. Clears the trace first.
+    pub fn walk_native(
+        &mut self,
+        host: &mut HostMemory,
+        backing: &mut GuestBacking,
+        table: &PageTable<GuestVirt, GuestPhys>,
+        regime: &Regime,
+        gva: Gva,
+        access: Access,
+    ) -> Result<Leaf<GuestPhys>, WalkError<OutsideGuestMemory>> {
+        self.trace.clear();
+        let mut mem = GuestTableMemory { host, backing, trace: &mut self.trace };
+        let mut port = self.pwc.port(self.vmid, self.asid);
+        walk(table, gva, access, regime, &mut mem, &mut port)
+    }
+
+    /// A one-dimensional walk of a table in host memory (a shadow table, or a host process's
+    /// table), with the first-dimension page-walk caches. Clears the trace first.
+    pub fn walk_host_table<In: Space>(
+        &mut self,
+        host: &mut HostMemory,
+        table: &PageTable<In, HostPhys>,
+        regime: &Regime,
+        input: crate::addr::Addr<In>,
+        access: Access,
+    ) -> Result<Leaf<HostPhys>, WalkFault> {
+        self.trace.clear();
+        let mut mem =
+            HostTableMemory { host, trace: &mut self.trace, dim: crate::paging::Dim::Guest };
+        let mut port = self.pwc.port(self.vmid, self.asid);
+        walk(table, input, access, regime, &mut mem, &mut port).map_err(|e| match e {
+            WalkError::Fault(f) => f,
+            WalkError::Memory(never) => match never {},
+        })
+    }
+
+    /// The hardware two-dimensional walk: the guest table with every entry's GPA translated by
+    /// the nested dimension (nested TLB, nested page-walk caches, nested table), then the final
+    /// GPA. The trace is cleared first and holds every reference afterwards.
+    #[allow(clippy::too_many_arguments)]
+    pub fn walk_2d(
+        &mut self,
+        host: &mut HostMemory,
+        guest: &PageTable<GuestVirt, GuestPhys>,
+        guest_regime: &Regime,
+        nested: &PageTable<GuestPhys, HostPhys>,
+        nested_regime: &Regime,
+        gva: Gva,
+        access: Access,
+    ) -> Result<Combined, TranslationFault> {
+        self.trace.clear();
+        let (vmid, asid) = (self.vmid, self.asid);
+        let mut mem = TwoDimMemory {
+            nested: NestedPath {
+                host,
+                table: nested,
+                regime: *nested_regime,
+                vmid,
+                ntlb: &mut self.ntlb,
+                npwc: &mut self.nested_pwc,
+                trace: &mut self.trace,
+            },
+        };
+        let mut port = self.pwc.port(vmid, asid);
+        let guest_leaf = match walk(guest, gva, access, guest_regime, &mut mem, &mut port) {
+            Ok(leaf) => leaf,
+            Err(WalkError::Fault(f)) => {
+                return Err(TranslationFault::first_stage(gva, access, guest.format(), f))
+            }
+            Err(WalkError::Memory(f)) => {
+                return Err(TranslationFault::nested(gva, access, nested.format(), f))
+            }
+        };
+        let gpa = guest_leaf.output(gva);
+        let nested_leaf = mem
+            .nested
+            .translate(gpa, access, true)
+            .map_err(|f| TranslationFault::nested(gva, access, nested.format(), f))?;
+        let hpa = nested_leaf.output(gpa);
+        let size = guest_leaf.size.min(nested_leaf.size);
+        Ok(Combined { guest: guest_leaf, nested: nested_leaf, gpa, hpa, size })
+    }
+
+    /// Charges the references in the trace to the page-table-read cache and the counters, and
+    /// returns the cycles they cost with `latency` per cache level.
+    pub fn account_walk(&mut self, latency: &[u64; 4]) -> u64 {
+        let mut cycles = 0;
+        let mut reads = 0usize;
+        for r in self.trace.refs() {
+            let level = self.ptcache.access(r.hpa);
+            self.stats.refs_by_level[level.index()] += 1;
+            cycles += latency[level.index()];
+            if r.write {
+                self.stats.ad_writes += 1;
+                continue;
+            }
+            reads += 1;
+            match r.dim {
+                crate::paging::Dim::Guest => self.stats.guest_refs += 1,
+                crate::paging::Dim::Nested => self.stats.nested_refs += 1,
+            }
+        }
+        self.stats.walks += 1;
+        let bucket = reads.min(self.stats.refs_histogram.0.len() - 1);
+        self.stats.refs_histogram.0[bucket] += 1;
+        self.stats.pwc = self.pwc.stats;
+        self.stats.nested_pwc = self.nested_pwc.stats;
+        self.stats.ntlb = self.ntlb.stats;
+        cycles
+    }
+}

@@ -1,0 +1,225 @@
+//! The nested dimension: the nested TLB (GPA→HPA) and the memory view through which the hardware
+//! two-dimensional walk reads guest entries, translating each entry's GPA first.
+
+use super::flush::NestedScope;
+use super::pwc::PageWalkCache;
+use super::setassoc::{GeometryError, SetAssoc};
+use super::tlb::Geometry;
+use crate::addr::{Asid, Gpa, GuestPhys, HostPhys, Hpa, Level, PageSize, Vmid};
+use crate::mem::{HostMemory, HostTableMemory};
+use crate::paging::walk::{
+    walk, Dim, EntryMemory, Leaf, PageTable, WalkError, WalkFault, WalkRef, WalkTrace,
+};
+use crate::paging::{Access, AccessKind, AdPolicy, Perms, Privilege, Regime};
+
+/// One cached GPA→HPA translation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NtlbEntry {
+    /// Guest frame number at the entry's size.
+    pub gpn: u64,
+    /// Page size.
+    pub size: PageSize,
+    /// VMID tag.
+    pub vmid: Vmid,
+    /// Host base of the page.
+    pub base: Hpa,
+    /// Nested permissions.
+    pub perms: Perms,
+    /// Whether the nested leaf is dirty (stores through a clean entry re-walk).
+    pub dirty: bool,
+}
+
+/// Nested-TLB counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NtlbStats {
+    /// Lookups.
+    pub lookups: u64,
+    /// Hits.
+    pub hits: u64,
+}
+
+/// The nested TLB.
+#[derive(Debug, Clone)]
+pub struct NestedTlb {
+    table: SetAssoc<NtlbEntry>,
+    sizes: u8,
+    /// Counters.
+    pub stats: NtlbStats,
+}
+
+impl NestedTlb {
+    /// A nested TLB of the given geometry.
+    pub fn new(g: Geometry) -> Result<Self, GeometryError> {
+        Ok(NestedTlb {
+            table: SetAssoc::new("ntlb", g.entries, g.ways)?,
+            sizes: 0,
+            stats: NtlbStats::default(),
+        })
+    }
+
+    fn lookup(&mut self, gpa: Gpa, vmid: Vmid, store: bool) -> Option<NtlbEntry> {
+        if self.table.is_disabled() {
+            return None;
+        }
+        self.stats.lookups += 1;
+        for size in PageSize::ALL {
+            if self.sizes & (1 << size.level().index()) == 0 {
+                continue;
+            }
+            let gpn = gpa.as_u64() >> size.shift();
+            let hit = self.table.lookup(gpn, |e| e.gpn == gpn && e.size == size && e.vmid == vmid);
+            if let Some(e) = hit {
+                if store && !e.dirty {
+                    return None;
+                }
+                self.stats.hits += 1;
+                return Some(e);
+            }
+        }
+        None
+    }
+
+    fn insert(&mut self, e: NtlbEntry) {
+        if self.table.is_disabled() {
+            return;
+        }
+        self.sizes |= 1 << e.size.level().index();
+        self.table.insert(e.gpn, e, |o| o.gpn == e.gpn && o.size == e.size && o.vmid == e.vmid);
+    }
+
+    /// Removes the entries `scope` selects.
+    pub fn flush(&mut self, scope: &NestedScope) -> usize {
+        self.table.retain(|e| {
+            let vmid_hit = scope.vmid.is_none_or(|v| v == e.vmid);
+            let gpa_hit = scope.gpa.is_none_or(|g| g.as_u64() >> e.size.shift() == e.gpn);
+            !(vmid_hit && gpa_hit)
+        })
+    }
+
+    /// Valid entries.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
+/// A fault in the nested dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NestedFault {
+    /// The fault in the nested table.
+    pub fault: WalkFault,
+    /// The GPA being translated.
+    pub gpa: Gpa,
+    /// `true` for the final data GPA, `false` for the GPA of a guest table entry.
+    pub final_translation: bool,
+    /// The access the nested walk checked (an implicit load/store for guest-entry accesses).
+    pub checked: Access,
+}
+
+/// The nested dimension's state, borrowed for one translation.
+#[derive(Debug)]
+pub struct NestedPath<'a> {
+    /// Host memory.
+    pub host: &'a mut HostMemory,
+    /// The nested table.
+    pub table: &'a PageTable<GuestPhys, HostPhys>,
+    /// Nested-table A/D policy and regime.
+    pub regime: Regime,
+    /// Current VMID.
+    pub vmid: Vmid,
+    /// Nested TLB.
+    pub ntlb: &'a mut NestedTlb,
+    /// Nested page-walk caches.
+    pub npwc: &'a mut PageWalkCache,
+    /// Reference recorder.
+    pub trace: &'a mut WalkTrace,
+}
+
+impl NestedPath<'_> {
+    /// Translates `gpa` for `checked`: the nested TLB, else a nested walk (filling the TLB).
+    pub fn translate(
+        &mut self,
+        gpa: Gpa,
+        checked: Access,
+        final_translation: bool,
+    ) -> Result<Leaf<HostPhys>, NestedFault> {
+        let store = checked.kind == AccessKind::Store && self.regime.ad != AdPolicy::Ignore;
+        if let Some(e) = self.ntlb.lookup(gpa, self.vmid, store) {
+            if nested_allows(e.perms, checked.kind) {
+                return Ok(Leaf {
+                    base: e.base,
+                    size: e.size,
+                    perms: e.perms,
+                    global: false,
+                    dirty: e.dirty,
+                });
+            }
+        }
+        let mut mem = HostTableMemory { host: self.host, trace: self.trace, dim: Dim::Nested };
+        let mut port = self.npwc.port(self.vmid, Asid(0));
+        match walk(self.table, gpa, checked, &self.regime, &mut mem, &mut port) {
+            Ok(leaf) => {
+                self.ntlb.insert(NtlbEntry {
+                    gpn: gpa.as_u64() >> leaf.size.shift(),
+                    size: leaf.size,
+                    vmid: self.vmid,
+                    base: leaf.base,
+                    perms: leaf.perms,
+                    dirty: leaf.dirty,
+                });
+                Ok(leaf)
+            }
+            Err(WalkError::Fault(fault)) => {
+                Err(NestedFault { fault, gpa, final_translation, checked })
+            }
+            Err(WalkError::Memory(never)) => match never {},
+        }
+    }
+}
+
+/// Nested permission check for a cached entry: G-stage/EPT permissions ignore privilege.
+#[inline]
+fn nested_allows(perms: Perms, kind: AccessKind) -> bool {
+    match kind {
+        AccessKind::Load => perms.contains(Perms::R),
+        AccessKind::Store => perms.contains(Perms::W),
+        AccessKind::Fetch => perms.contains(Perms::X),
+    }
+}
+
+/// Guest tables read by the hardware 2D walker: every entry's GPA goes through the nested
+/// dimension before the entry itself is read.
+#[derive(Debug)]
+pub struct TwoDimMemory<'a> {
+    /// The nested dimension.
+    pub nested: NestedPath<'a>,
+}
+
+/// Implicit accesses to guest tables are checked as loads (stores for A/D updates) at user
+/// privilege (hypervisor spec: G-stage checks VS-table accesses as implicit loads/stores; SDM:
+/// guest paging-structure accesses are data reads/writes for EPT).
+const IMPLICIT_LOAD: Access = Access { kind: AccessKind::Load, privilege: Privilege::User };
+const IMPLICIT_STORE: Access = Access { kind: AccessKind::Store, privilege: Privilege::User };
+
+impl EntryMemory<GuestPhys> for TwoDimMemory<'_> {
+    type Error = NestedFault;
+
+    fn read_entry(&mut self, addr: Gpa, level: Level) -> Result<u64, NestedFault> {
+        let leaf = self.nested.translate(addr, IMPLICIT_LOAD, false)?;
+        let hpa = leaf.output(addr);
+        self.nested.trace.push(WalkRef { hpa, level, dim: Dim::Guest, write: false });
+        Ok(self.nested.host.read_u64(hpa))
+    }
+
+    fn write_entry(&mut self, addr: Gpa, level: Level, value: u64) -> Result<(), NestedFault> {
+        let leaf = self.nested.translate(addr, IMPLICIT_STORE, false)?;
+        let hpa = leaf.output(addr);
+        self.nested.trace.push(WalkRef { hpa, level, dim: Dim::Guest, write: true });
+        self.nested.host.write_u64(hpa, value);
+        Ok(())
+    }
+}

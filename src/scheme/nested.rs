@@ -1,0 +1,196 @@
+//! `nested`: two-dimensional paging (RISC-V G-stage, Intel EPT, AMD NPT). The hardware walks the
+//! guest table and translates every guest-physical address it meets through the nested table,
+//! with page-walk caches and a nested TLB. The hypervisor fills the nested table lazily: a guest
+//! touch of an unmapped guest-physical page is a nested fault (a VM exit) after which the
+//! hypervisor maps it. Guest page-table writes, flushes and root switches need no hypervisor.
+
+use crate::addr::{u64_to_usize, Gfn, Gpa, GuestPhys, Gva, HostPhys, Hpa, PageSize};
+use crate::machine::{HostTableStore, Platform, Scheme, SimError, Stop};
+use crate::mmu::TranslationFault;
+use crate::paging::mapper::{self, MapError};
+use crate::paging::walk::PageTable;
+use crate::paging::{Access, FaultKind, LeafAttrs, Perms, Stage};
+use crate::stats::ExitCause;
+
+/// Options of the nested scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NestedOptions {
+    /// Map all of guest memory before the guest runs (no nested-fault exits at all).
+    pub prepopulate: bool,
+    /// Page size of nested leaves: 4 KiB (default) or 2 MiB (guest memory is backed in
+    /// host-contiguous 2 MiB chunks, so both are legal).
+    pub page_size: PageSize,
+}
+
+impl Default for NestedOptions {
+    fn default() -> Self {
+        NestedOptions { prepopulate: false, page_size: PageSize::Size4K }
+    }
+}
+
+/// Nested paging.
+#[derive(Debug)]
+pub struct Nested {
+    table: PageTable<GuestPhys, HostPhys>,
+    opts: NestedOptions,
+    /// One bit per nested leaf: whether the hypervisor has mapped it (the hypervisor's own
+    /// bookkeeping, so that it need not walk its table to know).
+    mapped: Vec<u64>,
+    /// Nested-table leaves created.
+    pub leaves: u64,
+}
+
+impl Nested {
+    /// Builds an empty nested table (or a full one with `prepopulate`) for the platform's guest.
+    pub fn new(p: &mut Platform, opts: NestedOptions) -> Result<Self, SimError> {
+        let format = p.arch.nested_format;
+        if format.stage != Stage::Nested {
+            return Err(SimError::Config(format!("{format} is not a nested (G-stage/EPT) format")));
+        }
+        if !matches!(opts.page_size, PageSize::Size4K | PageSize::Size2M) {
+            return Err(SimError::Config(format!(
+                "nested pages must be 4K or 2M (guest memory is backed in 2M chunks), not {}",
+                opts.page_size.name()
+            )));
+        }
+        let frames = format.root_bytes() / PageSize::Size4K.bytes();
+        let root = p.host.alloc_contiguous(frames, frames)?.addr();
+        let units =
+            p.guest_mem.frames().div_ceil(opts.page_size.bytes() / PageSize::Size4K.bytes());
+        let mut nested = Nested {
+            table: PageTable::new(root, format),
+            opts,
+            mapped: vec![0; u64_to_usize(units.div_ceil(64))],
+            leaves: 0,
+        };
+        if opts.prepopulate {
+            let step = opts.page_size.bytes() / PageSize::Size4K.bytes();
+            for unit in 0..units {
+                nested.map(p, Gfn::new(unit * step))?;
+            }
+        }
+        Ok(nested)
+    }
+
+    /// The nested table.
+    pub fn table(&self) -> &PageTable<GuestPhys, HostPhys> {
+        &self.table
+    }
+
+    fn unit(&self, gfn: Gfn) -> u64 {
+        gfn.as_u64() >> (self.opts.page_size.shift() - PageSize::Size4K.shift())
+    }
+
+    fn is_mapped(&self, gfn: Gfn) -> bool {
+        let unit = self.unit(gfn);
+        self.mapped.get(u64_to_usize(unit / 64)).is_some_and(|w| w & (1 << (unit % 64)) != 0)
+    }
+
+    /// Maps the nested leaf containing `gfn`; `false` if `gfn` is outside guest memory.
+    fn map(&mut self, p: &mut Platform, gfn: Gfn) -> Result<bool, SimError> {
+        let size = self.opts.page_size;
+        let gpa = gfn.addr().align_down(size);
+        let Some(hfn) = p.back(gpa.page())? else { return Ok(false) };
+        let attrs = LeafAttrs::new(Perms::R | Perms::W | Perms::X | Perms::U);
+        let mut store = HostTableStore { host: &mut p.host };
+        match mapper::map(&self.table, &mut store, gpa, hfn.addr(), size, attrs) {
+            // A new nested entry needs no flush: nothing could have cached its absence
+            // (assumption: the nested TLB does not cache invalid entries).
+            Ok(flush) => flush.ignore(),
+            Err(MapError::Memory(e)) => return Err(e.into()),
+            Err(e) => return Err(SimError::Internal { scheme: "nested", detail: e.to_string() }),
+        }
+        let unit = self.unit(gfn);
+        if let Some(word) = self.mapped.get_mut(u64_to_usize(unit / 64)) {
+            *word |= 1 << (unit % 64);
+        }
+        self.leaves += 1;
+        Ok(true)
+    }
+
+    /// A nested fault for `gfn`: one VM exit, after which the hypervisor maps it.
+    fn nested_fault(&mut self, p: &mut Platform, gfn: Gfn) -> Result<bool, SimError> {
+        p.stats.exit(ExitCause::NestedFault);
+        let levels = u64::from(self.table.format().levels);
+        p.stats.cycles.vm_exit += p.costs.vm_exit + p.costs.hv_per_entry * levels;
+        self.map(p, gfn)
+    }
+
+    fn ensure_mapped(&mut self, p: &mut Platform, gpa: Gpa) -> Result<(), SimError> {
+        if p.guest_mem.contains(gpa.page()) && !self.is_mapped(gpa.page()) {
+            self.nested_fault(p, gpa.page())?;
+        }
+        Ok(())
+    }
+}
+
+impl Scheme for Nested {
+    fn name(&self) -> &'static str {
+        "nested"
+    }
+
+    fn tlb_miss(&mut self, p: &mut Platform, gva: Gva, access: Access) -> Result<Hpa, Stop> {
+        let root = p.current_root()?;
+        let (guest_regime, nested_regime) = (p.arch.guest_regime, p.arch.nested_regime);
+        // Each retry follows one nested fault; a walk meets at most levels+1 unmapped GPAs.
+        for _ in 0..=(root.table.format().levels as usize + 1) {
+            let result = p.mmu.walk_2d(
+                &mut p.host,
+                &root.table,
+                &guest_regime,
+                &self.table,
+                &nested_regime,
+                gva,
+                access,
+            );
+            p.account_walk();
+            match result {
+                Ok(c) => {
+                    let allow =
+                        root.table.format().allow_mask(c.guest.perms, c.guest.dirty, &guest_regime);
+                    p.mmu.fill(gva, c.size, c.hpa, c.guest.global, allow);
+                    return Ok(c.hpa);
+                }
+                Err(f) if f.stage == Stage::Nested && f.kind == FaultKind::NotPresent => {
+                    let gpa = f.gpa.unwrap_or(Gpa::ZERO);
+                    if !self.nested_fault(p, gpa.page())? {
+                        // The guest pointed outside its memory: an access fault for the guest.
+                        p.stats.guest_faults += 1;
+                        return Err(Stop::GuestFault(TranslationFault {
+                            kind: FaultKind::AccessFault,
+                            ..f
+                        }));
+                    }
+                }
+                Err(f) if f.stage == Stage::Nested => {
+                    return Err(Stop::Error(SimError::Internal {
+                        scheme: "nested",
+                        detail: format!("unexpected nested fault {f:?}"),
+                    }));
+                }
+                Err(f) => {
+                    p.stats.guest_faults += 1;
+                    return Err(Stop::GuestFault(f));
+                }
+            }
+        }
+        Err(Stop::Error(SimError::Internal {
+            scheme: "nested",
+            detail: format!("nested faults did not converge for {gva}"),
+        }))
+    }
+
+    fn guest_store(
+        &mut self,
+        p: &mut Platform,
+        gpa: Gpa,
+        _old: u64,
+        _new: u64,
+    ) -> Result<(), SimError> {
+        self.ensure_mapped(p, gpa)
+    }
+
+    fn guest_frame_written(&mut self, p: &mut Platform, gfn: Gfn) -> Result<(), SimError> {
+        self.ensure_mapped(p, gfn.addr())
+    }
+}

@@ -1,0 +1,144 @@
+//! What a run counts, beyond what the MMU counts itself: VM exits and hardware-mode traps by
+//! cause, flushes by kind, guest faults and cycles by category.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::mmu::FlushOp;
+
+macro_rules! cause_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $label:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)*
+        }
+        impl $name {
+            /// Every cause, in report order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+            /// The name used in reports and JSON.
+            pub const fn name(self) -> &'static str {
+                match self { $($name::$variant => $label,)* }
+            }
+        }
+    };
+}
+
+cause_enum!(
+    /// Why the guest left to the hypervisor.
+    ExitCause {
+        /// A nested-table (G-stage/EPT) fault: the hypervisor creates the entry.
+        NestedFault => "nested_fault",
+        /// A store to a write-protected guest page-table page.
+        WriteProtect => "write_protect",
+        /// A shadow-table miss that the hypervisor fills.
+        ShadowFault => "shadow_fault",
+        /// A true guest fault, injected into the guest.
+        GuestFaultInjection => "guest_fault_injection",
+        /// A store to a clean page: dirty-bit emulation.
+        DirtyEmulation => "dirty_emulation",
+        /// A guest page-table-root switch.
+        RootSwitch => "root_switch",
+        /// An intercepted TLB flush.
+        Flush => "flush",
+        /// A shadow-root-buffer miss.
+        BufferMiss => "buffer_miss",
+    }
+);
+
+cause_enum!(
+    /// Why the hardware entered hardware mode (M-mode, PALcode, HMcode) without a VM exit.
+    TrapCause {
+        /// A TLB flush intercepted in hardware mode.
+        Flush => "flush",
+        /// A root switch served from the shadow-root buffer.
+        RootSwitch => "root_switch",
+        /// A software TLB refill.
+        TlbRefill => "tlb_refill",
+        /// A shadow leaf filled in hardware mode.
+        LeafFill => "leaf_fill",
+    }
+);
+
+/// Cycles by category.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Cycles {
+    /// TLB lookups.
+    pub tlb: u64,
+    /// Page-table walks (hardware or software).
+    pub walk: u64,
+    /// VM exits and hypervisor work.
+    pub vm_exit: u64,
+    /// Hardware-mode traps and handlers.
+    pub hw_trap: u64,
+    /// Guest-kernel work.
+    pub guest_kernel: u64,
+    /// Workload compute between accesses.
+    pub compute: u64,
+}
+
+impl Cycles {
+    /// The sum of every category.
+    pub fn total(&self) -> u64 {
+        self.tlb + self.walk + self.vm_exit + self.hw_trap + self.guest_kernel + self.compute
+    }
+}
+
+/// Counters of one run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Guest accesses simulated.
+    pub accesses: u64,
+    /// VM exits by cause.
+    pub exits: [u64; ExitCause::ALL.len()],
+    /// Hardware-mode traps by cause.
+    pub traps: [u64; TrapCause::ALL.len()],
+    /// Guest page faults delivered to the guest.
+    pub guest_faults: u64,
+    /// Flushes by kind.
+    pub flushes: BTreeMap<&'static str, u64>,
+    /// Guest root switches.
+    pub root_switches: u64,
+    /// Cycles by category.
+    pub cycles: Cycles,
+}
+
+impl Stats {
+    /// Counts one VM exit.
+    #[inline]
+    pub fn exit(&mut self, cause: ExitCause) {
+        self.exits[cause as usize] += 1;
+    }
+
+    /// Counts one hardware-mode trap.
+    #[inline]
+    pub fn trap(&mut self, cause: TrapCause) {
+        self.traps[cause as usize] += 1;
+    }
+
+    /// VM exits for `cause`.
+    pub fn exits_for(&self, cause: ExitCause) -> u64 {
+        self.exits[cause as usize]
+    }
+
+    /// Traps for `cause`.
+    pub fn traps_for(&self, cause: TrapCause) -> u64 {
+        self.traps[cause as usize]
+    }
+
+    /// All VM exits.
+    pub fn total_exits(&self) -> u64 {
+        self.exits.iter().sum()
+    }
+
+    /// All hardware-mode traps.
+    pub fn total_traps(&self) -> u64 {
+        self.traps.iter().sum()
+    }
+
+    /// Counts a flush by its kind.
+    pub fn count_flush(&mut self, op: &FlushOp) {
+        *self.flushes.entry(op.name()).or_default() += 1;
+    }
+}
