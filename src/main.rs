@@ -53,15 +53,6 @@ struct CompareArgs {
     no_walk_caches: bool,
 }
 
-impl Cli {
-    fn compare_args(self) -> CompareArgs {
-        match self.command {
-            Some(Command::Compare(args)) => args,
-            _ => unreachable!("parsed from a compare command line"),
-        }
-    }
-}
-
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -74,7 +65,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => compare(&Cli::parse_from(["memvirt", "compare"]).compare_args()),
+        None => match Cli::parse_from(["memvirt", "compare"]).command {
+            Some(Command::Compare(args)) => compare(&args),
+            _ => bail!("internal error: the default command line did not parse as compare"),
+        },
         Some(Command::Compare(args)) => compare(&args),
         Some(Command::List) => {
             println!("schemes:");

@@ -118,11 +118,11 @@ pub fn check_permissions(
     // Step 6: the U bit against the current privilege.
     match privilege {
         Privilege::User if !perms.contains(Perms::U) => return Err(FaultKind::Permission),
-        Privilege::Supervisor if perms.contains(Perms::U) => {
-            // S-mode may never execute user pages; loads/stores need SUM.
-            if access.kind == AccessKind::Fetch || !regime.sum {
-                return Err(FaultKind::Permission);
-            }
+        // S-mode may never execute user pages; loads/stores need SUM.
+        Privilege::Supervisor
+            if perms.contains(Perms::U) && (access.kind == AccessKind::Fetch || !regime.sum) =>
+        {
+            return Err(FaultKind::Permission)
         }
         _ => {}
     }
