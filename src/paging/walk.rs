@@ -17,7 +17,20 @@ use crate::addr::{Addr, Hpa, Level, PageSize, Space};
 /// translating `In` addresses, read with `format`.
 ///
 /// `PageTable<GuestVirt, GuestPhys>` is a guest table, `PageTable<GuestPhys, HostPhys>` a nested
-/// table and `PageTable<GuestVirt, HostPhys>` a shadow table; they cannot be confused.
+/// table and `PageTable<GuestVirt, HostPhys>` a shadow table; they cannot be confused:
+///
+/// ```compile_fail
+/// use memvirt::addr::{GuestPhys, GuestVirt, HostPhys, Gpa};
+/// use memvirt::paging::{Format, PageTable};
+/// let guest: PageTable<GuestVirt, GuestPhys> = PageTable::new(Gpa::ZERO, Format::SV39);
+/// let shadow: PageTable<GuestVirt, HostPhys> = guest; // a guest table is not a shadow table
+/// ```
+///
+/// ```compile_fail
+/// use memvirt::addr::{Gpa, Hpa};
+/// let gpa = Gpa::new(0x1000);
+/// let hpa: Hpa = gpa; // guest-physical is not host-physical
+/// ```
 pub struct PageTable<In: Space, Out: Space> {
     root: Addr<Out>,
     format: Format,

@@ -7,6 +7,7 @@
 use crate::addr::{u64_to_usize, Gfn, Gpa, GuestPhys, Gva, HostPhys, Hpa, PageSize};
 use crate::machine::{HostTableStore, Platform, Scheme, SimError, Stop};
 use crate::mmu::TranslationFault;
+use crate::paging::entry::FaultSite;
 use crate::paging::mapper::{self, MapError};
 use crate::paging::walk::PageTable;
 use crate::paging::{Access, FaultKind, LeafAttrs, Perms, Stage};
@@ -154,10 +155,20 @@ impl Scheme for Nested {
                 Err(f) if f.stage == Stage::Nested && f.kind == FaultKind::NotPresent => {
                     let gpa = f.gpa.unwrap_or(Gpa::ZERO);
                     if !self.nested_fault(p, gpa.page())? {
-                        // The guest pointed outside its memory: an access fault for the guest.
+                        // The guest pointed outside its memory: the hypervisor reflects an
+                        // access fault to the guest.
                         p.stats.guest_faults += 1;
+                        let site = FaultSite {
+                            kind: FaultKind::AccessFault,
+                            access,
+                            final_translation: f.final_translation,
+                            perms: Perms::empty(),
+                        };
+                        let cause = root.table.format().arch_cause(site);
                         return Err(Stop::GuestFault(TranslationFault {
                             kind: FaultKind::AccessFault,
+                            stage: Stage::First,
+                            cause,
                             ..f
                         }));
                     }
