@@ -126,3 +126,52 @@ fn a_guest_pointing_outside_its_memory_gets_an_access_fault_not_a_panic() {
     let f = fault(m.access(VA, Access::USER_LOAD));
     assert_eq!((f.kind, f.cause), (FaultKind::AccessFault, ArchCause::RiscV(5)));
 }
+
+/// A 2D walk over an empty nested table faults on the GPA of the guest's root table entry: a
+/// guest-page fault with the original access type on RISC-V (cause 21 for a load, 23 for a
+/// store), an EPT violation qualified as a data read of a guest paging entry on x86.
+#[test]
+fn nested_faults_name_the_guest_table_gpa_and_the_architectural_cause() {
+    use memvirt::paging::EptQual;
+    for (guest, host, load, store) in [
+        (Format::SV39, Format::SV39X4, ArchCause::RiscV(21), ArchCause::RiscV(23)),
+        (
+            Format::X86_64_4LEVEL,
+            Format::EPT_4LEVEL,
+            ArchCause::EptViolation(EptQual(EptQual::READ | EptQual::GLA_VALID)),
+            ArchCause::EptViolation(EptQual(EptQual::READ | EptQual::GLA_VALID)),
+        ),
+    ] {
+        let mut p = fixture::platform(fixture::arch(guest, host), MmuConfig::default()).unwrap();
+        let nested = Nested::new(&mut p, NestedOptions::default()).unwrap();
+        let mut m = Machine::new(p, Native);
+        let g = Guest::new(&mut m, Asid(1)).unwrap();
+        let arch = m.platform.arch;
+        for (access, want) in [(Access::USER_LOAD, load), (Access::KERNEL_STORE, store)] {
+            let f = m
+                .platform
+                .mmu
+                .walk_2d(
+                    &mut m.platform.host,
+                    &g.root.table,
+                    &arch.guest_regime,
+                    nested.table(),
+                    &arch.nested_regime,
+                    VA,
+                    access,
+                )
+                .unwrap_err();
+            assert_eq!(
+                (f.stage, f.kind, f.final_translation),
+                (Stage::Nested, FaultKind::NotPresent, false),
+                "{guest}"
+            );
+            let root_index = guest.index(VA.as_u64(), guest.root_level());
+            assert_eq!(
+                f.gpa.map(|g| g.as_u64()),
+                Some(g.root.table.root().as_u64() + 8 * root_index)
+            );
+            assert_eq!(f.cause, want, "{guest} {access:?}");
+        }
+    }
+}

@@ -311,7 +311,10 @@ where
         let raw = mem.read_entry(entry_addr, level).map_err(WalkError::Memory)?;
         match format.decode(raw, level) {
             Err(kind) => return Err(fault(kind, level, perms)),
-            Ok(Decoded::Invalid) => return Err(fault(FaultKind::NotPresent, level, perms)),
+            // A not-present entry grants nothing: EPT reports the AND over the levels as 000.
+            Ok(Decoded::Invalid) => {
+                return Err(fault(FaultKind::NotPresent, level, Perms::empty()))
+            }
             Ok(Decoded::Table { next, perms: p, global: g, accessed }) => {
                 if !accessed && regime.ad == AdPolicy::Hardware && format.sets_accessed_in_tables()
                 {
