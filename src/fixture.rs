@@ -72,9 +72,9 @@ impl Guest {
         m: &mut Machine<S>,
         asid: Asid,
     ) -> Result<GuestRoot, SimError> {
+        // First-stage roots are one 4 KiB page in every format.
         let format = m.platform.arch.guest_format;
-        let frames = format.root_bytes() / PageSize::Size4K.bytes();
-        let gfn = if frames == 1 { self.alloc()? } else { self.alloc_aligned(PageSize::Size4K)? };
+        let gfn = self.alloc()?;
         let p = &mut m.platform;
         if let Some(hfn) = p.back(gfn)? {
             p.host.zero_frame(hfn);

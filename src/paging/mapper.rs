@@ -3,7 +3,6 @@
 //! creates.
 
 use super::entry::{Decoded, LeafAttrs};
-use super::format::PTE_BYTES;
 use super::walk::PageTable;
 use crate::addr::{Addr, Level, PageSize, Space};
 use crate::mem::MemError;
@@ -197,9 +196,4 @@ pub fn unmap<In: Space, Out: Space, T: TableStore<Out>>(
     va: Addr<In>,
 ) -> Option<(LeafSlot<Out>, PendingFlush<In>)> {
     update_leaf(table, store, va, |_| 0)
-}
-
-/// The address of entry `index` of the table at `table`.
-pub fn entry_at<S: Space>(table: Addr<S>, index: u64) -> Addr<S> {
-    table.wrapping_add(index * PTE_BYTES)
 }
