@@ -14,6 +14,7 @@ use bitflags::bitflags;
 use super::entry::{
     Access, AccessKind, ArchCause, Decoded, EptQual, FaultKind, FaultSite, LeafAttrs, Perms,
 };
+use super::x86::{address, mask, ADDR_FIELD_HI, RESERVED_ADDR};
 use crate::addr::{bits, Level, PAGE_SHIFT};
 
 bitflags! {
@@ -43,32 +44,14 @@ bitflags! {
     }
 }
 
-/// Physical-address width in bits, as for x86 paging. Assumption: 46, as reported by
-/// CPUID.80000008H:EAX bits 7:0 on Skylake-server parts; address bits 51:46 are therefore reserved.
-pub const MAXPHYADDR: u32 = 46;
+/// EPT entries share x86 paging's physical-address width (an assumption: 46 bits).
+pub use super::x86::MAXPHYADDR;
 
 /// The write-back memory type, 6 in the MTRR/PAT encoding (Linux `MTRR_TYPE_WRBACK`), given to
 /// every leaf [`encode_leaf`] builds.
 pub const MEMTYPE_WB: u64 = 6;
 /// Lowest bit of the memory-type field (`VMX_EPT_MT_EPTE_SHIFT`).
 const MEMTYPE_SHIFT: u32 = 3;
-/// Highest bit of the architectural address field (SDM 29.3.2: bits 51:12).
-const ADDR_FIELD_HI: u32 = 51;
-/// Bits 51:MAXPHYADDR: address bits beyond the physical-address width, reserved in every entry.
-const RESERVED_ADDR: u64 = mask(ADDR_FIELD_HI, MAXPHYADDR);
-
-/// A mask of bits `hi..=lo`.
-const fn mask(hi: u32, lo: u32) -> u64 {
-    (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
-}
-
-/// The physical address held by an entry whose address field starts at bit `lo` (12 for tables
-/// and 4 KiB pages, 21 for 2 MiB pages, 30 for 1 GiB pages). Call after the reserved-bit checks.
-#[inline]
-const fn address(raw: u64, lo: u32) -> u64 {
-    raw & mask(MAXPHYADDR - 1, lo)
-}
-
 /// The rights one present entry grants: R, W and X from bits 2:0. EPT has no user bit, so every
 /// entry carries [`Perms::U`] and G-stage-style checks that demand U pass.
 #[inline]

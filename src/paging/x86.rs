@@ -56,21 +56,21 @@ bitflags! {
 pub const MAXPHYADDR: u32 = 46;
 
 /// Highest bit of the architectural address field (SDM 4.5: bits 51:12, MAXPHYADDR at most 52).
-const ADDR_FIELD_HI: u32 = 51;
+pub(super) const ADDR_FIELD_HI: u32 = 51;
 /// Lowest address bit of a 2 MiB or 1 GiB leaf that must be zero: bit 12 below it is PAT.
 const LARGE_RESERVED_LO: u32 = 13;
 /// Bits 51:MAXPHYADDR: address bits beyond the physical-address width, reserved in every entry.
-const RESERVED_ADDR: u64 = mask(ADDR_FIELD_HI, MAXPHYADDR);
+pub(super) const RESERVED_ADDR: u64 = mask(ADDR_FIELD_HI, MAXPHYADDR);
 
 /// A mask of bits `hi..=lo`.
-const fn mask(hi: u32, lo: u32) -> u64 {
+pub(super) const fn mask(hi: u32, lo: u32) -> u64 {
     (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
 }
 
 /// The physical address held by an entry whose address field starts at bit `lo` (12 for tables
 /// and 4 KiB pages, 21 for 2 MiB pages, 30 for 1 GiB pages). Call after the reserved-bit checks.
 #[inline]
-const fn address(raw: u64, lo: u32) -> u64 {
+pub(super) const fn address(raw: u64, lo: u32) -> u64 {
     raw & mask(MAXPHYADDR - 1, lo)
 }
 
