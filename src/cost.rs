@@ -30,6 +30,24 @@ pub struct Costs {
     /// A trap into hardware mode (M-mode/PALcode/HMcode) and back (assumption: RISC-V traps are
     /// tens of cycles plus pipeline flush; reference/arch.md §4.9).
     pub hw_trap: u64,
+    /// Guest-kernel page-fault handler entry, work and return, not counting page zeroing or
+    /// copying (assumption: ~0.3 µs at 3 GHz, the order of a Linux anonymous fault).
+    pub page_fault: u64,
+    /// A system call's entry and return (assumption: ~50 ns).
+    pub syscall: u64,
+    /// A context switch in the guest kernel, scheduler included (assumption: lmbench `lat_ctx`
+    /// with tiny working sets is ~1 µs).
+    pub context_switch: u64,
+    /// Extra kernel work to create a process (fork/exec bookkeeping beyond the page-table
+    /// copying memvirt models entry by entry; assumption).
+    pub process_create: u64,
+    /// Zeroing one 4 KiB page (assumption: 16 bytes per cycle).
+    pub page_zero: u64,
+    /// Copying one 4 KiB page (assumption: twice the zeroing cost).
+    pub page_copy: u64,
+    /// Workload compute between two guest accesses (assumption: about two instructions per
+    /// memory reference at an IPC of one).
+    pub compute_per_access: u64,
 }
 
 impl Default for Costs {
@@ -45,6 +63,13 @@ impl Default for Costs {
             vm_exit: 1_350,
             hv_per_entry: 50,
             hw_trap: 100,
+            page_fault: 1_000,
+            syscall: 150,
+            context_switch: 3_000,
+            process_create: 20_000,
+            page_zero: 256,
+            page_copy: 512,
+            compute_per_access: 2,
         }
     }
 }

@@ -15,13 +15,20 @@
 #![warn(missing_docs)]
 
 pub mod addr;
+pub mod config;
 pub mod cost;
 pub mod fixture;
+pub mod guest;
 pub mod machine;
 pub mod mem;
 pub mod mmu;
 pub mod paging;
+pub mod profile;
+pub mod report;
+pub mod rng;
+pub mod run;
 pub mod scheme;
 pub mod stats;
+pub mod workload;
 
 pub use addr::{Asid, Gfn, Gpa, Gva, Gvpn, Hfn, Hpa, Hva, Level, PageSize, Vmid};

@@ -224,6 +224,11 @@ pub trait Scheme {
         Ok(())
     }
 
+    /// Scheme-specific counters for the report (nested leaves, shadow pages, ...).
+    fn counters(&self, out: &mut std::collections::BTreeMap<&'static str, u64>) {
+        let _ = out;
+    }
+
     /// The guest freed an address space whose root was `root`.
     fn guest_address_space_freed(
         &mut self,
@@ -304,7 +309,7 @@ impl<S: Scheme> Machine<S> {
         &'a mut self,
         alloc: A,
     ) -> GuestTableStore<'a, S, A> {
-        GuestTableStore { machine: self, alloc, error: None }
+        GuestTableStore { machine: self, alloc, error: None, stores: 0, tables: 0 }
     }
 }
 
@@ -316,6 +321,10 @@ pub struct GuestTableStore<'a, S: Scheme, A> {
     alloc: A,
     /// The first simulator error a store hit (stores cannot fail through the trait).
     pub error: Option<SimError>,
+    /// Stores made.
+    pub stores: u64,
+    /// Tables allocated.
+    pub tables: u64,
 }
 
 impl<S: Scheme, A: FnMut() -> Result<Gfn, MemError>> TableStore<GuestPhys>
@@ -326,6 +335,7 @@ impl<S: Scheme, A: FnMut() -> Result<Gfn, MemError>> TableStore<GuestPhys>
     }
 
     fn store(&mut self, addr: Gpa, value: u64) {
+        self.stores += 1;
         if let Err(e) = self.machine.guest_store(addr, value) {
             self.error.get_or_insert(e);
         }
@@ -333,6 +343,7 @@ impl<S: Scheme, A: FnMut() -> Result<Gfn, MemError>> TableStore<GuestPhys>
 
     fn alloc_table(&mut self, _bytes: u64) -> Result<Gpa, MemError> {
         let gfn = (self.alloc)()?;
+        self.tables += 1;
         // Zero it as the kernel does (a frame write the scheme sees).
         let p = &mut self.machine.platform;
         if let Some(hfn) = p.back(gfn)? {

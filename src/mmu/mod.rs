@@ -29,6 +29,7 @@ use crate::paging::{Access, AllowMask, ArchCause, Family, FaultKind, Format, Reg
 
 /// Geometry of every structure of the MMU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MmuConfig {
     /// Combined TLB.
     pub tlb: TlbConfig,

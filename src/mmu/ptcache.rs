@@ -41,6 +41,7 @@ impl MemLevel {
 
 /// Geometry of the three cache levels, in 64-byte lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PtCacheConfig {
     /// L1 lines available to page-table entries.
     pub l1: Geometry,

@@ -69,6 +69,7 @@ impl TlbEntry {
 
 /// Geometry of one table: entries and ways (`ways == entries`: fully associative).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Geometry {
     /// Total entries (0 disables the structure).
     pub entries: usize,
@@ -83,6 +84,7 @@ impl Geometry {
 
 /// TLB geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlbConfig {
     /// L1 for 4 KiB pages.
     pub l1_4k: Geometry,

@@ -204,4 +204,8 @@ impl Scheme for Nested {
     fn guest_frame_written(&mut self, p: &mut Platform, gfn: Gfn) -> Result<(), SimError> {
         self.ensure_mapped(p, gfn.addr())
     }
+
+    fn counters(&self, out: &mut std::collections::BTreeMap<&'static str, u64>) {
+        out.insert("nested_leaves", self.leaves);
+    }
 }

@@ -1,0 +1,21 @@
+//! The guest OS model (DESIGN.md §4): a Linux-like kernel that owns guest physical memory,
+//! builds real page tables in it with ordinary stores, runs processes under a round-robin
+//! scheduler, handles their page faults and issues TLB maintenance where Linux does.
+//!
+//! - [`os`]: boot, the access path, the page-fault handler, scheduling.
+//! - [`syscalls`]: `spawn`, `fork`, `exec`, `exit`, `mmap`, `munmap`, `mprotect`, `brk`.
+//! - [`frames`], [`asid`], [`policy`], [`process`]: the allocators, the flush policy and the
+//!   process structures they use.
+//! - [`config`]: the kernel's tunables.
+
+pub mod asid;
+pub mod config;
+pub mod frames;
+pub mod os;
+pub mod policy;
+pub mod process;
+pub mod syscalls;
+
+pub use config::KernelConfig;
+pub use os::{FaultResolution, GuestStats, Os, OsError};
+pub use process::{Layout, Pid, Vma};

@@ -1,0 +1,617 @@
+//! The guest kernel: boot, the access path with its page-fault handler, and the round-robin
+//! scheduler. System calls are in [`super::syscalls`].
+//!
+//! Every page-table change is an ordinary store into guest memory made through the
+//! [`Machine`], so the scheme sees exactly what a hypervisor would; every TLB-maintenance
+//! instruction is issued where Linux issues it ([`TlbPolicy`]).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::addr::{Gfn, Gpa, GuestPhys, GuestVirt, Gva, Hpa, PageSize};
+use crate::machine::{GuestRoot, Machine, Scheme, SimError, Stop};
+use crate::mem::MemError;
+use crate::mmu::{FlushOp, TranslationFault};
+use crate::paging::mapper::{self, MapError};
+use crate::paging::walk::PageTable;
+use crate::paging::{Access, AccessKind, AdPolicy, Decoded, Format, LeafAttrs, Perms};
+
+use super::asid::{AsidAllocator, AsidFlush, Recycling};
+use super::config::KernelConfig;
+use super::frames::FrameAllocator;
+use super::policy::{Flushes, TlbPolicy};
+use super::process::{Layout, Mm, Pid, Process, Vma};
+
+/// How the kernel resolved a page fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FaultResolution {
+    /// A fresh zeroed page for a first touch.
+    DemandZero,
+    /// The shared zero page, mapped read-only for a first read.
+    ZeroPage,
+    /// A write to a shared page: copied to a private one.
+    CowCopy,
+    /// A write to a copy-on-write page nobody else maps: made writable in place.
+    CowReuse,
+    /// Accessed/dirty bits set by software (RISC-V Svade).
+    AccessedDirty,
+    /// Nothing to do: the entry already allowed the access.
+    Spurious,
+    /// A protection violation: the process was killed.
+    Segv,
+}
+
+impl FaultResolution {
+    /// Every resolution, in report order.
+    pub const ALL: [FaultResolution; 7] = [
+        FaultResolution::DemandZero,
+        FaultResolution::ZeroPage,
+        FaultResolution::CowCopy,
+        FaultResolution::CowReuse,
+        FaultResolution::AccessedDirty,
+        FaultResolution::Spurious,
+        FaultResolution::Segv,
+    ];
+
+    /// The name used in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FaultResolution::DemandZero => "demand_zero",
+            FaultResolution::ZeroPage => "zero_page",
+            FaultResolution::CowCopy => "cow_copy",
+            FaultResolution::CowReuse => "cow_reuse",
+            FaultResolution::AccessedDirty => "accessed_dirty",
+            FaultResolution::Spurious => "spurious",
+            FaultResolution::Segv => "segv",
+        }
+    }
+}
+
+/// What the guest kernel counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuestStats {
+    /// Page faults by resolution.
+    pub faults: [u64; FaultResolution::ALL.len()],
+    /// Leaf entries written (filled, changed or cleared).
+    pub leaf_pte_writes: u64,
+    /// Every page-table store.
+    pub pte_writes: u64,
+    /// System calls.
+    pub syscalls: u64,
+    /// Context switches.
+    pub context_switches: u64,
+    /// Processes created.
+    pub processes: u64,
+    /// Processes killed.
+    pub killed: u64,
+    /// The first kills, described.
+    pub kill_log: Vec<String>,
+    /// Kernel-mode accesses made through the MMU.
+    pub kernel_accesses: u64,
+}
+
+/// Kills described in [`GuestStats::kill_log`] at most.
+pub const KILL_LOG_LIMIT: usize = 16;
+
+/// Why a guest operation did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OsError {
+    /// The process made an access its VMAs do not allow and was killed (SIGSEGV).
+    #[error("{pid} killed: {access:?} at {va} violates its mappings")]
+    Killed {
+        /// The process.
+        pid: Pid,
+        /// The address.
+        va: Gva,
+        /// The access.
+        access: Access,
+    },
+    /// The simulation cannot go on.
+    #[error(transparent)]
+    Sim(#[from] SimError),
+}
+
+impl From<MemError> for OsError {
+    fn from(e: MemError) -> Self {
+        OsError::Sim(SimError::Memory(e))
+    }
+}
+
+/// A bound on faults taken by one access before the kernel gives up (a bug, reported).
+const MAX_FAULTS_PER_ACCESS: usize = 4;
+
+/// FNV-1a's prime: folds history events into the digest.
+const HISTORY_PRIME: u64 = 0x0000_0100_0000_01B3;
+
+/// The guest kernel and the machine it runs on.
+#[derive(Debug)]
+pub struct Os<S: Scheme> {
+    /// The machine (memory, MMU, scheme).
+    pub machine: Machine<S>,
+    /// Guest frames.
+    pub frames: FrameAllocator,
+    /// Tunables.
+    pub cfg: KernelConfig,
+    /// The guest kernel's counters.
+    pub stats: GuestStats,
+    pub(super) policy: TlbPolicy,
+    pub(super) layout: Layout,
+    pub(super) format: Format,
+    pub(super) ad: AdPolicy,
+    /// The kernel's own root: its upper half is copied into every address space.
+    pub(super) template: PageTable<GuestVirt, GuestPhys>,
+    /// The shared zero page.
+    pub(super) zero_frame: Gfn,
+    pub(super) procs: BTreeMap<Pid, Process>,
+    pub(super) run_queue: VecDeque<Pid>,
+    pub(super) current: Option<Pid>,
+    pub(super) next_pid: u32,
+    pub(super) next_mm: u64,
+    pub(super) asids: AsidAllocator,
+    history: u64,
+    slice_left: u64,
+}
+
+impl<S: Scheme> Os<S> {
+    /// Boots the kernel on `machine`: the zero page and the kernel half (a direct map of guest
+    /// memory with global 2 MiB pages, or 4 KiB pages for a tail that does not fill one).
+    pub fn boot(machine: Machine<S>, cfg: KernelConfig) -> Result<Self, OsError> {
+        let p = &machine.platform;
+        let format = p.arch.guest_format;
+        let frames = FrameAllocator::new(p.guest_mem.frames());
+        let recycling = match TlbPolicy::for_format(&format) {
+            TlbPolicy::RiscV => Recycling::Rollover,
+            TlbPolicy::X86 => Recycling::RoundRobin,
+        };
+        let mut os = Os {
+            policy: TlbPolicy::for_format(&format),
+            layout: Layout::for_format(&format),
+            format,
+            ad: p.arch.guest_regime.ad,
+            template: PageTable::new(Gpa::ZERO, format),
+            zero_frame: Gfn::new(0),
+            procs: BTreeMap::new(),
+            run_queue: VecDeque::new(),
+            current: None,
+            next_pid: 1,
+            next_mm: 1,
+            asids: AsidAllocator::new(cfg.asids, recycling),
+            history: 0xCBF2_9CE4_8422_2325,
+            slice_left: cfg.time_slice,
+            machine,
+            frames,
+            cfg,
+            stats: GuestStats::default(),
+        };
+        os.zero_frame = os.frames.alloc()?;
+        let root = os.alloc_zeroed()?;
+        os.template = PageTable::new(root.addr(), format);
+        os.build_direct_map()?;
+        Ok(os)
+    }
+
+    fn build_direct_map(&mut self) -> Result<(), OsError> {
+        let total = self.frames.total() * PageSize::Size4K.bytes();
+        let big = PageSize::Size2M;
+        let attrs =
+            LeafAttrs { perms: Perms::R | Perms::W, global: true, accessed: true, dirty: true };
+        let mut pa = 0;
+        while pa < total {
+            let size = if pa % big.bytes() == 0 && total - pa >= big.bytes() {
+                big
+            } else {
+                PageSize::Size4K
+            };
+            let va = self.layout.direct_map.wrapping_add(pa);
+            let template = self.template;
+            self.map_with(&template, va, Gpa::new(pa), size, attrs)?.ignore();
+            pa += size.bytes();
+        }
+        Ok(())
+    }
+
+    /// Zeroes every counter (the machine's, the MMU's and the kernel's) but keeps all state:
+    /// reports then cover the workload, not the boot.
+    pub fn reset_counters(&mut self) {
+        let p = &mut self.machine.platform;
+        p.stats = crate::stats::Stats::default();
+        p.mmu.stats = crate::mmu::MmuStats::default();
+        self.stats = GuestStats::default();
+    }
+
+    /// The digest of the guest-visible history so far.
+    pub fn history(&self) -> u64 {
+        self.history
+    }
+
+    /// The layout of every process.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The running process.
+    pub fn current(&self) -> Option<Pid> {
+        self.current
+    }
+
+    /// Live processes.
+    pub fn process_count(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// A live process.
+    pub fn process(&self, pid: Pid) -> Option<&Process> {
+        self.procs.get(&pid)
+    }
+
+    /// Guest accesses the current process may still make in its time slice.
+    #[inline]
+    pub fn slice_left(&self) -> u64 {
+        self.slice_left
+    }
+
+    // ----- the access path -------------------------------------------------------------------
+
+    /// A user load by the current process; returns the content token it read.
+    #[inline]
+    pub fn load(&mut self, va: Gva) -> Result<u64, OsError> {
+        let hpa = self.user_access(va, Access::USER_LOAD)?;
+        let token = self.machine.platform.host.token(hpa.page());
+        self.history = (self.history ^ token).wrapping_mul(HISTORY_PRIME);
+        Ok(token)
+    }
+
+    /// A user store by the current process, leaving `token` as the page's content.
+    #[inline]
+    pub fn store(&mut self, va: Gva, token: u64) -> Result<(), OsError> {
+        let hpa = self.user_access(va, Access::USER_STORE)?;
+        self.machine.platform.host.set_token(hpa.page(), token);
+        Ok(())
+    }
+
+    #[inline]
+    fn user_access(&mut self, va: Gva, access: Access) -> Result<Hpa, OsError> {
+        self.slice_left = self.slice_left.saturating_sub(1);
+        match self.machine.access(va, access) {
+            Ok(hpa) => Ok(hpa),
+            Err(stop) => self.fault_and_retry(va, access, stop),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn fault_and_retry(&mut self, va: Gva, access: Access, first: Stop) -> Result<Hpa, OsError> {
+        let mut stop = first;
+        for _ in 0..MAX_FAULTS_PER_ACCESS {
+            match stop {
+                Stop::Error(e) => return Err(e.into()),
+                Stop::GuestFault(f) => self.page_fault(f)?,
+            }
+            match self.machine.access(va, access) {
+                Ok(hpa) => return Ok(hpa),
+                Err(s) => stop = s,
+            }
+        }
+        Err(internal(format!(
+            "{access:?} at {va} still faults after {MAX_FAULTS_PER_ACCESS} faults"
+        )))
+    }
+
+    /// Kernel entry: its cost and its own accesses (to the current kernel stack).
+    pub(super) fn kernel_entry(&mut self, cycles: u64) -> Result<(), OsError> {
+        self.machine.platform.stats.cycles.guest_kernel += cycles;
+        let Some(stack) = self.current.and_then(|p| self.procs.get(&p)).map(|p| p.kernel_stack)
+        else {
+            return Ok(());
+        };
+        for _ in 0..self.cfg.kernel_accesses {
+            self.stats.kernel_accesses += 1;
+            if let Err(stop) = self.machine.access(stack, Access::KERNEL_LOAD) {
+                return Err(internal(format!("kernel stack access at {stack} failed: {stop:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn page_fault(&mut self, f: TranslationFault) -> Result<(), OsError> {
+        let pid = self.current.ok_or_else(|| internal("a page fault with no process".into()))?;
+        self.kernel_entry(self.machine.platform.costs.page_fault)?;
+        let kind_tag = match f.access.kind {
+            AccessKind::Load => 1,
+            AccessKind::Store => 2,
+            AccessKind::Fetch => 3,
+        };
+        self.history =
+            (self.history ^ f.gva.page().as_u64() ^ (kind_tag << 60)).wrapping_mul(HISTORY_PRIME);
+        let va = f.gva;
+        let proc = self.procs.get(&pid).ok_or_else(|| internal(format!("{pid} is gone")))?;
+        let root = proc.mm.root;
+        let asid = proc.mm.asid.unwrap_or_default();
+        let vma = proc.mm.find_vma(va).copied();
+        let Some(vma) = vma.filter(|v| vma_allows(v.perms, f.access)) else {
+            return Err(self.kill(pid, va, f.access));
+        };
+        let page = va.align_down(PageSize::Size4K);
+        let is_store = f.access.kind == AccessKind::Store;
+        let slot = {
+            let mut store =
+                self.machine.guest_tables(|| Err(MemError::GuestExhausted { frames: 0, mib: 0 }));
+            mapper::find_leaf(&root, &mut store, page)
+        };
+        let Some(slot) = slot else {
+            return self.demand_fill(&root, page, vma, f.access);
+        };
+        let Ok(Decoded::Leaf { base, attrs }) = self.format.decode(slot.raw, slot.level) else {
+            return Err(internal(format!("find_leaf returned a non-leaf at {va}")));
+        };
+        if is_store && !attrs.perms.contains(Perms::W) {
+            return self.write_protect_fault(&root, page, Gpa::new(base).page(), vma, asid);
+        }
+        let needs_ad = !attrs.accessed || (is_store && !attrs.dirty);
+        let fmt = self.format;
+        let (resolution, flushes) = if needs_ad && self.ad == AdPolicy::Fault {
+            self.update_leaf(&root, page, |raw| fmt.with_accessed_dirty(raw, is_store))?;
+            (FaultResolution::AccessedDirty, self.policy.after_upgrade(page))
+        } else {
+            // A stale TLB entry: x86's `flush_tlb_fix_spurious_fault` is a no-op, RISC-V fences.
+            (FaultResolution::Spurious, self.policy.after_upgrade(page))
+        };
+        self.count(resolution);
+        self.flush_all(flushes)
+    }
+
+    fn demand_fill(
+        &mut self,
+        root: &PageTable<GuestVirt, GuestPhys>,
+        page: Gva,
+        vma: Vma,
+        access: Access,
+    ) -> Result<(), OsError> {
+        let user = vma.perms | Perms::U;
+        let (gfn, attrs, resolution) = if access.kind != AccessKind::Store
+            && self.cfg.zero_page
+            && !vma.perms.contains(Perms::X)
+        {
+            let ro =
+                LeafAttrs { perms: user - Perms::W, global: false, accessed: true, dirty: false };
+            (self.zero_frame, ro, FaultResolution::ZeroPage)
+        } else {
+            let gfn = self.alloc_zeroed()?;
+            let dirty = access.kind == AccessKind::Store;
+            (
+                gfn,
+                LeafAttrs { perms: user, global: false, accessed: true, dirty },
+                FaultResolution::DemandZero,
+            )
+        };
+        self.map_with(root, page, gfn.addr(), PageSize::Size4K, attrs)?.ignore();
+        self.stats.leaf_pte_writes += 1;
+        self.count(resolution);
+        self.flush_all(self.policy.after_fill(page))
+    }
+
+    fn write_protect_fault(
+        &mut self,
+        root: &PageTable<GuestVirt, GuestPhys>,
+        page: Gva,
+        old: Gfn,
+        vma: Vma,
+        asid: crate::addr::Asid,
+    ) -> Result<(), OsError> {
+        let fmt = self.format;
+        let attrs =
+            LeafAttrs { perms: vma.perms | Perms::U, global: false, accessed: true, dirty: true };
+        if old != self.zero_frame && self.frames.refs(old) == 1 {
+            // wp_page_reuse: nobody else maps it.
+            self.update_leaf(root, page, |_| {
+                fmt.encode_leaf(old.addr().as_u64(), crate::addr::Level::L0, attrs)
+            })?;
+            self.count(FaultResolution::CowReuse);
+            return self.flush_all(self.policy.after_upgrade(page));
+        }
+        // wp_page_copy: a private copy replaces the shared page.
+        let new = self.frames.alloc()?;
+        let costs = self.machine.platform.costs;
+        let p = &mut self.machine.platform;
+        let dst = p.back(new)?.ok_or_else(|| internal(format!("{new:?} outside guest memory")))?;
+        if old == self.zero_frame {
+            p.host.zero_frame(dst);
+            p.stats.cycles.guest_kernel += costs.page_zero;
+        } else {
+            let src =
+                p.back(old)?.ok_or_else(|| internal(format!("{old:?} outside guest memory")))?;
+            p.host.copy_frame(src, dst);
+            p.stats.cycles.guest_kernel += costs.page_copy;
+        }
+        self.machine.scheme.guest_frame_written(&mut self.machine.platform, new)?;
+        self.update_leaf(root, page, |_| {
+            fmt.encode_leaf(new.addr().as_u64(), crate::addr::Level::L0, attrs)
+        })?;
+        if old != self.zero_frame {
+            self.frames.release(old);
+        }
+        self.count(FaultResolution::CowCopy);
+        self.flush_all(self.policy.after_replace(page, asid))
+    }
+
+    fn kill(&mut self, pid: Pid, va: Gva, access: Access) -> OsError {
+        self.count(FaultResolution::Segv);
+        self.stats.killed += 1;
+        let err = OsError::Killed { pid, va, access };
+        if self.stats.kill_log.len() < KILL_LOG_LIMIT {
+            self.stats.kill_log.push(err.to_string());
+        }
+        match self.exit(pid) {
+            Ok(()) => err,
+            Err(e) => e,
+        }
+    }
+
+    fn count(&mut self, r: FaultResolution) {
+        self.stats.faults[r as usize] += 1;
+    }
+
+    // ----- page-table plumbing ---------------------------------------------------------------
+
+    /// A zeroed guest frame (the kernel's `clear_page`, which the scheme sees).
+    pub(super) fn alloc_zeroed(&mut self) -> Result<Gfn, OsError> {
+        let gfn = self.frames.alloc()?;
+        let p = &mut self.machine.platform;
+        if let Some(hfn) = p.back(gfn)? {
+            p.host.zero_frame(hfn);
+        }
+        p.stats.cycles.guest_kernel += p.costs.page_zero;
+        self.machine.scheme.guest_frame_written(&mut self.machine.platform, gfn)?;
+        Ok(gfn)
+    }
+
+    /// Maps through the machine, allocating tables from the kernel's frames.
+    pub(super) fn map_with(
+        &mut self,
+        table: &PageTable<GuestVirt, GuestPhys>,
+        va: Gva,
+        pa: Gpa,
+        size: PageSize,
+        attrs: LeafAttrs,
+    ) -> Result<mapper::PendingFlush<GuestVirt>, OsError> {
+        let frames = &mut self.frames;
+        let mut store = self.machine.guest_tables(|| frames.alloc());
+        let result = mapper::map(table, &mut store, va, pa, size, attrs);
+        self.stats.pte_writes += store.stores;
+        let tables = store.tables;
+        if let Some(e) = store.error.take() {
+            return Err(e.into());
+        }
+        self.machine.platform.stats.cycles.guest_kernel +=
+            tables * self.machine.platform.costs.page_zero;
+        result.map_err(|e| match e {
+            MapError::Memory(m) => OsError::from(m),
+            other => internal(format!("mapping {va}: {other}")),
+        })
+    }
+
+    /// Rewrites the leaf for `va` through the machine.
+    pub(super) fn update_leaf(
+        &mut self,
+        table: &PageTable<GuestVirt, GuestPhys>,
+        va: Gva,
+        update: impl FnOnce(u64) -> u64,
+    ) -> Result<(), OsError> {
+        let mut store =
+            self.machine.guest_tables(|| Err(MemError::GuestExhausted { frames: 0, mib: 0 }));
+        let changed = mapper::update_leaf(table, &mut store, va, update);
+        let error = store.error.take();
+        self.stats.pte_writes += store.stores;
+        if let Some(e) = error {
+            return Err(e.into());
+        }
+        // The caller issues the flush Linux issues for this change.
+        changed.ok_or_else(|| internal(format!("no leaf to update at {va}")))?.1.ignore();
+        self.stats.leaf_pte_writes += 1;
+        Ok(())
+    }
+
+    /// A store of a page-table entry.
+    pub(super) fn store_entry(&mut self, at: Gpa, value: u64) -> Result<(), OsError> {
+        self.stats.pte_writes += 1;
+        self.machine.guest_store(at, value)?;
+        Ok(())
+    }
+
+    /// Reads a page-table entry (kernel software, no modelled cost).
+    pub(super) fn read_entry(&mut self, at: Gpa) -> Result<u64, OsError> {
+        Ok(self.machine.platform.read_guest_u64(at)?)
+    }
+
+    pub(super) fn flush(&mut self, op: FlushOp) -> Result<(), OsError> {
+        self.machine.guest_flush(op)?;
+        Ok(())
+    }
+
+    pub(super) fn flush_all(&mut self, ops: Flushes) -> Result<(), OsError> {
+        for op in ops.iter() {
+            self.flush(op)?;
+        }
+        Ok(())
+    }
+
+    // ----- scheduling ------------------------------------------------------------------------
+
+    /// Makes `pid` the running process: its ASID, root switch and the flush they owe.
+    pub fn switch_to(&mut self, pid: Pid) -> Result<(), OsError> {
+        if self.current == Some(pid) {
+            self.slice_left = self.cfg.time_slice;
+            return Ok(());
+        }
+        let proc = self.procs.get(&pid).ok_or_else(|| internal(format!("{pid} is not alive")))?;
+        let (mm_id, last, root_table) = (proc.mm.id, proc.mm.asid, proc.mm.root);
+        self.stats.context_switches += 1;
+        let (asid, owed) = self.asids.activate(mm_id, last);
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.mm.asid = Some(asid);
+        }
+        self.current = Some(pid);
+        self.slice_left = self.cfg.time_slice;
+        let root = GuestRoot { table: root_table, asid };
+        self.machine.guest_root_switch(root)?;
+        match self.policy {
+            TlbPolicy::RiscV => {
+                if owed == AsidFlush::Everything {
+                    self.flush(self.policy.everything())?;
+                }
+            }
+            TlbPolicy::X86 => {
+                // The CR3 load itself: no-flush unless the PCID was recycled.
+                self.flush(FlushOp::MovCr3 { pcid: asid, noflush: owed == AsidFlush::None })?;
+            }
+        }
+        self.kernel_entry(self.machine.platform.costs.context_switch)
+    }
+
+    /// Round robin: the running process goes to the back of the queue and the next one runs.
+    /// Returns the process now running, or `None` when no process is left.
+    pub fn schedule(&mut self) -> Result<Option<Pid>, OsError> {
+        if let Some(cur) = self.current {
+            if let Some(pos) = self.run_queue.iter().position(|&p| p == cur) {
+                self.run_queue.remove(pos);
+                self.run_queue.push_back(cur);
+            }
+        }
+        let Some(&next) = self.run_queue.front() else { return Ok(None) };
+        self.switch_to(next)?;
+        Ok(Some(next))
+    }
+
+    /// A new address space with the kernel half shared from the kernel's root.
+    pub(super) fn new_mm(&mut self) -> Result<Mm, OsError> {
+        let root_gfn = self.alloc_zeroed()?;
+        let root = PageTable::new(root_gfn.addr(), self.format);
+        let entries = self.format.root_bytes() / crate::paging::format::PTE_BYTES;
+        // pgd_alloc copies the kernel's upper-half entries (zero entries need no store).
+        for i in entries / 2..entries {
+            let from = self.template.root().wrapping_add(i * crate::paging::format::PTE_BYTES);
+            let raw = self.read_entry(from)?;
+            if raw != 0 {
+                self.store_entry(
+                    root.root().wrapping_add(i * crate::paging::format::PTE_BYTES),
+                    raw,
+                )?;
+            }
+        }
+        let id = self.next_mm;
+        self.next_mm += 1;
+        Ok(Mm { id, root, asid: None, vmas: BTreeMap::new(), brk: self.layout.heap })
+    }
+}
+
+/// Whether a VMA with `perms` allows `access`.
+fn vma_allows(perms: Perms, access: Access) -> bool {
+    match access.kind {
+        AccessKind::Load => perms.contains(Perms::R),
+        AccessKind::Store => perms.contains(Perms::W),
+        AccessKind::Fetch => perms.contains(Perms::X),
+    }
+}
+
+pub(crate) fn internal(detail: String) -> OsError {
+    OsError::Sim(SimError::Internal { scheme: "guest kernel", detail })
+}

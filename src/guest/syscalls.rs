@@ -1,0 +1,426 @@
+//! The guest kernel's system calls: process creation (`spawn`, `fork`, `exec`), `exit`, and the
+//! memory calls (`mmap`, `munmap`, `mprotect`, `brk`). Each changes page tables with stores
+//! through the machine and flushes as Linux does.
+
+use crate::addr::{Gfn, Gpa, Gva, Level, PageSize};
+use crate::machine::{GuestRoot, Scheme};
+use crate::paging::format::PTE_BYTES;
+use crate::paging::mapper;
+use crate::paging::{Decoded, Perms};
+
+use super::os::{internal, Os, OsError};
+use super::process::{Mm, Pid, Process, Vma, TEXT_PAGES};
+
+/// Entries per 4 KiB table.
+const ENTRIES: u64 = 512;
+const PAGE: u64 = PageSize::Size4K.bytes();
+
+impl<S: Scheme> Os<S> {
+    /// Creates a process with a fresh address space (text and stack VMAs) and queues it. The
+    /// first process created also becomes the running one.
+    pub fn spawn(&mut self) -> Result<Pid, OsError> {
+        self.machine.platform.stats.cycles.guest_kernel +=
+            self.machine.platform.costs.process_create;
+        let mm = self.new_mm_with_image()?;
+        let pid = self.add_process(mm)?;
+        if self.current.is_none() {
+            self.switch_to(pid)?;
+        }
+        Ok(pid)
+    }
+
+    fn new_mm_with_image(&mut self) -> Result<Mm, OsError> {
+        let mut mm = self.new_mm()?;
+        let l = self.layout;
+        mm.insert(Vma {
+            start: l.text,
+            end: l.text.wrapping_add(TEXT_PAGES * PAGE),
+            perms: Perms::R | Perms::X,
+        });
+        mm.insert(Vma { start: l.stack_bottom, end: l.user_top, perms: Perms::R | Perms::W });
+        Ok(mm)
+    }
+
+    fn add_process(&mut self, mm: Mm) -> Result<Pid, OsError> {
+        let stack = self.frames.alloc()?;
+        let pid = Pid(self.next_pid);
+        self.next_pid += 1;
+        let kernel_stack = self.layout.direct_map.wrapping_add(stack.addr().as_u64());
+        self.procs.insert(pid, Process { pid, mm, kernel_stack });
+        self.run_queue.push_back(pid);
+        self.stats.processes += 1;
+        Ok(pid)
+    }
+
+    fn syscall(&mut self) -> Result<(), OsError> {
+        self.stats.syscalls += 1;
+        self.kernel_entry(self.machine.platform.costs.syscall)
+    }
+
+    fn running(&self, pid: Pid) -> Result<&Process, OsError> {
+        if self.current != Some(pid) {
+            return Err(internal(format!("{pid} made a system call but is not running")));
+        }
+        self.procs.get(&pid).ok_or_else(|| internal(format!("{pid} is not alive")))
+    }
+
+    /// `mmap(NULL, pages * 4096, perms, MAP_PRIVATE | MAP_ANONYMOUS)`: places a VMA top-down and
+    /// returns its start. Nothing is mapped until first touch.
+    pub fn mmap(&mut self, pid: Pid, pages: u64, perms: Perms) -> Result<Gva, OsError> {
+        self.syscall()?;
+        let l = self.layout;
+        let len = pages.checked_mul(PAGE).filter(|&b| b > 0).ok_or_else(|| {
+            OsError::Sim(crate::machine::SimError::Config(format!(
+                "mmap of {pages} pages is impossible"
+            )))
+        })?;
+        let proc = self.running(pid)?;
+        let start = proc.mm.find_gap(len, proc.mm.brk, l.mmap_top).ok_or_else(|| {
+            OsError::Sim(crate::machine::SimError::Config(format!(
+                "mmap of {pages} pages does not fit the {} user address space",
+                self.format.name
+            )))
+        })?;
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.mm.insert(Vma { start, end: start.wrapping_add(len), perms });
+        }
+        Ok(start)
+    }
+
+    /// `munmap(va, pages * 4096)`: clears the entries, frees the pages and flushes the range.
+    pub fn munmap(&mut self, pid: Pid, va: Gva, pages: u64) -> Result<(), OsError> {
+        self.syscall()?;
+        let end = va.wrapping_add(pages * PAGE);
+        let removed = match self.procs.get_mut(&pid) {
+            Some(p) => p.mm.carve(va, end),
+            None => return Err(internal(format!("{pid} is not alive"))),
+        };
+        let mut changed = Vec::new();
+        for vma in removed {
+            self.edit_range(pid, vma.start, vma.end, None, &mut changed)?;
+        }
+        self.flush_range(pid, &changed)
+    }
+
+    /// `mprotect(va, pages * 4096, perms)`: new VMA permissions; present entries lose the rights
+    /// removed (rights added arrive through faults, as copy-on-write requires).
+    pub fn mprotect(&mut self, pid: Pid, va: Gva, pages: u64, perms: Perms) -> Result<(), OsError> {
+        self.syscall()?;
+        let end = va.wrapping_add(pages * PAGE);
+        let removed = match self.procs.get_mut(&pid) {
+            Some(p) => p.mm.carve(va, end),
+            None => return Err(internal(format!("{pid} is not alive"))),
+        };
+        let mut changed = Vec::new();
+        for vma in removed {
+            if let Some(p) = self.procs.get_mut(&pid) {
+                p.mm.insert(Vma { perms, ..vma });
+            }
+            self.edit_range(pid, vma.start, vma.end, Some(perms), &mut changed)?;
+        }
+        self.flush_range(pid, &changed)
+    }
+
+    /// `brk(new)`: moves the heap break, growing or shrinking the heap VMA; returns the break.
+    pub fn brk(&mut self, pid: Pid, pages: u64) -> Result<Gva, OsError> {
+        self.syscall()?;
+        let heap = self.layout.heap;
+        let new = heap.wrapping_add(pages * PAGE);
+        let (old, top) = {
+            let p = self.running(pid)?;
+            (p.mm.brk, p.mm.vmas.range(heap.as_u64() + 1..).next().map(|(_, v)| v.start))
+        };
+        if top.is_some_and(|t| new > t) || new > self.layout.mmap_top {
+            return Err(OsError::Sim(crate::machine::SimError::Config(format!(
+                "brk to {pages} pages collides with the mmap area"
+            ))));
+        }
+        if new < old {
+            let removed = match self.procs.get_mut(&pid) {
+                Some(p) => p.mm.carve(new, old),
+                None => Vec::new(),
+            };
+            let mut changed = Vec::new();
+            for vma in removed {
+                self.edit_range(pid, vma.start, vma.end, None, &mut changed)?;
+            }
+            self.flush_range(pid, &changed)?;
+        } else if new > old {
+            if let Some(p) = self.procs.get_mut(&pid) {
+                p.mm.carve(heap, new);
+                p.mm.insert(Vma { start: heap, end: new, perms: Perms::R | Perms::W });
+            }
+        }
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.mm.brk = new;
+        }
+        Ok(new)
+    }
+
+    /// Clears (`perms = None`) or restricts the present 4 KiB entries in `[start, end)`,
+    /// recording the pages whose entries changed.
+    fn edit_range(
+        &mut self,
+        pid: Pid,
+        start: Gva,
+        end: Gva,
+        perms: Option<Perms>,
+        changed: &mut Vec<Gva>,
+    ) -> Result<(), OsError> {
+        let root = self
+            .procs
+            .get(&pid)
+            .map(|p| p.mm.root)
+            .ok_or_else(|| internal(format!("{pid} is gone")))?;
+        let fmt = self.format;
+        let mut va = start;
+        while va < end {
+            let slot = {
+                let mut store = self.machine.guest_tables(|| {
+                    Err(crate::mem::MemError::GuestExhausted { frames: 0, mib: 0 })
+                });
+                mapper::find_leaf(&root, &mut store, va)
+            };
+            if let Some(slot) = slot {
+                if let Ok(Decoded::Leaf { base, attrs }) = fmt.decode(slot.raw, slot.level) {
+                    let new = match perms {
+                        None => Some(0),
+                        Some(p) => {
+                            let keep = attrs.perms & (p | Perms::U);
+                            (keep != attrs.perms).then(|| {
+                                fmt.encode_leaf(
+                                    base,
+                                    slot.level,
+                                    crate::paging::LeafAttrs { perms: keep, ..attrs },
+                                )
+                            })
+                        }
+                    };
+                    if let Some(value) = new {
+                        self.store_entry(slot.entry, value)?;
+                        self.stats.leaf_pte_writes += 1;
+                        changed.push(va);
+                        if perms.is_none() {
+                            self.release_page(Gpa::new(base).page());
+                        }
+                    }
+                }
+            }
+            va = va.wrapping_add(PAGE);
+        }
+        Ok(())
+    }
+
+    fn release_page(&mut self, gfn: Gfn) {
+        if gfn != self.zero_frame {
+            self.frames.release(gfn);
+        }
+    }
+
+    /// `flush_tlb_range` over the changed pages: page by page up to the threshold, else the
+    /// whole address space.
+    fn flush_range(&mut self, pid: Pid, changed: &[Gva]) -> Result<(), OsError> {
+        let (Some(&first), Some(&last)) = (changed.first(), changed.last()) else {
+            return Ok(());
+        };
+        let asid = self.procs.get(&pid).and_then(|p| p.mm.asid).unwrap_or_default();
+        let span = last.offset_from(first).unwrap_or(0) / PAGE + 1;
+        if span > self.cfg.range_flush_threshold {
+            return self.flush(self.policy.whole_mm(asid));
+        }
+        let mut va = first;
+        for _ in 0..span {
+            self.flush(self.policy.page(va, asid))?;
+            va = va.wrapping_add(PAGE);
+        }
+        Ok(())
+    }
+
+    /// Moves the page at `va` to a fresh frame (a kernel page migration, as the LSP
+    /// micro-benchmark's PTE modification): copy, one leaf store, one single-address flush.
+    pub fn migrate_page(&mut self, pid: Pid, va: Gva) -> Result<(), OsError> {
+        self.syscall()?;
+        let (root, asid) = {
+            let p = self.running(pid)?;
+            (p.mm.root, p.mm.asid.unwrap_or_default())
+        };
+        let page = va.align_down(PageSize::Size4K);
+        let slot = {
+            let mut store = self
+                .machine
+                .guest_tables(|| Err(crate::mem::MemError::GuestExhausted { frames: 0, mib: 0 }));
+            mapper::find_leaf(&root, &mut store, page)
+        };
+        let fmt = self.format;
+        let Some(Ok(Decoded::Leaf { base, attrs })) = slot.map(|s| fmt.decode(s.raw, s.level))
+        else {
+            return Err(internal(format!("migrate_page: {va} is not mapped")));
+        };
+        let old = Gpa::new(base).page();
+        let new = self.frames.alloc()?;
+        let p = &mut self.machine.platform;
+        let (Some(src), Some(dst)) = (p.back(old)?, p.back(new)?) else {
+            return Err(internal(format!("migrate_page: frames outside guest memory at {va}")));
+        };
+        p.host.copy_frame(src, dst);
+        p.stats.cycles.guest_kernel += p.costs.page_copy;
+        self.machine.scheme.guest_frame_written(&mut self.machine.platform, new)?;
+        self.update_leaf(&root, page, |_| fmt.encode_leaf(new.addr().as_u64(), Level::L0, attrs))?;
+        self.release_page(old);
+        self.flush(self.policy.page(page, asid))
+    }
+
+    /// `fork()`: the child gets a copy of the parent's tables; private writable pages become
+    /// copy-on-write in both (write-protected with stores, then `flush_tlb_mm` of the parent).
+    pub fn fork(&mut self, parent: Pid) -> Result<Pid, OsError> {
+        self.syscall()?;
+        self.machine.platform.stats.cycles.guest_kernel +=
+            self.machine.platform.costs.process_create;
+        let (vmas, brk, proot, asid) = {
+            let p = self.running(parent)?;
+            (p.mm.vmas.clone(), p.mm.brk, p.mm.root, p.mm.asid.unwrap_or_default())
+        };
+        let mut mm = self.new_mm()?;
+        mm.vmas = vmas;
+        mm.brk = brk;
+        let croot = mm.root;
+        let mut protected = 0;
+        self.copy_tree(
+            proot.root(),
+            croot.root(),
+            proot.format().root_level(),
+            true,
+            &mut protected,
+        )?;
+        let child = self.add_process(mm)?;
+        // dup_mmap ends with flush_tlb_mm(oldmm).
+        self.flush(self.policy.whole_mm(asid))?;
+        Ok(child)
+    }
+
+    fn copy_tree(
+        &mut self,
+        from: Gpa,
+        to: Gpa,
+        level: Level,
+        root: bool,
+        protected: &mut u64,
+    ) -> Result<(), OsError> {
+        let fmt = self.format;
+        for i in 0..if root { ENTRIES / 2 } else { ENTRIES } {
+            let src = from.wrapping_add(i * PTE_BYTES);
+            let dst = to.wrapping_add(i * PTE_BYTES);
+            let raw = self.read_entry(src)?;
+            match fmt.decode(raw, level) {
+                Ok(Decoded::Invalid) => {}
+                Ok(Decoded::Table { next, .. }) => {
+                    let child = self.alloc_zeroed()?;
+                    self.store_entry(dst, fmt.encode_table(child.addr().as_u64()))?;
+                    let down =
+                        level.down().ok_or_else(|| internal("a table below level 0".into()))?;
+                    self.copy_tree(Gpa::new(next), child.addr(), down, false, protected)?;
+                }
+                Ok(Decoded::Leaf { base, attrs }) => {
+                    let ro = crate::paging::LeafAttrs { perms: attrs.perms - Perms::W, ..attrs };
+                    if attrs.perms.contains(Perms::W) {
+                        self.store_entry(src, fmt.encode_leaf(base, level, ro))?;
+                        self.stats.leaf_pte_writes += 1;
+                        *protected += 1;
+                    }
+                    // copy_present_pte: the child's entry is old (A clear).
+                    let child = crate::paging::LeafAttrs { accessed: false, ..ro };
+                    self.store_entry(dst, fmt.encode_leaf(base, level, child))?;
+                    self.stats.leaf_pte_writes += 1;
+                    let gfn = Gpa::new(base).page();
+                    if gfn != self.zero_frame {
+                        self.frames.share(gfn);
+                    }
+                }
+                Err(_) => return Err(internal(format!("malformed guest entry at {src}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// `execve()`: a fresh address space replaces the old one, which is then torn down.
+    pub fn exec(&mut self, pid: Pid) -> Result<(), OsError> {
+        self.syscall()?;
+        self.machine.platform.stats.cycles.guest_kernel +=
+            self.machine.platform.costs.process_create;
+        self.running(pid)?;
+        let mm = self.new_mm_with_image()?;
+        let old = match self.procs.get_mut(&pid) {
+            Some(p) => std::mem::replace(&mut p.mm, mm),
+            None => return Err(internal(format!("{pid} is gone"))),
+        };
+        // exec_mmap: activate_mm switches to the new space first.
+        self.current = None;
+        self.switch_to(pid)?;
+        self.free_mm(&old, false)
+    }
+
+    /// `exit()`: tears the address space down (with the flush of `tlb_finish_mmu`) and removes
+    /// the process. The next [`Os::schedule`] picks another one.
+    pub fn exit(&mut self, pid: Pid) -> Result<(), OsError> {
+        let Some(proc) = self.procs.get(&pid).cloned() else {
+            return Err(internal(format!("{pid} exited twice")));
+        };
+        if self.current == Some(pid) {
+            self.syscall()?;
+        }
+        let current = self.current == Some(pid);
+        self.free_mm(&proc.mm, current)?;
+        self.frames
+            .release(Gpa::new(proc.kernel_stack.as_u64() - self.layout.direct_map.as_u64()).page());
+        self.procs.remove(&pid);
+        self.run_queue.retain(|&p| p != pid);
+        if current {
+            self.current = None;
+        }
+        Ok(())
+    }
+
+    /// Clears every user entry of `mm` and frees its pages and tables; `loaded` says whether the
+    /// space is still the one the CPU uses (then its ASID is flushed, as `tlb_finish_mmu` does).
+    fn free_mm(&mut self, mm: &Mm, loaded: bool) -> Result<(), OsError> {
+        let level = mm.root.format().root_level();
+        self.teardown_tree(mm.root.root(), level, true)?;
+        if loaded {
+            self.flush(self.policy.whole_mm(mm.asid.unwrap_or_default()))?;
+        }
+        self.asids.release(mm.id);
+        let root = GuestRoot { table: mm.root, asid: mm.asid.unwrap_or_default() };
+        self.machine.scheme.guest_address_space_freed(&mut self.machine.platform, root)?;
+        self.frames.release(mm.root.root().page());
+        Ok(())
+    }
+
+    /// Clears every entry of a user table tree, children first, and frees tables and pages.
+    fn teardown_tree(&mut self, table: Gpa, level: Level, root: bool) -> Result<(), OsError> {
+        let fmt = self.format;
+        for i in 0..if root { ENTRIES / 2 } else { ENTRIES } {
+            let at = table.wrapping_add(i * PTE_BYTES);
+            let raw = self.read_entry(at)?;
+            match fmt.decode(raw, level) {
+                Ok(Decoded::Invalid) => {}
+                Ok(Decoded::Table { next, .. }) => {
+                    let down =
+                        level.down().ok_or_else(|| internal("a table below level 0".into()))?;
+                    self.teardown_tree(Gpa::new(next), down, false)?;
+                    self.store_entry(at, 0)?;
+                    self.frames.release(Gpa::new(next).page());
+                }
+                Ok(Decoded::Leaf { base, .. }) => {
+                    self.store_entry(at, 0)?;
+                    self.stats.leaf_pte_writes += 1;
+                    let pages = PageSize::at_level(level).bytes() / PAGE;
+                    for k in 0..pages {
+                        self.release_page(Gpa::new(base + k * PAGE).page());
+                    }
+                }
+                Err(_) => return Err(internal(format!("malformed guest entry at {at}"))),
+            }
+        }
+        Ok(())
+    }
+}

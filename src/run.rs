@@ -1,0 +1,178 @@
+//! One run: a scheme on a workload under a profile, from an empty machine to a [`Report`].
+//! This is the control plane; it picks the scheme type once and hands a monomorphic
+//! `Os<S>` to the workload loop, so the per-access path is statically dispatched.
+
+use std::collections::BTreeMap;
+
+use crate::config::ConfigError;
+use crate::guest::{FaultResolution, Os, OsError};
+use crate::machine::{Machine, Platform, Scheme, SimError};
+use crate::profile::Profile;
+use crate::report::{CauseCounts, GuestReport, Report, TablesReport, TlbReport, WalkReport};
+use crate::scheme::{Native, Nested, NestedOptions, SchemeKind};
+use crate::workload::{self, WorkloadKind};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    /// The scheme.
+    pub scheme: SchemeKind,
+    /// The workload.
+    pub workload: WorkloadKind,
+    /// `workload.KEY=VALUE` settings, without the `workload.` prefix.
+    pub workload_sets: Vec<(String, String)>,
+    /// The machine.
+    pub profile: Profile,
+    /// The seed of every random choice.
+    pub seed: u64,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A bad profile or workload setting.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The simulation failed (memory exhausted, a bug).
+    #[error("{scheme} on {workload}: {source}")]
+    Sim {
+        /// Scheme name.
+        scheme: &'static str,
+        /// Workload name.
+        workload: &'static str,
+        /// What went wrong.
+        source: SimError,
+    },
+}
+
+/// Runs `spec` to completion. `progress(done, total)` is called now and then, in the
+/// workload's own units.
+pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, RunError> {
+    let sim = |source: SimError| RunError::Sim {
+        scheme: spec.scheme.name(),
+        workload: spec.workload.name(),
+        source,
+    };
+    // Bad settings are reported before any simulation work.
+    let workload = spec.workload.build(spec.seed, &spec.workload_sets)?;
+    let cfg = spec.profile.platform_config()?;
+    let mut platform = Platform::new(&cfg, spec.profile.costs).map_err(sim)?;
+    let result = match spec.scheme {
+        SchemeKind::Native => execute(Machine::new(platform, Native), spec, workload, progress),
+        SchemeKind::Nested => {
+            let scheme = Nested::new(&mut platform, NestedOptions::default()).map_err(sim)?;
+            execute(Machine::new(platform, scheme), spec, workload, progress)
+        }
+    };
+    result.map_err(|e| match e {
+        OsError::Sim(s) => sim(s),
+        // Killed processes are handled by the workload loop; one escaping it is a bug.
+        killed @ OsError::Killed { .. } => {
+            sim(SimError::Internal { scheme: spec.scheme.name(), detail: killed.to_string() })
+        }
+    })
+}
+
+fn execute<S: Scheme>(
+    machine: Machine<S>,
+    spec: &RunSpec,
+    mut workload: workload::Workload,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Report, OsError> {
+    let mut os = Os::boot(machine, spec.profile.kernel)?;
+    os.reset_counters();
+    workload::drive(&mut os, &mut workload, progress)?;
+    Ok(report(&mut os, spec))
+}
+
+fn report<S: Scheme>(os: &mut Os<S>, spec: &RunSpec) -> Report {
+    let user_accesses = os.machine.platform.stats.accesses - os.stats.kernel_accesses;
+    let history = os.history();
+    let p = &mut os.machine.platform;
+    p.stats.cycles.compute = user_accesses * p.costs.compute_per_access;
+    let p = &os.machine.platform;
+    let stats = &p.stats;
+    let mmu = &p.mmu.stats;
+    let accesses = stats.accesses;
+    let guest = &os.stats;
+    let mut counters = BTreeMap::new();
+    os.machine.scheme.counters(&mut counters);
+    let faults = FaultResolution::ALL.iter().map(|&r| (r.name(), guest.faults[r as usize]));
+    Report {
+        scheme: spec.scheme.name().to_owned(),
+        workload: spec.workload.name().to_owned(),
+        profile: spec.profile.name.clone(),
+        seed: spec.seed,
+        accesses,
+        tlb_misses: mmu.misses,
+        walk_refs_per_miss: if mmu.walks == 0 {
+            0.0
+        } else {
+            (mmu.guest_refs + mmu.nested_refs) as f64 / mmu.walks as f64
+        },
+        vm_exits: CauseCounts::exits(stats),
+        hw_traps: CauseCounts::traps(stats),
+        guest_page_faults: stats.guest_faults,
+        cycles: stats.cycles.total(),
+        overhead_vs_native: None,
+        cycles_by_category: stats.cycles,
+        tlb: TlbReport {
+            l1_hits: mmu.l1_hits,
+            l2_hits: mmu.l2_hits,
+            misses: mmu.misses,
+            mpka: if accesses == 0 { 0.0 } else { mmu.misses as f64 * 1000.0 / accesses as f64 },
+        },
+        walk: WalkReport::from_mmu(mmu),
+        flushes: stats.flushes.clone(),
+        root_switches: stats.root_switches,
+        guest: GuestReport {
+            faults: faults.collect(),
+            leaf_pte_writes: guest.leaf_pte_writes,
+            pte_writes: guest.pte_writes,
+            syscalls: guest.syscalls,
+            context_switches: guest.context_switches,
+            processes: guest.processes,
+            killed: guest.killed,
+            frames_in_use: os.frames.in_use(),
+            peak_frames: os.frames.peak(),
+            kill_log: guest.kill_log.clone(),
+            history: format!("{history:016x}"),
+        },
+        tables: TablesReport {
+            host_table_frames: p.host.table_frames(),
+            host_frames: p.host.frames_in_use(),
+        },
+        scheme_counters: counters,
+    }
+}
+
+/// Runs every scheme in `schemes` on `spec`'s workload, plus `native` for the overhead column
+/// if it is not among them, and fills `overhead_vs_native` in each report. Reports come back
+/// in the order of `schemes`.
+pub fn compare(
+    spec: &RunSpec,
+    schemes: &[SchemeKind],
+    progress: &mut dyn FnMut(SchemeKind, u64, u64),
+) -> Result<Vec<Report>, RunError> {
+    let mut reports = Vec::with_capacity(schemes.len());
+    let mut native_cycles = None;
+    for &scheme in schemes {
+        let one = RunSpec { scheme, ..spec.clone() };
+        let r = run(&one, &mut |d, t| progress(scheme, d, t))?;
+        if scheme == SchemeKind::Native {
+            native_cycles = Some(r.cycles);
+        }
+        reports.push(r);
+    }
+    let native = match native_cycles {
+        Some(c) => c,
+        None => {
+            let one = RunSpec { scheme: SchemeKind::Native, ..spec.clone() };
+            run(&one, &mut |d, t| progress(SchemeKind::Native, d, t))?.cycles
+        }
+    };
+    for r in &mut reports {
+        r.set_native(native);
+    }
+    Ok(reports)
+}

@@ -1,0 +1,308 @@
+//! Built-in workloads (DESIGN.md §8): synthetic programs run as guest processes.
+//!
+//! Each workload is a state machine over the guest kernel's API ([`Os`]): it makes user loads
+//! and stores and system calls for the running process until its time slice ends, it blocks
+//! (yields) or it exits, and the [`drive`] loop schedules the next process round robin. Each has
+//! a parameter struct whose fields are its documented parameters, set on the command line with
+//! `--set workload.KEY=VALUE`.
+
+mod multi;
+mod single;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{self, ConfigError};
+use crate::guest::{Os, OsError, Pid};
+use crate::machine::Scheme;
+
+pub use multi::{CtxSw, CtxSwParams, Exec, ExecParams, Fork, ForkParams, Server, ServerParams};
+pub use single::{
+    LspMicro, LspMicroParams, MmapChurn, MmapParams, PageFault, PageFaultParams, PointerChase,
+    PointerChaseParams, RandomAccess, RandomParams, Stream, StreamParams,
+};
+
+/// What a process did with its turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Its time slice ran out.
+    Preempted,
+    /// It blocked (waits for a child, for I/O, for its peer).
+    Yield,
+    /// It is done and exits.
+    Exit,
+}
+
+/// The built-in workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadKind {
+    /// Demand paging.
+    Pagefault,
+    /// Fork with copy-on-write.
+    Fork,
+    /// Many short-lived processes.
+    Exec,
+    /// mmap churn.
+    Mmap,
+    /// Context-switch ping-pong.
+    Ctxsw,
+    /// GUPS-like random access.
+    Random,
+    /// Streaming.
+    Stream,
+    /// Pointer chasing.
+    PointerChase,
+    /// Multi-process server mix.
+    Server,
+    /// The LSP micro-benchmark.
+    LspMicro,
+}
+
+impl WorkloadKind {
+    /// Every workload, in listing order.
+    pub const ALL: [WorkloadKind; 10] = [
+        WorkloadKind::Pagefault,
+        WorkloadKind::Fork,
+        WorkloadKind::Exec,
+        WorkloadKind::Mmap,
+        WorkloadKind::Ctxsw,
+        WorkloadKind::Random,
+        WorkloadKind::Stream,
+        WorkloadKind::PointerChase,
+        WorkloadKind::Server,
+        WorkloadKind::LspMicro,
+    ];
+
+    /// The workloads `memvirt compare` runs when none is named: one of each kind of pressure
+    /// (faults, copy-on-write, process churn, switches, TLB reach, PTE updates).
+    pub const DEFAULT_MIX: [WorkloadKind; 6] = [
+        WorkloadKind::Pagefault,
+        WorkloadKind::Fork,
+        WorkloadKind::Ctxsw,
+        WorkloadKind::Random,
+        WorkloadKind::Stream,
+        WorkloadKind::LspMicro,
+    ];
+
+    /// The name the command line uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadKind::Pagefault => "pagefault",
+            WorkloadKind::Fork => "fork",
+            WorkloadKind::Exec => "exec",
+            WorkloadKind::Mmap => "mmap",
+            WorkloadKind::Ctxsw => "ctxsw",
+            WorkloadKind::Random => "random",
+            WorkloadKind::Stream => "stream",
+            WorkloadKind::PointerChase => "pointer-chase",
+            WorkloadKind::Server => "server",
+            WorkloadKind::LspMicro => "lsp-micro",
+        }
+    }
+
+    /// Looks a workload up by name.
+    pub fn by_name(name: &str) -> Option<WorkloadKind> {
+        Self::ALL.into_iter().find(|w| w.name() == name)
+    }
+
+    /// One line for `memvirt list`.
+    pub fn description(self) -> &'static str {
+        match self {
+            WorkloadKind::Pagefault => "demand paging: one process stores to N fresh pages",
+            WorkloadKind::Fork => {
+                "lmbench-style fork: a parent with a written heap forks children that write part of it (copy-on-write) and exit"
+            }
+            WorkloadKind::Exec => {
+                "exec-heavy: a shell forks children that exec, touch a few fresh pages and exit"
+            }
+            WorkloadKind::Mmap => "mmap churn: mmap a region, store to every page, munmap, repeat",
+            WorkloadKind::Ctxsw => {
+                "context-switch ping-pong: P processes with small working sets take turns"
+            }
+            WorkloadKind::Random => {
+                "GUPS-like random read-modify-write over a large footprint (TLB-miss bound)"
+            }
+            WorkloadKind::Stream => "STREAM triad over three arrays, cache line by cache line",
+            WorkloadKind::PointerChase => {
+                "dependent loads following a random cyclic permutation of pages"
+            }
+            WorkloadKind::Server => {
+                "multi-process server: forked workers share a read-mostly region, map per-request buffers and block between requests"
+            }
+            WorkloadKind::LspMicro => {
+                "LSP micro-benchmark: sequential operations over 1,024 pages, a fraction modify the page's PTE and flush it, the rest access it"
+            }
+        }
+    }
+
+    /// The default parameters, as a TOML-like value (for `memvirt list` and error messages).
+    pub fn default_params(self) -> toml::Value {
+        fn v<T: Serialize>(t: T) -> toml::Value {
+            toml::Value::try_from(t).unwrap_or(toml::Value::Table(toml::map::Map::new()))
+        }
+        match self {
+            WorkloadKind::Pagefault => v(PageFaultParams::default()),
+            WorkloadKind::Fork => v(ForkParams::default()),
+            WorkloadKind::Exec => v(ExecParams::default()),
+            WorkloadKind::Mmap => v(MmapParams::default()),
+            WorkloadKind::Ctxsw => v(CtxSwParams::default()),
+            WorkloadKind::Random => v(RandomParams::default()),
+            WorkloadKind::Stream => v(StreamParams::default()),
+            WorkloadKind::PointerChase => v(PointerChaseParams::default()),
+            WorkloadKind::Server => v(ServerParams::default()),
+            WorkloadKind::LspMicro => v(LspMicroParams::default()),
+        }
+    }
+
+    /// Builds the workload with `sets` (`KEY`, `VALUE` pairs, without the `workload.` prefix)
+    /// applied over its defaults.
+    pub fn build(self, seed: u64, sets: &[(String, String)]) -> Result<Workload, ConfigError> {
+        fn params<T: Serialize + for<'de> Deserialize<'de> + Default + Validate>(
+            sets: &[(String, String)],
+        ) -> Result<T, ConfigError> {
+            let mut p = T::default();
+            for (k, v) in sets {
+                p = config::set(&p, k, v)?;
+            }
+            p.validate()?;
+            Ok(p)
+        }
+        Ok(match self {
+            WorkloadKind::Pagefault => Workload::PageFault(PageFault::new(params(sets)?)),
+            WorkloadKind::Fork => Workload::Fork(Fork::new(params(sets)?)),
+            WorkloadKind::Exec => Workload::Exec(Exec::new(params(sets)?)),
+            WorkloadKind::Mmap => Workload::Mmap(MmapChurn::new(params(sets)?)),
+            WorkloadKind::Ctxsw => Workload::CtxSw(CtxSw::new(params(sets)?)),
+            WorkloadKind::Random => Workload::Random(RandomAccess::new(params(sets)?, seed)),
+            WorkloadKind::Stream => Workload::Stream(Stream::new(params(sets)?)),
+            WorkloadKind::PointerChase => {
+                Workload::PointerChase(PointerChase::new(params(sets)?, seed))
+            }
+            WorkloadKind::Server => Workload::Server(Server::new(params(sets)?, seed)),
+            WorkloadKind::LspMicro => Workload::LspMicro(LspMicro::new(params(sets)?, seed)),
+        })
+    }
+}
+
+/// Parameter checks beyond types.
+pub trait Validate {
+    /// An error naming the bad parameter, if any.
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// `Err` unless `lo <= value <= hi`.
+pub(crate) fn check_range(key: &str, value: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!("workload.{key} = {value} must be between {lo} and {hi}")))
+    }
+}
+
+/// A workload ready to run.
+#[derive(Debug, Clone)]
+pub enum Workload {
+    /// `pagefault`.
+    PageFault(PageFault),
+    /// `fork`.
+    Fork(Fork),
+    /// `exec`.
+    Exec(Exec),
+    /// `mmap`.
+    Mmap(MmapChurn),
+    /// `ctxsw`.
+    CtxSw(CtxSw),
+    /// `random`.
+    Random(RandomAccess),
+    /// `stream`.
+    Stream(Stream),
+    /// `pointer-chase`.
+    PointerChase(PointerChase),
+    /// `server`.
+    Server(Server),
+    /// `lsp-micro`.
+    LspMicro(LspMicro),
+}
+
+/// Dispatches a call to the workload inside the enum (static dispatch: the hot loops stay
+/// monomorphic in the scheme).
+macro_rules! dispatch {
+    ($self:expr, $w:ident => $body:expr) => {
+        match $self {
+            Workload::PageFault($w) => $body,
+            Workload::Fork($w) => $body,
+            Workload::Exec($w) => $body,
+            Workload::Mmap($w) => $body,
+            Workload::CtxSw($w) => $body,
+            Workload::Random($w) => $body,
+            Workload::Stream($w) => $body,
+            Workload::PointerChase($w) => $body,
+            Workload::Server($w) => $body,
+            Workload::LspMicro($w) => $body,
+        }
+    };
+}
+
+impl Workload {
+    /// Creates the first process(es).
+    pub fn start<S: Scheme>(&mut self, os: &mut Os<S>) -> Result<(), OsError> {
+        dispatch!(self, w => w.start(os))
+    }
+
+    /// Runs the current process `pid` for one turn.
+    pub fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
+        dispatch!(self, w => w.run(os, pid))
+    }
+
+    /// The kernel killed `pid`.
+    pub fn killed(&mut self, pid: Pid) {
+        dispatch!(self, w => w.killed(pid))
+    }
+
+    /// Work done so far and in total, in the workload's own units.
+    pub fn progress(&self) -> (u64, u64) {
+        dispatch!(self, w => w.progress())
+    }
+}
+
+/// Runs `workload` to completion: every process runs its turns under the round-robin scheduler
+/// until none is left. `progress` is called between turns with (done, total).
+pub fn drive<S: Scheme>(
+    os: &mut Os<S>,
+    workload: &mut Workload,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(), OsError> {
+    workload.start(os)?;
+    let mut turns = 0u64;
+    loop {
+        let pid = match os.current() {
+            Some(p) => p,
+            None => match os.schedule()? {
+                Some(p) => p,
+                None => break,
+            },
+        };
+        match workload.run(os, pid) {
+            Ok(Step::Preempted | Step::Yield) => {
+                os.schedule()?;
+            }
+            Ok(Step::Exit) => {
+                os.exit(pid)?;
+                os.schedule()?;
+            }
+            Err(OsError::Killed { pid, .. }) => {
+                workload.killed(pid);
+                os.schedule()?;
+            }
+            Err(e) => return Err(e),
+        }
+        turns += 1;
+        if turns % 64 == 0 {
+            let (done, total) = workload.progress();
+            progress(done, total);
+        }
+    }
+    let (_, total) = workload.progress();
+    progress(total, total);
+    Ok(())
+}
