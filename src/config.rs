@@ -61,12 +61,12 @@ pub enum ConfigError {
         message: String,
     },
     /// A file that could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Unreadable {
         /// The path as given.
         path: String,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (printed in the message, so not exposed as a source too).
+        error: std::io::Error,
     },
     /// A profile name that is neither built in nor a file.
     #[error("{}unknown profile `{name}` (not a file either); built-in profiles: {}",

@@ -22,6 +22,7 @@ pub mod guest;
 pub mod machine;
 pub mod mem;
 pub mod mmu;
+pub mod output;
 pub mod paging;
 pub mod profile;
 pub mod report;

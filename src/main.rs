@@ -1,19 +1,33 @@
-//! The `memvirt` command line.
+//! The `memvirt` command line: `list`, `run`, `compare` (the default) and `bench`.
+//!
+//! Everything here is plumbing over the library: arguments become a [`RunSpec`], runs go
+//! through [`run::run`] and [`run::compare`], reports are rendered by [`memvirt::output`]. Errors
+//! are `anyhow` here only, printed as `memvirt: error: ...` with exit code 1; clap's usage errors
+//! keep clap's exit code 2.
 
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
-use memvirt::addr::{Asid, Gva, PageSize};
-use memvirt::fixture::{self, Guest};
-use memvirt::machine::{Machine, Scheme};
-use memvirt::mmu::MmuConfig;
-use memvirt::paging::{Access, Format};
-use memvirt::scheme::{Native, Nested, NestedOptions, SchemeKind};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use memvirt::config;
+use memvirt::output::{self, BenchRow, Format};
+use memvirt::profile::{self, Profile};
+use memvirt::report::Report;
+use memvirt::run::{self, RunSpec};
+use memvirt::scheme::SchemeKind;
+use memvirt::workload::WorkloadKind;
 
 /// memvirt: a fast, bit-accurate simulator of memory virtualization.
+///
+/// With no subcommand, runs `compare` with its defaults: every scheme on the default workload mix.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -21,169 +35,551 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Compare schemes on a built-in page-walk workload: random loads over a footprint of
-    /// 4 KiB pages, every page mapped up front.
+    /// List the schemes, profiles and workloads (with their parameters and defaults).
+    List(ListArgs),
+    /// Run one scheme on one workload and print its report.
+    ///
+    /// The native scheme runs too, on the same workload, profile and seed, as the baseline of
+    /// `overhead_vs_native`; only the named scheme's report is printed.
+    Run(RunArgs),
+    /// Run every scheme on each workload and print them side by side (the default command).
+    ///
+    /// One row per (workload, scheme). Native runs as the overhead baseline even when it is not
+    /// among --schemes. A `--set workload.KEY=VALUE` applies to every selected workload that has
+    /// the parameter KEY, and is an error only if none of them has it.
     Compare(CompareArgs),
-    /// List schemes and paging formats.
-    List,
+    /// Measure simulator speed: wall-clock time of each run on the current machine.
+    ///
+    /// Times `run::run` for each workload and scheme with `std::time::Instant` and prints
+    /// simulated accesses per wall-clock second (millions), the wall seconds and the accesses.
+    /// The figures depend on this machine and its load; build with `--release`. `--set
+    /// workload.KEY=VALUE` follows the rule of `compare`.
+    Bench(BenchArgs),
 }
 
-#[derive(clap::Args, Debug)]
-struct CompareArgs {
-    /// Schemes to compare (comma-separated; default: every implemented scheme).
-    #[arg(long, value_delimiter = ',')]
-    schemes: Vec<SchemeKind>,
-    /// Guest (first-stage) format: sv39, sv48, sv57, x86-64-4level, x86-64-5level.
-    #[arg(long, default_value = "sv39")]
-    guest_format: String,
-    /// Nested format: sv39x4, sv48x4, sv57x4, ept-4level, ept-5level.
-    #[arg(long, default_value = "sv39x4")]
-    nested_format: String,
-    /// Footprint in 4 KiB pages.
-    #[arg(long, default_value_t = 16_384)]
-    pages: u64,
-    /// Accesses to simulate.
-    #[arg(long, default_value_t = 2_000_000)]
-    accesses: u64,
-    /// Seed of the access sequence.
+#[derive(Args, Debug)]
+struct ListArgs {
+    /// Print every profile key `--set` accepts, with its value in the default profile.
+    #[arg(long)]
+    keys: bool,
+}
+
+/// What every simulating command takes: the machine and the seed.
+#[derive(Args, Debug)]
+struct MachineArgs {
+    /// A built-in profile name or a profile TOML file (see `memvirt list`).
+    #[arg(long, value_name = "NAME|FILE", default_value = profile::DEFAULT)]
+    profile: String,
+    /// Override one setting: `workload.KEY=VALUE` for a workload parameter, any other KEY for a
+    /// profile key (`memvirt list --keys`). Repeatable; applied in order.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Turn off every page-walk cache and the nested TLB.
-    #[arg(long)]
-    no_walk_caches: bool,
+}
+
+/// Where and how results go.
+#[derive(Args, Debug)]
+struct OutputArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Write to FILE instead of standard output (replaced whole, only once the run succeeded).
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The scheme.
+    #[arg(long, value_enum)]
+    scheme: SchemeKind,
+    /// The workload.
+    #[arg(long, value_enum)]
+    workload: WorkloadKind,
+    #[command(flatten)]
+    machine: MachineArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// Schemes to compare, comma-separated [default: every scheme].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    schemes: Vec<SchemeKind>,
+    /// Workloads, comma-separated [default: pagefault,fork,ctxsw,random,stream,lsp-micro].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    workloads: Vec<WorkloadKind>,
+    #[command(flatten)]
+    machine: MachineArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Schemes to time, comma-separated [default: native,nested].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    schemes: Vec<SchemeKind>,
+    /// Workloads, comma-separated [default: all ten].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    workloads: Vec<WorkloadKind>,
+    #[command(flatten)]
+    machine: MachineArgs,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("memvirt: error: {e:#}");
+            eprintln!("memvirt: error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+/// The error and its causes, `: `-separated like `{e:#}`, leaving out a cause whose text the
+/// message already holds (some library errors print their source and also expose it).
+fn chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        None => match Cli::parse_from(["memvirt", "compare"]).command {
-            Some(Command::Compare(args)) => compare(&args),
-            _ => bail!("internal error: the default command line did not parse as compare"),
-        },
-        Some(Command::Compare(args)) => compare(&args),
-        Some(Command::List) => {
-            println!("schemes:");
-            for s in SchemeKind::ALL {
-                println!("  {:<8} {}", s.name(), s.description());
-            }
-            println!("formats:");
-            for f in Format::ALL {
-                println!("  {:<16} {} levels, {}-bit input", f.name, f.levels, f.input_bits());
-            }
-            Ok(())
-        }
-    }
-}
-
-fn format_arg(name: &str, what: &str) -> Result<Format> {
-    match Format::by_name(name) {
-        Some(f) => Ok(f),
         None => {
-            let known: Vec<&str> = Format::ALL.iter().map(|f| f.name).collect();
-            bail!("unknown {what} format '{name}'; known formats: {}", known.join(", "))
+            let default = Cli::try_parse_from(["memvirt", "compare"])
+                .context("internal error: the default command line does not parse")?;
+            match default.command {
+                Some(Command::Compare(args)) => compare(&args),
+                _ => bail!("internal error: the default command line is not `compare`"),
+            }
         }
+        Some(Command::List(args)) => list(&args),
+        Some(Command::Run(args)) => run_one(&args),
+        Some(Command::Compare(args)) => compare(&args),
+        Some(Command::Bench(args)) => bench(&args),
     }
 }
 
-/// One row of the comparison table.
-struct Row {
-    scheme: &'static str,
-    accesses: u64,
-    misses: u64,
-    refs_per_miss: f64,
-    exits: u64,
-    cycles: u64,
+// ---------------------------------------------------------------------------------------------
+// list
+
+fn list(args: &ListArgs) -> Result<()> {
+    let default = profile::builtin(profile::DEFAULT)?;
+    let mut out = String::new();
+    if args.keys {
+        let tree = toml::Value::try_from(&default)
+            .context("internal error: the default profile is not representable as TOML")?;
+        for key in default.keys() {
+            match lookup(&tree, &key) {
+                Some(value) => out.push_str(&format!("{key} = {value}\n")),
+                None => out.push_str(&format!("{key}\n")),
+            }
+        }
+        return emit(&out, None);
+    }
+    out.push_str("schemes:\n");
+    let width = SchemeKind::ALL.iter().map(|s| s.name().len()).max().unwrap_or(0);
+    for s in SchemeKind::ALL {
+        out.push_str(&format!("  {:<width$}  {}\n", s.name(), s.description()));
+    }
+    out.push_str(&format!("\nprofiles (default {}):\n", profile::DEFAULT));
+    let width = profile::BUILTIN.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    for (name, _) in profile::BUILTIN {
+        let p = profile::builtin(name)?;
+        out.push_str(&format!("  {name:<width$}  {}\n", p.description));
+    }
+    out.push_str("\nworkloads (default mix: ");
+    out.push_str(&names(WorkloadKind::DEFAULT_MIX.iter().map(|w| w.name())));
+    out.push_str("):\n");
+    let width = WorkloadKind::ALL.iter().map(|w| w.name().len()).max().unwrap_or(0);
+    for w in WorkloadKind::ALL {
+        out.push_str(&format!("  {:<width$}  {}\n", w.name(), w.description()));
+        if let toml::Value::Table(params) = w.default_params() {
+            for (key, value) in params {
+                out.push_str(&format!("      workload.{key} = {value}\n"));
+            }
+        }
+    }
+    out.push_str(
+        "\nOverride any of these with --set KEY=VALUE (e.g. --set workload.pages=1000); \
+         `memvirt list --keys` prints every profile key.\n",
+    );
+    emit(&out, None)
+}
+
+/// The value at dotted `key` in a settings tree (array elements by number).
+fn lookup<'a>(tree: &'a toml::Value, key: &str) -> Option<&'a toml::Value> {
+    key.split('.').try_fold(tree, |node, seg| match node {
+        toml::Value::Table(t) => t.get(seg),
+        toml::Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+fn names<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    items.collect::<Vec<_>>().join(",")
+}
+
+// ---------------------------------------------------------------------------------------------
+// settings
+
+/// The profile, workload settings and seed every run of one command shares.
+struct Setup {
+    profile: Profile,
+    /// `workload.KEY=VALUE` settings, prefix stripped, in command-line order.
+    workload_sets: Vec<(String, String)>,
+    seed: u64,
+    /// The `--set` arguments as given, for the title line.
+    sets: Vec<String>,
+}
+
+impl Setup {
+    /// Loads the profile, applies the profile settings, splits off the workload settings and
+    /// checks them against `workloads` (each key must belong to at least one), so that every
+    /// bad setting is reported before any simulation.
+    fn new(m: &MachineArgs, workloads: &[WorkloadKind]) -> Result<Setup> {
+        let mut profile = profile::load(&m.profile)?;
+        let mut workload_sets = Vec::new();
+        for raw in &m.sets {
+            let (key, value) = config::parse_assignment(raw)?;
+            match key.strip_prefix("workload.") {
+                Some(k) => workload_sets.push((k.to_owned(), value)),
+                None => profile.set(&key, &value).with_context(|| format!("--set {raw}"))?,
+            }
+        }
+        profile.platform_config()?;
+        let setup = Setup { profile, workload_sets, seed: m.seed, sets: m.sets.clone() };
+        if workloads.len() > 1 {
+            for (key, _) in &setup.workload_sets {
+                if !workloads.iter().any(|&w| has_param(w, key)) {
+                    bail!(
+                        "--set workload.{key}: none of the selected workloads has a parameter \
+                         `{key}`; their parameters:\n  {}",
+                        workloads
+                            .iter()
+                            .map(|&w| format!("{}: {}", w.name(), params_of(w).join(", ")))
+                            .collect::<Vec<_>>()
+                            .join("\n  ")
+                    );
+                }
+            }
+        }
+        let single = workloads.len() == 1;
+        for &w in workloads {
+            w.build(setup.seed, &setup.sets_for(w, single))
+                .with_context(|| format!("workload {}", w.name()))?;
+        }
+        Ok(setup)
+    }
+
+    /// The workload settings that apply to `w`: when it is the `single` workload selected, all
+    /// of them (so an unknown key is reported by the workload itself, with its valid keys);
+    /// otherwise those naming one of its parameters.
+    fn sets_for(&self, w: WorkloadKind, single: bool) -> Vec<(String, String)> {
+        let applies = |key: &str| single || has_param(w, key);
+        self.workload_sets.iter().filter(|(k, _)| applies(k)).cloned().collect()
+    }
+
+    /// The spec of `scheme` on `workload` (`single`: see [`Setup::sets_for`]).
+    fn spec(&self, scheme: SchemeKind, workload: WorkloadKind, single: bool) -> RunSpec {
+        RunSpec {
+            scheme,
+            workload,
+            workload_sets: self.sets_for(workload, single),
+            profile: self.profile.clone(),
+            seed: self.seed,
+        }
+    }
+
+    /// `profile NAME, seed N[, --set ...]`.
+    fn describe(&self) -> String {
+        let mut text = format!("profile {}, seed {}", self.profile.name, self.seed);
+        for s in &self.sets {
+            text.push_str(&format!(", --set {s}"));
+        }
+        text
+    }
+}
+
+fn params_of(w: WorkloadKind) -> Vec<String> {
+    config::keys(&w.default_params())
+}
+
+fn has_param(w: WorkloadKind, key: &str) -> bool {
+    params_of(w).iter().any(|k| k == key)
+}
+
+/// `items` without repeats, in first-seen order; `default` when empty.
+fn selected<T: Copy + Ord>(items: &[T], default: &[T]) -> Vec<T> {
+    let mut seen = BTreeSet::new();
+    let items = if items.is_empty() { default } else { items };
+    items.iter().copied().filter(|i| seen.insert(*i)).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// run, compare, bench
+
+fn run_one(args: &RunArgs) -> Result<()> {
+    check_output(&args.out)?;
+    let setup = Setup::new(&args.machine, &[args.workload])?;
+    let spec = setup.spec(args.scheme, args.workload, true);
+    let runs = if args.scheme == SchemeKind::Native { 1 } else { 2 };
+    let mut progress = Progress::new(runs);
+    let reports = run::compare(&spec, &[args.scheme], &mut |s, d, t| {
+        progress.update(s, args.workload, d, t);
+    })
+    .map_err(|e| anyhow!(e))?;
+    progress.finish();
+    let baseline = if runs > 1 { " (native ran too, as the overhead baseline)" } else { "" };
+    let title = format!(
+        "memvirt run: {} on {}, {}{baseline}",
+        args.scheme.name(),
+        args.workload.name(),
+        setup.describe()
+    );
+    write_reports(&reports, &args.out, &title)
 }
 
 fn compare(args: &CompareArgs) -> Result<()> {
-    let guest = format_arg(&args.guest_format, "guest")?;
-    let nested = format_arg(&args.nested_format, "nested")?;
-    if guest.stage != memvirt::paging::Stage::First {
-        bail!("--guest-format {} is a nested format", guest.name);
+    check_output(&args.out)?;
+    let schemes = selected(&args.schemes, SchemeKind::ALL);
+    let workloads = selected(&args.workloads, &WorkloadKind::DEFAULT_MIX);
+    let setup = Setup::new(&args.machine, &workloads)?;
+    let per_workload = schemes.len() + usize::from(!schemes.contains(&SchemeKind::Native));
+    let mut progress = Progress::new(per_workload * workloads.len());
+    let mut reports = Vec::new();
+    for &w in &workloads {
+        let Some(&first) = schemes.first() else { bail!("--schemes names no scheme") };
+        let spec = setup.spec(first, w, workloads.len() == 1);
+        let mut update = |s, d, t| progress.update(s, w, d, t);
+        reports.extend(run::compare(&spec, &schemes, &mut update)?);
     }
-    if nested.stage != memvirt::paging::Stage::Nested {
-        bail!("--nested-format {} is not a nested format", nested.name);
-    }
-    let max_pages = fixture::GUEST_BYTES / PageSize::Size4K.bytes() / 2;
-    if args.pages == 0 || args.pages > max_pages {
-        bail!(
-            "--pages must be between 1 and {max_pages} (the guest has {} MiB)",
-            fixture::GUEST_BYTES >> 20
-        );
-    }
-    let mmu = if args.no_walk_caches {
-        MmuConfig::default().without_walk_caches()
-    } else {
-        MmuConfig::default()
-    };
-    let arch = fixture::arch(guest, nested);
-    let schemes =
-        if args.schemes.is_empty() { SchemeKind::ALL.to_vec() } else { args.schemes.clone() };
+    progress.finish();
+    let title =
+        format!("memvirt compare: {} (overhead vs native on the same workload)", setup.describe());
+    write_reports(&reports, &args.out, &title)
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    check_output(&args.out)?;
+    let schemes = selected(&args.schemes, &[SchemeKind::Native, SchemeKind::Nested]);
+    let workloads = selected(&args.workloads, &WorkloadKind::ALL);
+    let setup = Setup::new(&args.machine, &workloads)?;
+    let mut progress = Progress::new(schemes.len() * workloads.len());
     let mut rows = Vec::new();
-    for kind in schemes {
-        let mut p = fixture::platform(arch, mmu)?;
-        let row = match kind {
-            SchemeKind::Native => drive(Machine::new(p, Native), args)?,
-            SchemeKind::Nested => {
-                let scheme = Nested::new(&mut p, NestedOptions::default())?;
-                drive(Machine::new(p, scheme), args)?
-            }
-        };
-        rows.push(row);
+    for &w in &workloads {
+        for &s in &schemes {
+            let spec = setup.spec(s, w, workloads.len() == 1);
+            let start = Instant::now();
+            let report = run::run(&spec, &mut |d, t| progress.update(s, w, d, t))?;
+            rows.push(BenchRow::new(&report, start.elapsed().as_secs_f64()));
+        }
     }
-    println!(
-        "workload: {} random loads over {} pages; guest {} over {}; seed {}",
-        args.accesses, args.pages, guest.name, nested.name, args.seed
-    );
-    println!(
-        "{:<8} {:>12} {:>10} {:>14} {:>9} {:>14} {:>10}",
-        "scheme", "accesses", "tlb_misses", "refs_per_miss", "vm_exits", "cycles", "overhead"
-    );
-    let native = rows.iter().find(|r| r.scheme == "native").map(|r| r.cycles);
-    for r in &rows {
-        let overhead = native.map_or("-".to_string(), |n| {
-            format!("{:+.1}%", (r.cycles as f64 / n as f64 - 1.0) * 100.0)
-        });
-        println!(
-            "{:<8} {:>12} {:>10} {:>14.2} {:>9} {:>14} {:>10}",
-            r.scheme, r.accesses, r.misses, r.refs_per_miss, r.exits, r.cycles, overhead
-        );
+    progress.finish();
+    let title = format!("memvirt bench: wall-clock on this machine, {}", setup.describe());
+    let mut text = output::render_bench(&rows, args.out.format, &title)?;
+    if args.out.format == Format::Table {
+        let accesses: u64 = rows.iter().map(|r| r.accesses).sum();
+        let seconds: f64 = rows.iter().map(|r| r.wall_seconds).sum();
+        let rate = if seconds > 0.0 { accesses as f64 / seconds / 1e6 } else { 0.0 };
+        text.push_str(&format!("total: {accesses} accesses in {seconds:.3} s, {rate:.1} Macc/s\n"));
+    }
+    emit(&text, args.out.output.as_deref())
+}
+
+fn write_reports(reports: &[Report], out: &OutputArgs, title: &str) -> Result<()> {
+    let text = output::render(reports, out.format, title)?;
+    emit(&text, out.output.as_deref())
+}
+
+// ---------------------------------------------------------------------------------------------
+// output
+
+/// Fails early, before any simulation, if `--output`'s directory does not exist.
+fn check_output(out: &OutputArgs) -> Result<()> {
+    let Some(path) = &out.output else { return Ok(()) };
+    let dir = parent_dir(path);
+    if !dir.is_dir() {
+        bail!("cannot write {}: directory {} does not exist", path.display(), dir.display());
+    }
+    if path.is_dir() || path.file_name().is_none() {
+        bail!("cannot write {}: not a file name (a directory?)", path.display());
     }
     Ok(())
 }
 
-/// Maps the footprint, then runs the random loads.
-fn drive<S: Scheme>(mut m: Machine<S>, args: &CompareArgs) -> Result<Row> {
-    const BASE: Gva = Gva::new(0x4000_0000);
-    let mut g = Guest::new(&mut m, Asid(1)).context("creating the guest address space")?;
-    g.map_fresh(&mut m, BASE, args.pages).context("mapping the footprint")?;
-    let mut state = args.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    for _ in 0..args.accesses {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let va = BASE.wrapping_add((state % args.pages) * PageSize::Size4K.bytes());
-        if let Err(stop) = m.access(va, Access::USER_LOAD) {
-            bail!("{} stopped at {va}: {stop:?}", m.scheme.name());
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes `text` to `path`, or to standard output when there is none.
+fn emit(text: &str, path: Option<&Path>) -> Result<()> {
+    match path {
+        Some(path) => write_atomically(path, text),
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+                // A reader that stopped reading (`| head`) is not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => other.context("cannot write to standard output"),
+            }
         }
     }
-    let s = &m.platform.stats;
-    let mmu = &m.platform.mmu.stats;
-    Ok(Row {
-        scheme: m.scheme.name(),
-        accesses: s.accesses,
-        misses: mmu.misses,
-        refs_per_miss: (mmu.guest_refs + mmu.nested_refs) as f64 / mmu.walks.max(1) as f64,
-        exits: s.total_exits(),
-        cycles: s.cycles.total(),
-    })
+}
+
+/// Writes a temporary file beside `path` and renames it over `path`, so a failure never leaves
+/// a truncated file nor destroys an existing one.
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("cannot write {}: not a file name", path.display()))?;
+    let tmp =
+        parent_dir(path).join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let fail = || format!("cannot write {}", path.display());
+    let mut file =
+        fs::OpenOptions::new().write(true).create_new(true).open(&tmp).with_context(fail)?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        // Best effort: the temporary file is ours and incomplete.
+        let _ = fs::remove_file(&tmp);
+        return Err(e).with_context(fail);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// progress
+
+/// A progress bar on standard error, only when it is a terminal and only once the command has
+/// run for [`Progress::DELAY`]: short commands and redirected output never see it. The bar spans
+/// every run of the command; each run's `progress(done, total)` moves it within that run's share.
+struct Progress {
+    enabled: bool,
+    start: Instant,
+    bar: Option<ProgressBar>,
+    /// Runs in the command, and the one under way (1-based; 0 before the first).
+    runs: u64,
+    run: u64,
+    current: Option<(SchemeKind, WorkloadKind)>,
+}
+
+impl Progress {
+    const DELAY: Duration = Duration::from_secs(1);
+    /// Bar units per run.
+    const SHARE: u64 = 1000;
+
+    fn new(runs: usize) -> Self {
+        Progress {
+            enabled: std::io::stderr().is_terminal(),
+            start: Instant::now(),
+            bar: None,
+            runs: u64::try_from(runs).unwrap_or(u64::MAX),
+            run: 0,
+            current: None,
+        }
+    }
+
+    fn update(&mut self, scheme: SchemeKind, workload: WorkloadKind, done: u64, total: u64) {
+        let changed = self.current != Some((scheme, workload));
+        if changed {
+            self.current = Some((scheme, workload));
+            self.run += 1;
+        }
+        if !self.enabled || (self.bar.is_none() && self.start.elapsed() < Self::DELAY) {
+            return;
+        }
+        let (run, runs) = (self.run, self.runs);
+        let message = format!("[{run}/{runs}] {} on {}", scheme.name(), workload.name());
+        let bar = self.bar.get_or_insert_with(|| {
+            let style = ProgressStyle::with_template("{msg:32} [{bar:30}] {percent:>3}% {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            let length = runs.saturating_mul(Self::SHARE);
+            ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr())
+                .with_style(style)
+                .with_message(message.clone())
+        });
+        let within = match total {
+            0 => 0,
+            t => u128::from(done.min(t)) * u128::from(Self::SHARE) / u128::from(t),
+        };
+        let before = run.saturating_sub(1).saturating_mul(Self::SHARE);
+        bar.set_position(before.saturating_add(u64::try_from(within).unwrap_or(Self::SHARE)));
+        if changed {
+            bar.set_message(message);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, ValueEnum};
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn value_enum_names_are_the_library_names() {
+        for w in WorkloadKind::ALL {
+            let name = w.to_possible_value().map(|v| v.get_name().to_owned());
+            assert_eq!(name.as_deref(), Some(w.name()));
+        }
+        for s in SchemeKind::ALL {
+            let name = s.to_possible_value().map(|v| v.get_name().to_owned());
+            assert_eq!(name.as_deref(), Some(s.name()));
+        }
+    }
+
+    #[test]
+    fn selection_drops_repeats_and_defaults_when_empty() {
+        assert_eq!(selected(&[3, 1, 3, 2, 1], &[9]), [3, 1, 2]);
+        assert_eq!(selected::<u8>(&[], &[9, 8]), [9, 8]);
+    }
+
+    #[test]
+    fn lookup_follows_tables_and_arrays() -> Result<()> {
+        let tree: toml::Value = toml::from_str("a = { b = [ { c = 5 } ] }")?;
+        assert_eq!(lookup(&tree, "a.b.0.c").and_then(toml::Value::as_integer), Some(5));
+        assert!(lookup(&tree, "a.b.1.c").is_none());
+        assert!(lookup(&tree, "a.x").is_none());
+        Ok(())
+    }
 }

@@ -146,7 +146,7 @@ pub fn load(name_or_path: &str) -> Result<Profile, ConfigError> {
         });
     }
     let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Unreadable { path: name_or_path.to_owned(), source })?;
+        .map_err(|error| ConfigError::Unreadable { path: name_or_path.to_owned(), error })?;
     parse(&text, name_or_path)
 }
 
@@ -454,10 +454,8 @@ mod tests {
         let path =
             std::env::temp_dir().join(format!("memvirt-profile-{}.toml", std::process::id()));
         let text = "base = \"riscv-sv48\"\nwalk_caches = false\n";
-        std::fs::write(&path, text).map_err(|source| ConfigError::Unreadable {
-            path: path.display().to_string(),
-            source,
-        })?;
+        std::fs::write(&path, text)
+            .map_err(|error| ConfigError::Unreadable { path: path.display().to_string(), error })?;
         let loaded = load(&path.display().to_string());
         let _ = std::fs::remove_file(&path);
         let p = loaded?;

@@ -34,24 +34,24 @@ pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The simulation failed (memory exhausted, a bug).
-    #[error("{scheme} on {workload}: {source}")]
+    #[error("{scheme} on {workload}: {error}")]
     Sim {
         /// Scheme name.
         scheme: &'static str,
         /// Workload name.
         workload: &'static str,
-        /// What went wrong.
-        source: SimError,
+        /// What went wrong (in the message, so not exposed as a source too).
+        error: SimError,
     },
 }
 
 /// Runs `spec` to completion. `progress(done, total)` is called now and then, in the
 /// workload's own units.
 pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, RunError> {
-    let sim = |source: SimError| RunError::Sim {
+    let sim = |error: SimError| RunError::Sim {
         scheme: spec.scheme.name(),
         workload: spec.workload.name(),
-        source,
+        error,
     };
     // Bad settings are reported before any simulation work.
     let workload = spec.workload.build(spec.seed, &spec.workload_sets)?;

@@ -1,53 +1,418 @@
-//! The `memvirt` binary end to end: the default job, and clear errors with a non-zero exit for
-//! bad input.
+//! The `memvirt` binary end to end: listing, the JSON and CSV contracts, determinism, `--output`,
+//! and clear errors with a non-zero exit (never a panic) for bad input. Every run uses small
+//! workload parameters so the suite stays fast; the default `memvirt` (no arguments) is left to
+//! the README's manual check.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// Small enough that a run takes milliseconds, large enough to fault, walk and exit.
+const SMALL_PAGES: &str = "workload.pages=200";
 
 fn memvirt(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_memvirt")).args(args).output().expect("the binary runs")
 }
 
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `args`, asserts success, returns standard output.
+fn ok(args: &[&str]) -> String {
+    let out = memvirt(args);
+    assert!(out.status.success(), "{args:?} failed:\n{}", stderr(&out));
+    stdout(&out)
+}
+
+/// Runs `args`, asserts a clean failure (exit code 1, no panic, nothing on stdout) whose message
+/// contains every one of `needles`; returns the message.
+fn fails(args: &[&str], needles: &[&str]) -> String {
+    let out = memvirt(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{args:?} should fail with exit code 1:\n{err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked:\n{err}");
+    assert!(err.starts_with("memvirt: error: "), "{args:?}:\n{err}");
+    assert!(out.stdout.is_empty(), "{args:?} printed:\n{}", stdout(&out));
+    for needle in needles {
+        assert!(err.contains(needle), "{args:?}: `{needle}` missing from:\n{err}");
+    }
+    err
+}
+
+fn json(text: &str) -> Vec<Value> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(reports)) => reports,
+        other => panic!("not a JSON array ({other:?}):\n{text}"),
+    }
+}
+
+/// A fresh, empty directory for one test.
+fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the scratch directory");
+    dir
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read the scratch directory")
+        .map(|e| e.expect("a directory entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+const SCHEMES: [&str; 2] = ["native", "nested"];
+const PROFILES: [&str; 5] = ["riscv-sv39", "riscv-sv48", "x86-64", "x86-64-la57", "sunway-like"];
+const WORKLOADS: [&str; 10] = [
+    "pagefault",
+    "fork",
+    "exec",
+    "mmap",
+    "ctxsw",
+    "random",
+    "stream",
+    "pointer-chase",
+    "server",
+    "lsp-micro",
+];
+
 #[test]
-fn compare_prints_a_row_per_scheme_with_the_cold_walk_counts() {
-    let out = memvirt(&["compare", "--accesses", "20000", "--pages", "4096", "--no-walk-caches"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    let refs = |scheme: &str| -> f64 {
-        let line = text.lines().find(|l| l.starts_with(scheme)).expect("a row per scheme");
-        line.split_whitespace().nth(3).and_then(|f| f.parse().ok()).expect("refs_per_miss column")
-    };
-    assert_eq!(refs("native"), 3.0);
-    assert_eq!(refs("nested"), 15.0);
+fn list_names_every_scheme_profile_workload_and_parameter() {
+    let text = ok(&["list"]);
+    for name in SCHEMES.iter().chain(&PROFILES).chain(&WORKLOADS) {
+        assert!(text.contains(&format!("  {name} ")), "{name} missing from:\n{text}");
+    }
+    assert!(text.contains("workload.modify_ratio = 0.5"), "{text}");
+    assert!(text.contains("--set") && text.contains("memvirt list --keys"), "{text}");
 }
 
 #[test]
-fn the_same_seed_prints_the_same_table() {
-    let args = ["compare", "--accesses", "5000", "--seed", "7"];
-    assert_eq!(memvirt(&args).stdout, memvirt(&args).stdout);
+fn list_keys_prints_every_profile_key_with_its_value() {
+    let text = ok(&["list", "--keys"]);
+    assert!(text.lines().any(|l| l.starts_with("costs.vm_exit = ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("walk_caches = true")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("memory.guest_mib = ")), "{text}");
 }
 
 #[test]
-fn bad_input_fails_cleanly_naming_the_value() {
-    for (args, needle) in [
-        (vec!["compare", "--guest-format", "sv32"], "sv32"),
-        (vec!["compare", "--guest-format", "sv39x4"], "nested format"),
-        (vec!["compare", "--pages", "0"], "--pages"),
-        (vec!["compare", "--schemes", "bogus"], "bogus"),
-        (vec!["compare", "--accesses", "-1"], "-1"),
+fn run_json_has_the_contract_fields() {
+    let text = ok(&[
+        "run",
+        "--scheme",
+        "nested",
+        "--workload",
+        "pagefault",
+        "--set",
+        SMALL_PAGES,
+        "--format",
+        "json",
+    ]);
+    let reports = json(&text);
+    assert_eq!(reports.len(), 1, "run prints the named scheme only");
+    let r = &reports[0];
+    for field in [
+        "scheme",
+        "workload",
+        "profile",
+        "accesses",
+        "tlb_misses",
+        "walk_refs_per_miss",
+        "guest_page_faults",
+        "cycles",
+        "overhead_vs_native",
     ] {
-        let out = memvirt(&args);
-        assert!(!out.status.success(), "{args:?} should fail");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(needle), "{args:?}: {err}");
-        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(r.get(field).is_some(), "{field} missing");
+    }
+    assert_eq!(r["scheme"], "nested");
+    assert_eq!(r["workload"], "pagefault");
+    assert_eq!(r["profile"], "riscv-sv39");
+    assert_eq!(r["guest_page_faults"], 200);
+    // Native ran as the baseline, so the overhead is known.
+    assert!(r["overhead_vs_native"].as_f64().is_some_and(|o| o > 0.0), "{r}");
+    for (counts, causes) in [("vm_exits", 8), ("hw_traps", 4)] {
+        let map = r[counts].as_object().expect("an object of counts");
+        assert_eq!(map.len(), causes + 1, "{counts}: one key per cause plus total: {map:?}");
+        let total = map.get("total").and_then(Value::as_u64).expect("a total");
+        let sum: u64 =
+            map.iter().filter(|(k, _)| *k != "total").filter_map(|(_, v)| v.as_u64()).sum();
+        assert_eq!(total, sum, "{counts}");
+    }
+    assert!(r["vm_exits"]["nested_fault"].as_u64().is_some_and(|n| n >= 200), "{r}");
+}
+
+#[test]
+fn the_same_seed_gives_byte_identical_json_and_another_seed_differs() {
+    let args = |seed: &'static str| {
+        [
+            "run",
+            "--scheme",
+            "nested",
+            "--workload",
+            "random",
+            "--set",
+            SMALL_PAGES,
+            "--set",
+            "workload.updates=2000",
+            "--seed",
+            seed,
+            "--format",
+            "json",
+        ]
+    };
+    let first = ok(&args("7"));
+    assert_eq!(first, ok(&args("7")));
+    let other = ok(&args("8"));
+    assert_ne!(first, other);
+    assert_eq!(json(&other)[0]["seed"], 8);
+}
+
+/// `compare` over two workloads; `workload.operations` is lsp-micro's alone, and applies to it.
+const SMALL_COMPARE: [&str; 8] = [
+    "compare",
+    "--workloads",
+    "pagefault,lsp-micro",
+    "--set",
+    SMALL_PAGES,
+    "--set",
+    "workload.operations=1000",
+    "--seed=3",
+];
+
+#[test]
+fn compare_csv_has_a_header_and_a_row_per_scheme_and_workload() {
+    let mut args = SMALL_COMPARE.to_vec();
+    args.extend(["--format", "csv"]);
+    let text = ok(&args);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + 2 * 2, "{text}");
+    let header: Vec<&str> = lines[0].split(',').collect();
+    for column in ["scheme", "workload", "vm_exits_total", "vm_exits_nested_fault", "cycles_walk"] {
+        assert!(header.contains(&column), "{column} missing from {header:?}");
+    }
+    let rows: Vec<(String, String)> = lines[1..]
+        .iter()
+        .map(|l| {
+            let cells: Vec<&str> = l.split(',').collect();
+            assert_eq!(cells.len(), header.len(), "{l}");
+            (cells[1].to_owned(), cells[0].to_owned())
+        })
+        .collect();
+    let want: Vec<(String, String)> = ["pagefault", "lsp-micro"]
+        .iter()
+        .flat_map(|w| SCHEMES.iter().map(move |s| ((*w).to_owned(), (*s).to_owned())))
+        .collect();
+    assert_eq!(rows, want);
+}
+
+#[test]
+fn compare_table_names_the_profile_and_seed_and_shows_overheads() {
+    let text = ok(&SMALL_COMPARE);
+    let mut lines = text.lines();
+    let title = lines.next().unwrap_or_default();
+    assert!(title.contains("riscv-sv39") && title.contains("seed 3"), "{title}");
+    let header = lines.next().unwrap_or_default();
+    assert!(header.contains("refs/miss") && header.contains("overhead"), "{header}");
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    assert!(rows.iter().filter(|r| r.contains("native")).all(|r| r.ends_with("+0.0%")), "{text}");
+    assert!(rows.iter().filter(|r| r.contains("nested")).all(|r| r.ends_with('%')), "{text}");
+}
+
+#[test]
+fn a_workload_setting_no_selected_workload_has_is_an_error() {
+    fails(
+        &["compare", "--workloads", "pagefault,stream", "--set", "workload.modify_ratio=0.1"],
+        &["workload.modify_ratio", "pagefault", "stream"],
+    );
+}
+
+#[test]
+fn output_writes_the_file_atomically_and_nothing_on_stdout() {
+    let dir = scratch("output");
+    let file = dir.join("reports.json");
+    std::fs::write(&file, "old contents").expect("seed the file");
+    let path = file.to_string_lossy().into_owned();
+    let mut args = SMALL_COMPARE.to_vec();
+    args.extend(["--format", "json", "--output", &path]);
+    let printed = ok(&args);
+    assert!(printed.is_empty(), "{printed}");
+    let written = std::fs::read_to_string(&file).expect("the output file");
+    assert_eq!(json(&written).len(), 4);
+    assert_eq!(entries(&dir), ["reports.json"], "no temporary file left behind");
+}
+
+#[test]
+fn output_into_a_missing_directory_fails_naming_it_and_leaves_nothing() {
+    let dir = scratch("missing-dir");
+    let target = dir.join("no-such-dir").join("out.csv");
+    let path = target.to_string_lossy().into_owned();
+    let mut args = SMALL_COMPARE.to_vec();
+    args.extend(["--format", "csv", "--output", &path]);
+    fails(&args, &[&path]);
+    assert!(entries(&dir).is_empty(), "{:?}", entries(&dir));
+}
+
+#[test]
+fn a_failed_run_keeps_an_existing_output_file() {
+    let dir = scratch("keep");
+    let file = dir.join("out.json");
+    std::fs::write(&file, "precious").expect("seed the file");
+    let path = file.to_string_lossy().into_owned();
+    fails(
+        &["run", "--scheme", "nested", "--workload", "pagefault", "--set", "workload.pages=0"]
+            .into_iter()
+            .chain(["--output", &path])
+            .collect::<Vec<_>>(),
+        &["workload.pages"],
+    );
+    assert_eq!(std::fs::read_to_string(&file).ok().as_deref(), Some("precious"));
+    assert_eq!(entries(&dir), ["out.json"]);
+}
+
+#[test]
+fn cold_nested_walks_read_at_most_fifteen_entries_and_complete_with_fifteen() {
+    let text = ok(&[
+        "run",
+        "--scheme",
+        "nested",
+        "--workload",
+        "pagefault",
+        "--set",
+        "walk_caches=off",
+        "--set",
+        SMALL_PAGES,
+        "--format",
+        "json",
+    ]);
+    let r = &json(&text)[0];
+    let refs = r["walk_refs_per_miss"].as_f64().expect("a number");
+    // Walks that fault stop early; none reads more than (3+1)(3+1)-1 = 15 entries.
+    assert!(refs > 3.0 && refs <= 15.0, "{refs}");
+    let histogram: Vec<u64> = r["walk"]["histogram"]
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(histogram.len(), 16, "the longest walk reads 15 entries: {histogram:?}");
+    // Every page is stored to once, and that store's walk completes: 15 reads with no caches.
+    assert!(histogram[15] >= 200, "{histogram:?}");
+    // With the walk caches on, the same walks read far fewer entries.
+    let warm = ok(&[
+        "run",
+        "--scheme",
+        "nested",
+        "--workload",
+        "pagefault",
+        "--set",
+        SMALL_PAGES,
+        "--format",
+        "json",
+    ]);
+    let warm = json(&warm)[0]["walk_refs_per_miss"].as_f64().expect("a number");
+    assert!(warm < refs / 2.0, "warm {warm} vs cold {refs}");
+}
+
+#[test]
+fn bench_prints_accesses_per_second_for_each_run() {
+    let text = ok(&["bench", "--workloads", "pagefault", "--set", SMALL_PAGES, "--format", "csv"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].ends_with("accesses,wall_seconds,maccesses_per_second"), "{text}");
+    assert!(lines[1].starts_with("pagefault,native,") && lines[2].starts_with("pagefault,nested,"));
+    let table = ok(&["bench", "--workloads", "pagefault", "--set", SMALL_PAGES]);
+    assert!(table.contains("Macc/s") && table.contains("wall-clock"), "{table}");
+}
+
+/// A small `run` with extra arguments.
+fn small_run(extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["run", "--scheme", "nested", "--workload", "pagefault", "--set", SMALL_PAGES]
+            .map(str::to_owned)
+            .to_vec();
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+#[test]
+fn bad_settings_fail_cleanly_naming_the_key_value_or_file() {
+    let cases: [(Vec<String>, &[&str]); 9] = [
+        (small_run(&["--set", "nosuch=1"]), &["nosuch", "costs.vm_exit"]),
+        (small_run(&["--set", "workload.nosuch=1"]), &["nosuch", "pages"]),
+        (small_run(&["--set", "costs.vm_exit=abc"]), &["costs.vm_exit", "abc", "integer"]),
+        (small_run(&["--set", "noequals"]), &["noequals"]),
+        (small_run(&["--profile", "missing.toml"]), &["missing.toml"]),
+        (small_run(&["--profile", "nosuchprofile"]), &["nosuchprofile", "riscv-sv39"]),
+        (small_run(&["--set", "memory.guest_mib=0"]), &["memory.guest_mib"]),
+        (small_run(&["--set", "workload.pages=0"]), &["workload.pages"]),
+        (
+            ["run", "--scheme", "nested", "--workload", "lsp-micro", "--set"]
+                .into_iter()
+                .chain(["workload.modify_ratio=2"])
+                .map(str::to_owned)
+                .collect(),
+            &["modify_ratio"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&args, needles);
     }
 }
 
 #[test]
-fn list_names_the_schemes_and_formats() {
-    let out = memvirt(&["list"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    for name in ["native", "nested", "Sv39x4", "EPT 5-level"] {
-        assert!(text.contains(name), "{name} missing from:\n{text}");
+fn a_profile_file_with_bad_toml_is_named_with_the_line() {
+    let dir = scratch("bad-toml");
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "base = \"riscv-sv39\"\n[costs]\nvm_exit = = 3\n").expect("write");
+    let path = file.to_string_lossy().into_owned();
+    fails(
+        &small_run(&["--profile", &path]).iter().map(String::as_str).collect::<Vec<_>>(),
+        &[&path, "line 3"],
+    );
+}
+
+#[test]
+fn a_workload_too_big_for_guest_memory_fails_saying_so() {
+    let err = fails(
+        &["run", "--scheme", "nested", "--workload", "pagefault", "--set"]
+            .into_iter()
+            .chain(["workload.pages=1000000"])
+            .collect::<Vec<_>>(),
+        &["pagefault"],
+    );
+    assert!(err.contains("memory"), "{err}");
+}
+
+#[test]
+fn usage_errors_keep_clap_exit_code_two() {
+    for args in [
+        &["run", "--scheme", "bogus", "--workload", "pagefault"][..],
+        &["run", "--scheme", "nested", "--workload", "bogus"],
+        &["compare", "--schemes", "native,bogus"],
+        &["compare", "--format", "xml"],
+        &["run", "--workload", "pagefault"],
+    ] {
+        let out = memvirt(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}:\n{err}");
+        assert!(!err.contains("panicked"), "{args:?}:\n{err}");
     }
+    let err = stderr(&memvirt(&["compare", "--workloads", "pagefault,bogus"]));
+    assert!(err.contains("bogus"), "{err}");
+}
+
+#[test]
+fn progress_never_reaches_a_stderr_that_is_not_a_terminal() {
+    let out = memvirt(&small_run(&[]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success());
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
 }

@@ -273,7 +273,6 @@ pub fn drive<S: Scheme>(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(), OsError> {
     workload.start(os)?;
-    let mut turns = 0u64;
     loop {
         let pid = match os.current() {
             Some(p) => p,
@@ -296,11 +295,8 @@ pub fn drive<S: Scheme>(
             }
             Err(e) => return Err(e),
         }
-        turns += 1;
-        if turns % 64 == 0 {
-            let (done, total) = workload.progress();
-            progress(done, total);
-        }
+        let (done, total) = workload.progress();
+        progress(done, total);
     }
     let (_, total) = workload.progress();
     progress(total, total);
