@@ -26,7 +26,7 @@ pub trait Replacement: Debug + Clone + Default {
     /// A slot was filled.
     fn on_fill(&mut self, meta: &mut u64);
     /// Chooses the victim among the (all valid) slots of a set.
-    fn victim(&mut self, metas: &mut dyn Iterator<Item = u64>) -> usize;
+    fn victim(&mut self, metas: impl Iterator<Item = u64>) -> usize;
 }
 
 /// Least recently used: a global clock stamped on every hit and fill.
@@ -45,7 +45,7 @@ impl Replacement for Lru {
     fn on_fill(&mut self, meta: &mut u64) {
         self.on_hit(meta);
     }
-    fn victim(&mut self, metas: &mut dyn Iterator<Item = u64>) -> usize {
+    fn victim(&mut self, metas: impl Iterator<Item = u64>) -> usize {
         metas.enumerate().min_by_key(|&(_, m)| m).map_or(0, |(i, _)| i)
     }
 }
@@ -64,7 +64,7 @@ impl Replacement for Fifo {
         self.clock += 1;
         *meta = self.clock;
     }
-    fn victim(&mut self, metas: &mut dyn Iterator<Item = u64>) -> usize {
+    fn victim(&mut self, metas: impl Iterator<Item = u64>) -> usize {
         metas.enumerate().min_by_key(|&(_, m)| m).map_or(0, |(i, _)| i)
     }
 }
@@ -86,7 +86,7 @@ impl Replacement for Random {
     fn on_hit(&mut self, _: &mut u64) {}
     #[inline]
     fn on_fill(&mut self, _: &mut u64) {}
-    fn victim(&mut self, metas: &mut dyn Iterator<Item = u64>) -> usize {
+    fn victim(&mut self, metas: impl Iterator<Item = u64>) -> usize {
         let ways = metas.count().max(1);
         self.state ^= self.state << 13;
         self.state ^= self.state >> 7;
@@ -204,7 +204,7 @@ impl<E: Copy + Debug, R: Replacement> SetAssoc<E, R> {
             Some(w) => w,
             None => match set.iter().position(|s| s.entry.is_none()) {
                 Some(w) => w,
-                None => self.policy.victim(&mut set.iter().map(|s| s.meta)),
+                None => self.policy.victim(set.iter().map(|s| s.meta)),
             },
         };
         let slot = &mut set[way.min(set.len() - 1)];
