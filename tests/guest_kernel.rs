@@ -210,8 +210,7 @@ fn riscv_demand_reads_map_the_zero_page_and_the_first_write_replaces_it() {
 fn svade_makes_software_set_accessed_and_dirty_bits() {
     let mut p = Profile::builtin("riscv-sv39").unwrap();
     p.set("arch.ad", "fault").unwrap();
-    let mut platform = Platform::new(&p.platform_config().unwrap(), p.costs).unwrap();
-    let _ = &mut platform;
+    let platform = Platform::new(&p.platform_config().unwrap(), p.costs).unwrap();
     let mut os = Os::boot(Machine::new(platform, Native), p.kernel).unwrap();
     let parent = os.spawn().unwrap();
     let base = os.mmap(parent, 1, RW).unwrap();

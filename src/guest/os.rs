@@ -332,12 +332,7 @@ impl<S: Scheme> Os<S> {
         };
         let page = va.align_down(PageSize::Size4K);
         let is_store = f.access.kind == AccessKind::Store;
-        let slot = {
-            let mut store =
-                self.machine.guest_tables(|| Err(MemError::GuestExhausted { frames: 0, mib: 0 }));
-            mapper::find_leaf(&root, &mut store, page)
-        };
-        let Some(slot) = slot else {
+        let Some(slot) = self.find_leaf(&root, page) else {
             return self.demand_fill(&root, page, vma, f.access);
         };
         let Ok(Decoded::Leaf { base, attrs }) = self.format.decode(slot.raw, slot.level) else {
@@ -489,6 +484,17 @@ impl<S: Scheme> Os<S> {
         })
     }
 
+    /// The leaf entry for `va` in `table`, found by a software walk of guest memory (the
+    /// kernel's own lookup: no modelled cost).
+    pub(super) fn find_leaf(
+        &mut self,
+        table: &PageTable<GuestVirt, GuestPhys>,
+        va: Gva,
+    ) -> Option<mapper::LeafSlot<GuestPhys>> {
+        let mut store = self.machine.guest_tables(no_table_allocation);
+        mapper::find_leaf(table, &mut store, va)
+    }
+
     /// Rewrites the leaf for `va` through the machine.
     pub(super) fn update_leaf(
         &mut self,
@@ -496,8 +502,7 @@ impl<S: Scheme> Os<S> {
         va: Gva,
         update: impl FnOnce(u64) -> u64,
     ) -> Result<(), OsError> {
-        let mut store =
-            self.machine.guest_tables(|| Err(MemError::GuestExhausted { frames: 0, mib: 0 }));
+        let mut store = self.machine.guest_tables(no_table_allocation);
         let changed = mapper::update_leaf(table, &mut store, va, update);
         let error = store.error.take();
         self.stats.pte_writes += store.stores;
@@ -601,6 +606,11 @@ impl<S: Scheme> Os<S> {
         self.next_mm += 1;
         Ok(Mm { id, root, asid: None, vmas: BTreeMap::new(), brk: self.layout.heap })
     }
+}
+
+/// The table allocator of lookups and in-place edits, which never need a new table.
+fn no_table_allocation() -> Result<Gfn, MemError> {
+    Err(MemError::GuestExhausted { frames: 0, mib: 0 })
 }
 
 /// Whether a VMA with `perms` allows `access`.

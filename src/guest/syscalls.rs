@@ -5,7 +5,6 @@
 use crate::addr::{Gfn, Gpa, Gva, Level, PageSize};
 use crate::machine::{GuestRoot, Scheme};
 use crate::paging::format::PTE_BYTES;
-use crate::paging::mapper;
 use crate::paging::{Decoded, Perms};
 
 use super::os::{internal, Os, OsError};
@@ -90,33 +89,35 @@ impl<S: Scheme> Os<S> {
     /// `munmap(va, pages * 4096)`: clears the entries, frees the pages and flushes the range.
     pub fn munmap(&mut self, pid: Pid, va: Gva, pages: u64) -> Result<(), OsError> {
         self.syscall()?;
-        let end = va.wrapping_add(pages * PAGE);
-        let removed = match self.procs.get_mut(&pid) {
-            Some(p) => p.mm.carve(va, end),
-            None => return Err(internal(format!("{pid} is not alive"))),
-        };
-        let mut changed = Vec::new();
-        for vma in removed {
-            self.edit_range(pid, vma.start, vma.end, None, &mut changed)?;
-        }
-        self.flush_range(pid, &changed)
+        self.change_range(pid, va, va.wrapping_add(pages * PAGE), None)
     }
 
     /// `mprotect(va, pages * 4096, perms)`: new VMA permissions; present entries lose the rights
     /// removed (rights added arrive through faults, as copy-on-write requires).
     pub fn mprotect(&mut self, pid: Pid, va: Gva, pages: u64, perms: Perms) -> Result<(), OsError> {
         self.syscall()?;
-        let end = va.wrapping_add(pages * PAGE);
+        self.change_range(pid, va, va.wrapping_add(pages * PAGE), Some(perms))
+    }
+
+    /// Removes `[start, end)` from the VMAs (or, with `perms`, gives it those permissions),
+    /// clears or restricts its present entries and flushes them as `flush_tlb_range` does.
+    fn change_range(
+        &mut self,
+        pid: Pid,
+        start: Gva,
+        end: Gva,
+        perms: Option<Perms>,
+    ) -> Result<(), OsError> {
         let removed = match self.procs.get_mut(&pid) {
-            Some(p) => p.mm.carve(va, end),
+            Some(p) => p.mm.carve(start, end),
             None => return Err(internal(format!("{pid} is not alive"))),
         };
         let mut changed = Vec::new();
         for vma in removed {
-            if let Some(p) = self.procs.get_mut(&pid) {
+            if let (Some(perms), Some(p)) = (perms, self.procs.get_mut(&pid)) {
                 p.mm.insert(Vma { perms, ..vma });
             }
-            self.edit_range(pid, vma.start, vma.end, Some(perms), &mut changed)?;
+            self.edit_range(pid, vma.start, vma.end, perms, &mut changed)?;
         }
         self.flush_range(pid, &changed)
     }
@@ -136,15 +137,7 @@ impl<S: Scheme> Os<S> {
             ))));
         }
         if new < old {
-            let removed = match self.procs.get_mut(&pid) {
-                Some(p) => p.mm.carve(new, old),
-                None => Vec::new(),
-            };
-            let mut changed = Vec::new();
-            for vma in removed {
-                self.edit_range(pid, vma.start, vma.end, None, &mut changed)?;
-            }
-            self.flush_range(pid, &changed)?;
+            self.change_range(pid, new, old, None)?;
         } else if new > old {
             if let Some(p) = self.procs.get_mut(&pid) {
                 p.mm.carve(heap, new);
@@ -175,13 +168,7 @@ impl<S: Scheme> Os<S> {
         let fmt = self.format;
         let mut va = start;
         while va < end {
-            let slot = {
-                let mut store = self.machine.guest_tables(|| {
-                    Err(crate::mem::MemError::GuestExhausted { frames: 0, mib: 0 })
-                });
-                mapper::find_leaf(&root, &mut store, va)
-            };
-            if let Some(slot) = slot {
+            if let Some(slot) = self.find_leaf(&root, va) {
                 if let Ok(Decoded::Leaf { base, attrs }) = fmt.decode(slot.raw, slot.level) {
                     let new = match perms {
                         None => Some(0),
@@ -245,12 +232,7 @@ impl<S: Scheme> Os<S> {
             (p.mm.root, p.mm.asid.unwrap_or_default())
         };
         let page = va.align_down(PageSize::Size4K);
-        let slot = {
-            let mut store = self
-                .machine
-                .guest_tables(|| Err(crate::mem::MemError::GuestExhausted { frames: 0, mib: 0 }));
-            mapper::find_leaf(&root, &mut store, page)
-        };
+        let slot = self.find_leaf(&root, page);
         let fmt = self.format;
         let Some(Ok(Decoded::Leaf { base, attrs })) = slot.map(|s| fmt.decode(s.raw, s.level))
         else {

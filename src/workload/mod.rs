@@ -11,9 +11,11 @@ mod single;
 
 use serde::{Deserialize, Serialize};
 
+use crate::addr::{Gva, PageSize};
 use crate::config::{self, ConfigError};
 use crate::guest::{Os, OsError, Pid};
 use crate::machine::Scheme;
+use crate::paging::Perms;
 
 pub use multi::{CtxSw, CtxSwParams, Exec, ExecParams, Fork, ForkParams, Server, ServerParams};
 pub use single::{
@@ -182,6 +184,44 @@ impl WorkloadKind {
             WorkloadKind::LspMicro => Workload::LspMicro(LspMicro::new(params(sets)?, seed)),
         })
     }
+}
+
+const PAGE: u64 = PageSize::Size4K.bytes();
+/// The largest footprint a parameter may ask for: 2^26 pages (256 GiB), beyond any guest
+/// memory a profile allows.
+const MAX_PAGES: u64 = 1 << 26;
+const RW: Perms = Perms::R.union(Perms::W);
+
+/// A content token for a store: distinct per address and sequence number.
+#[inline]
+fn token(va: Gva, seq: u64) -> u64 {
+    va.as_u64() ^ seq.rotate_left(40) ^ 0x5555_0000_0000_0001
+}
+
+/// Page `i` of the region at `base`.
+#[inline]
+fn page(base: Gva, i: u64) -> Gva {
+    base.wrapping_add(i * PAGE)
+}
+
+/// Stores to the first `count` pages from `base`, resuming at `*done`; `false` if the time
+/// slice ran out first.
+fn touch<S: Scheme>(
+    os: &mut Os<S>,
+    base: Gva,
+    count: u64,
+    done: &mut u64,
+    seq: u64,
+) -> Result<bool, OsError> {
+    while *done < count {
+        if os.slice_left() == 0 {
+            return Ok(false);
+        }
+        let va = page(base, *done);
+        os.store(va, token(va, seq))?;
+        *done += 1;
+    }
+    Ok(true)
 }
 
 /// Parameter checks beyond types.

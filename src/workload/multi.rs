@@ -6,44 +6,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::single::check_ratio;
-use super::{check_range, Step, Validate};
-use crate::addr::{Gva, PageSize};
+use super::{check_range, page, token, touch, Step, Validate, MAX_PAGES, RW};
+use crate::addr::Gva;
 use crate::config::ConfigError;
 use crate::guest::{Os, OsError, Pid};
 use crate::machine::Scheme;
-use crate::paging::Perms;
 use crate::rng::Rng;
-
-const PAGE: u64 = PageSize::Size4K.bytes();
-const RW: Perms = Perms::R.union(Perms::W);
-const MAX_PAGES: u64 = 1 << 26;
-
-fn token(va: Gva, seq: u64) -> u64 {
-    va.as_u64() ^ seq.rotate_left(40) ^ 0xAAAA_0000_0000_0001
-}
-
-fn page(base: Gva, i: u64) -> Gva {
-    base.wrapping_add(i * PAGE)
-}
-
-/// Stores to `count` pages from `base`, resuming at `*done`; `false` if the slice ran out.
-fn touch<S: Scheme>(
-    os: &mut Os<S>,
-    base: Gva,
-    count: u64,
-    done: &mut u64,
-    seq: u64,
-) -> Result<bool, OsError> {
-    while *done < count {
-        if os.slice_left() == 0 {
-            return Ok(false);
-        }
-        let va = page(base, *done);
-        os.store(va, token(va, seq))?;
-        *done += 1;
-    }
-    Ok(true)
-}
 
 // ----- fork --------------------------------------------------------------------------------------
 

@@ -3,36 +3,15 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_range, Step, Validate};
-use crate::addr::{Gva, PageSize};
+use super::{check_range, page, token, touch, Step, Validate, MAX_PAGES, PAGE, RW};
+use crate::addr::Gva;
 use crate::config::ConfigError;
 use crate::guest::{Os, OsError, Pid};
 use crate::machine::Scheme;
-use crate::paging::Perms;
 use crate::rng::Rng;
 
-const PAGE: u64 = PageSize::Size4K.bytes();
-/// The largest footprint a parameter may ask for: 2^26 pages (256 GiB), beyond any guest
-/// memory a profile allows.
-const MAX_PAGES: u64 = 1 << 26;
 /// The most operations a parameter may ask for.
 const MAX_OPS: u64 = 1 << 40;
-const RW: Perms = Perms::R.union(Perms::W);
-
-/// A content token for a store: distinct per address and sequence number.
-#[inline]
-fn token(va: Gva, seq: u64) -> u64 {
-    va.as_u64() ^ seq.rotate_left(40) ^ 0x5555_0000_0000_0001
-}
-
-fn page(base: Gva, i: u64) -> Gva {
-    base.wrapping_add(i * PAGE)
-}
-
-/// The running process, or an error if the workload has not started.
-fn expect_pid(pid: Option<Pid>) -> Result<Pid, OsError> {
-    pid.ok_or_else(|| crate::guest::os::internal("workload ran before it started".into()))
-}
 
 // ----- pagefault ---------------------------------------------------------------------------------
 
@@ -65,7 +44,6 @@ impl Validate for PageFaultParams {
 #[derive(Debug, Clone)]
 pub struct PageFault {
     params: PageFaultParams,
-    pid: Option<Pid>,
     base: Gva,
     done: u64,
 }
@@ -73,13 +51,12 @@ pub struct PageFault {
 impl PageFault {
     /// The workload with `params`.
     pub fn new(params: PageFaultParams) -> Self {
-        PageFault { params, pid: None, base: Gva::ZERO, done: 0 }
+        PageFault { params, base: Gva::ZERO, done: 0 }
     }
 
     pub(super) fn start<S: Scheme>(&mut self, os: &mut Os<S>) -> Result<(), OsError> {
         let pid = os.spawn()?;
         self.base = os.mmap(pid, self.params.pages, RW)?;
-        self.pid = Some(pid);
         Ok(())
     }
 
@@ -242,13 +219,8 @@ impl RandomAccess {
     }
 
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, _pid: Pid) -> Result<Step, OsError> {
-        while self.touched < self.params.pages {
-            if os.slice_left() == 0 {
-                return Ok(Step::Preempted);
-            }
-            let va = page(self.base, self.touched);
-            os.store(va, token(va, 0))?;
-            self.touched += 1;
+        if !touch(os, self.base, self.params.pages, &mut self.touched, 0)? {
+            return Ok(Step::Preempted);
         }
         while os.slice_left() > 0 {
             if self.updates == self.params.updates {
@@ -418,13 +390,8 @@ impl PointerChase {
     }
 
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, _pid: Pid) -> Result<Step, OsError> {
-        while self.touched < self.params.pages {
-            if os.slice_left() == 0 {
-                return Ok(Step::Preempted);
-            }
-            let va = page(self.base, self.touched);
-            os.store(va, token(va, 0))?;
-            self.touched += 1;
+        if !touch(os, self.base, self.params.pages, &mut self.touched, 0)? {
+            return Ok(Step::Preempted);
         }
         while os.slice_left() > 0 {
             if self.loads == self.params.loads {
@@ -481,7 +448,6 @@ impl Validate for LspMicroParams {
 #[derive(Debug, Clone)]
 pub struct LspMicro {
     params: LspMicroParams,
-    pid: Option<Pid>,
     base: Gva,
     touched: u64,
     done: u64,
@@ -490,7 +456,7 @@ pub struct LspMicro {
 impl LspMicro {
     /// The workload with `params` (the seed is unused: the operation order is fixed).
     pub fn new(params: LspMicroParams, _seed: u64) -> Self {
-        LspMicro { params, pid: None, base: Gva::ZERO, touched: 0, done: 0 }
+        LspMicro { params, base: Gva::ZERO, touched: 0, done: 0 }
     }
 
     /// Whether operation `i` modifies: the evenly spread `floor(n * ratio)` of them.
@@ -505,19 +471,12 @@ impl LspMicro {
     pub(super) fn start<S: Scheme>(&mut self, os: &mut Os<S>) -> Result<(), OsError> {
         let pid = os.spawn()?;
         self.base = os.mmap(pid, self.params.pages, RW)?;
-        self.pid = Some(pid);
         Ok(())
     }
 
-    pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, _pid: Pid) -> Result<Step, OsError> {
-        let pid = expect_pid(self.pid)?;
-        while self.touched < self.params.pages {
-            if os.slice_left() == 0 {
-                return Ok(Step::Preempted);
-            }
-            let va = page(self.base, self.touched);
-            os.store(va, token(va, 0))?;
-            self.touched += 1;
+    pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
+        if !touch(os, self.base, self.params.pages, &mut self.touched, 0)? {
+            return Ok(Step::Preempted);
         }
         while os.slice_left() > 0 {
             if self.done == self.params.operations {
