@@ -170,6 +170,20 @@ impl Platform {
         self.root.ok_or_else(|| SimError::Config("the guest has not set a page-table root".into()))
     }
 
+    /// Hands a translation to the TLB: the one door every scheme fills the TLB through, so that
+    /// the translation oracle (`--verify`) can check each translation before it is used.
+    pub fn fill_tlb(
+        &mut self,
+        gva: Gva,
+        size: PageSize,
+        base: Hpa,
+        global: bool,
+        allow: crate::paging::AllowMask,
+    ) -> Result<(), SimError> {
+        self.mmu.fill(gva, size, base, global, allow);
+        Ok(())
+    }
+
     /// Charges a walk's references and returns its cycles.
     pub fn account_walk(&mut self) -> u64 {
         let lat = self.costs.pt_latency();

@@ -59,7 +59,7 @@ impl Scheme for Native {
         // Guest memory is host-contiguous in 2 MiB chunks only, so a 1 GiB guest page is cached
         // as 2 MiB pieces.
         let size = leaf.size.min(crate::mem::backing::CHUNK_SIZE);
-        p.mmu.fill(gva, size, hpa, leaf.global, allow);
+        p.fill_tlb(gva, size, hpa, leaf.global, allow)?;
         Ok(hpa)
     }
 }

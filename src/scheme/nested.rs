@@ -149,7 +149,7 @@ impl Scheme for Nested {
                 Ok(c) => {
                     let allow =
                         root.table.format().allow_mask(c.guest.perms, c.guest.dirty, &guest_regime);
-                    p.mmu.fill(gva, c.size, c.hpa, c.guest.global, allow);
+                    p.fill_tlb(gva, c.size, c.hpa, c.guest.global, allow)?;
                     return Ok(c.hpa);
                 }
                 Err(f) if f.stage == Stage::Nested && f.kind == FaultKind::NotPresent => {
