@@ -9,7 +9,7 @@ use crate::guest::{FaultResolution, Os, OsError};
 use crate::machine::{Machine, Platform, Scheme, SimError};
 use crate::profile::Profile;
 use crate::report::{CauseCounts, GuestReport, Report, TablesReport, TlbReport, WalkReport};
-use crate::scheme::{Native, Nested, NestedOptions, SchemeKind};
+use crate::scheme::{Native, Nested, NestedOptions, SchemeKind, Shadow, ShadowOptions};
 use crate::workload::{self, WorkloadKind};
 
 /// What to run.
@@ -61,6 +61,11 @@ pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report,
         SchemeKind::Native => execute(Machine::new(platform, Native), spec, workload, progress),
         SchemeKind::Nested => {
             let scheme = Nested::new(&mut platform, NestedOptions::default()).map_err(sim)?;
+            execute(Machine::new(platform, scheme), spec, workload, progress)
+        }
+        kind => {
+            let opts = kind.shadow_options().unwrap_or(ShadowOptions::TSP);
+            let scheme = Shadow::new(&platform, kind.name(), opts).map_err(sim)?;
             execute(Machine::new(platform, scheme), spec, workload, progress)
         }
     };

@@ -4,9 +4,11 @@
 
 pub mod native;
 pub mod nested;
+pub mod shadow;
 
 pub use native::Native;
 pub use nested::{Nested, NestedOptions};
+pub use shadow::{Shadow, ShadowOptions};
 
 /// The schemes memvirt implements.
 #[derive(
@@ -18,17 +20,40 @@ pub enum SchemeKind {
     Native,
     /// Nested (two-dimensional) paging: guest table × nested table in hardware.
     Nested,
+    /// Traditional shadow paging: write-protected guest tables, every flush and root switch exits.
+    Tsp,
+    /// Shadow paging with out-of-sync leaf table pages (KVM unsync, Xen OOS).
+    TspUnsync,
+    /// Swift Shadow Paging: no write protection, flushes intercepted in hardware mode, root buffer.
+    Ssp,
+    /// Lazy Shadow Paging (RISC-V): M-mode fast path for single-address flushes, lazy re-sync.
+    Lsp,
+    /// RVirt: one shadow table per vCPU, wiped at root switches and global flushes.
+    Rvirt,
 }
 
 impl SchemeKind {
     /// Every implemented scheme.
-    pub const ALL: &'static [SchemeKind] = &[SchemeKind::Native, SchemeKind::Nested];
+    pub const ALL: &'static [SchemeKind] = &[
+        SchemeKind::Native,
+        SchemeKind::Nested,
+        SchemeKind::Tsp,
+        SchemeKind::TspUnsync,
+        SchemeKind::Ssp,
+        SchemeKind::Lsp,
+        SchemeKind::Rvirt,
+    ];
 
     /// The name the command line uses.
     pub fn name(self) -> &'static str {
         match self {
             SchemeKind::Native => "native",
             SchemeKind::Nested => "nested",
+            SchemeKind::Tsp => "tsp",
+            SchemeKind::TspUnsync => "tsp-unsync",
+            SchemeKind::Ssp => "ssp",
+            SchemeKind::Lsp => "lsp",
+            SchemeKind::Rvirt => "rvirt",
         }
     }
 
@@ -39,6 +64,33 @@ impl SchemeKind {
             SchemeKind::Nested => {
                 "nested paging: 2D walk of guest × nested table with PWC and nested TLB ((n+1)(m+1)-1 references cold)"
             }
+            SchemeKind::Tsp => {
+                "traditional shadow paging: guest table pages write-protected, each write, flush and root switch a VM exit"
+            }
+            SchemeKind::TspUnsync => {
+                "shadow paging with out-of-sync leaf pages (KVM/Xen): leaf tables unprotected after one write, re-synced at flushes"
+            }
+            SchemeKind::Ssp => {
+                "Swift Shadow Paging: no write protection; flushes invalidate in hardware mode, re-sync at the next miss; root buffer"
+            }
+            SchemeKind::Lsp => {
+                "Lazy Shadow Paging: M-mode fast path invalidates at sfence.vma va; lazy re-sync; global flushes sync eagerly"
+            }
+            SchemeKind::Rvirt => {
+                "RVirt: one shadow table per vCPU, wiped at root switches and global flushes; single-address flushes invalidate"
+            }
+        }
+    }
+
+    /// The shadow-paging options of a shadow scheme (`None` for the others).
+    pub fn shadow_options(self) -> Option<ShadowOptions> {
+        match self {
+            SchemeKind::Native | SchemeKind::Nested => None,
+            SchemeKind::Tsp => Some(ShadowOptions::TSP),
+            SchemeKind::TspUnsync => Some(ShadowOptions::TSP_UNSYNC),
+            SchemeKind::Ssp => Some(ShadowOptions::SSP),
+            SchemeKind::Lsp => Some(ShadowOptions::LSP),
+            SchemeKind::Rvirt => Some(ShadowOptions::RVIRT),
         }
     }
 }
