@@ -95,10 +95,17 @@ impl Replacement for Random {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Slot<E> {
-    entry: Option<E>,
-    meta: u64,
+/// Checks that `entries` (non-zero) split into a power-of-two number of sets of `ways`; returns
+/// the number of sets.
+pub(crate) fn check_geometry(
+    name: &str,
+    entries: usize,
+    ways: usize,
+) -> Result<usize, GeometryError> {
+    if ways == 0 || entries % ways != 0 || !(entries / ways).is_power_of_two() {
+        return Err(GeometryError::BadGeometry { name: name.to_string(), entries, ways });
+    }
+    Ok(entries / ways)
 }
 
 /// A set-associative table of `E`. The caller supplies a set key (usually the page number) and a
@@ -106,7 +113,10 @@ struct Slot<E> {
 /// level for page-walk caches), so matching stays with the entry type.
 #[derive(Debug, Clone)]
 pub struct SetAssoc<E: Copy + Debug, R: Replacement = Lru> {
-    slots: Vec<Slot<E>>,
+    /// The entry of each way (`None` when empty); set `s` is `slots[s * ways..(s + 1) * ways]`.
+    slots: Vec<Option<E>>,
+    /// Each way's replacement state, apart from the entries so that lookups scan only entries.
+    metas: Vec<u64>,
     set_mask: u64,
     ways: usize,
     live: usize,
@@ -120,18 +130,17 @@ impl<E: Copy + Debug, R: Replacement> SetAssoc<E, R> {
         if entries == 0 {
             return Ok(SetAssoc {
                 slots: Vec::new(),
+                metas: Vec::new(),
                 set_mask: 0,
                 ways: 0,
                 live: 0,
                 policy: R::default(),
             });
         }
-        let bad = || GeometryError::BadGeometry { name: name.to_string(), entries, ways };
-        if ways == 0 || entries % ways != 0 || !(entries / ways).is_power_of_two() {
-            return Err(bad());
-        }
+        check_geometry(name, entries, ways)?;
         Ok(SetAssoc {
-            slots: vec![Slot { entry: None, meta: 0 }; entries],
+            slots: vec![None; entries],
+            metas: vec![0; entries],
             set_mask: (entries / ways) as u64 - 1,
             ways,
             live: 0,
@@ -141,7 +150,14 @@ impl<E: Copy + Debug, R: Replacement> SetAssoc<E, R> {
 
     /// A disabled table.
     pub fn disabled() -> Self {
-        SetAssoc { slots: Vec::new(), set_mask: 0, ways: 0, live: 0, policy: R::default() }
+        SetAssoc {
+            slots: Vec::new(),
+            metas: Vec::new(),
+            set_mask: 0,
+            ways: 0,
+            live: 0,
+            policy: R::default(),
+        }
     }
 
     #[inline]
@@ -175,41 +191,51 @@ impl<E: Copy + Debug, R: Replacement> SetAssoc<E, R> {
     #[inline]
     pub fn lookup(&mut self, key: u64, hit: impl Fn(&E) -> bool) -> Option<E> {
         let range = self.set_range(key);
-        let set = self.slots.get_mut(range)?;
-        for slot in set {
-            if let Some(e) = slot.entry {
-                if hit(&e) {
-                    self.policy.on_hit(&mut slot.meta);
-                    return Some(e);
-                }
-            }
-        }
-        None
+        let start = range.start;
+        let (way, e) = self
+            .slots
+            .get(range)?
+            .iter()
+            .enumerate()
+            .find_map(|(w, s)| s.filter(|e| hit(e)).map(|e| (w, e)))?;
+        self.policy.on_hit(&mut self.metas[start + way]);
+        Some(e)
     }
 
     /// Finds the entry matching `hit` without touching replacement state.
     pub fn probe(&self, key: u64, hit: impl Fn(&E) -> bool) -> Option<E> {
-        self.slots.get(self.set_range(key))?.iter().filter_map(|s| s.entry).find(|e| hit(e))
+        self.slots.get(self.set_range(key))?.iter().flatten().find(|e| hit(e)).copied()
     }
 
-    /// Inserts `entry` into the set of `key`, replacing an entry that `same` matches, else a free
-    /// way, else the policy's victim. Returns the evicted entry, if any.
+    /// Inserts `entry` into the set of `key`, replacing an entry that `same` matches, else the
+    /// first free way, else the policy's victim. Returns the evicted entry, if any.
     pub fn insert(&mut self, key: u64, entry: E, same: impl Fn(&E) -> bool) -> Option<E> {
         if self.slots.is_empty() {
             return None;
         }
         let range = self.set_range(key);
-        let set = &mut self.slots[range];
-        let way = match set.iter().position(|s| s.entry.is_some_and(|e| same(&e))) {
+        let start = range.start;
+        // One pass finds a matching entry (which wins) and remembers the first free way.
+        let mut free = None;
+        let mut matching = None;
+        for (w, slot) in self.slots[range.clone()].iter().enumerate() {
+            match slot {
+                Some(e) if same(e) => {
+                    matching = Some(w);
+                    break;
+                }
+                Some(_) => {}
+                None => {
+                    free = free.or(Some(w));
+                }
+            }
+        }
+        let way = match matching.or(free) {
             Some(w) => w,
-            None => match set.iter().position(|s| s.entry.is_none()) {
-                Some(w) => w,
-                None => self.policy.victim(set.iter().map(|s| s.meta)),
-            },
+            None => self.policy.victim(self.metas[range].iter().copied()).min(self.ways - 1),
         };
-        let slot = &mut set[way.min(set.len() - 1)];
-        let old = slot.entry.replace(entry);
-        self.policy.on_fill(&mut slot.meta);
+        let old = self.slots[start + way].replace(entry);
+        self.policy.on_fill(&mut self.metas[start + way]);
         if old.is_none() {
             self.live += 1;
         }
@@ -220,8 +246,8 @@ impl<E: Copy + Debug, R: Replacement> SetAssoc<E, R> {
     pub fn retain(&mut self, mut keep: impl FnMut(&E) -> bool) -> usize {
         let mut dropped = 0;
         for slot in &mut self.slots {
-            if slot.entry.is_some_and(|e| !keep(&e)) {
-                slot.entry = None;
+            if slot.is_some_and(|e| !keep(&e)) {
+                *slot = None;
                 dropped += 1;
             }
         }
@@ -237,8 +263,8 @@ impl<E: Copy + Debug, R: Replacement> SetAssoc<E, R> {
         let range = self.set_range(key);
         let mut dropped = 0;
         for slot in &mut self.slots[range] {
-            if slot.entry.is_some_and(|e| !keep(&e)) {
-                slot.entry = None;
+            if slot.is_some_and(|e| !keep(&e)) {
+                *slot = None;
                 dropped += 1;
             }
         }
@@ -248,15 +274,13 @@ impl<E: Copy + Debug, R: Replacement> SetAssoc<E, R> {
 
     /// Drops everything.
     pub fn clear(&mut self) {
-        for slot in &mut self.slots {
-            slot.entry = None;
-        }
+        self.slots.fill(None);
         self.live = 0;
     }
 
     /// Every valid entry.
     pub fn iter(&self) -> impl Iterator<Item = &E> + '_ {
-        self.slots.iter().filter_map(|s| s.entry.as_ref())
+        self.slots.iter().flatten()
     }
 }
 
