@@ -226,30 +226,42 @@ impl<S: Scheme> Os<S> {
     /// Moves the page at `va` to a fresh frame (a kernel page migration, as the LSP
     /// micro-benchmark's PTE modification): copy, one leaf store, one single-address flush.
     pub fn migrate_page(&mut self, pid: Pid, va: Gva) -> Result<(), OsError> {
+        self.migrate_pages(pid, &[va])
+    }
+
+    /// Migrates each page of `vas` in turn (a page listed twice moves twice) and flushes once at
+    /// the end, as Linux batches the flushes of a migration (`try_to_unmap_flush`): a leaf store
+    /// per move, then the flushes of the changed range.
+    pub fn migrate_pages(&mut self, pid: Pid, vas: &[Gva]) -> Result<(), OsError> {
         self.syscall()?;
-        let (root, asid) = {
-            let p = self.running(pid)?;
-            (p.mm.root, p.mm.asid.unwrap_or_default())
-        };
-        let page = va.align_down(PageSize::Size4K);
-        let slot = self.find_leaf(&root, page);
+        let root = self.running(pid)?.mm.root;
         let fmt = self.format;
-        let Some(Ok(Decoded::Leaf { base, attrs })) = slot.map(|s| fmt.decode(s.raw, s.level))
-        else {
-            return Err(internal(format!("migrate_page: {va} is not mapped")));
-        };
-        let old = Gpa::new(base).page();
-        let new = self.frames.alloc()?;
-        let p = &mut self.machine.platform;
-        let (Some(src), Some(dst)) = (p.back(old)?, p.back(new)?) else {
-            return Err(internal(format!("migrate_page: frames outside guest memory at {va}")));
-        };
-        p.host.copy_frame(src, dst);
-        p.stats.cycles.guest_kernel += p.costs.page_copy;
-        self.machine.scheme.guest_frame_written(&mut self.machine.platform, new)?;
-        self.update_leaf(&root, page, |_| fmt.encode_leaf(new.addr().as_u64(), Level::L0, attrs))?;
-        self.release_page(old);
-        self.flush(self.policy.page(page, asid))
+        let mut changed = Vec::with_capacity(vas.len());
+        for &va in vas {
+            let page = va.align_down(PageSize::Size4K);
+            let slot = self.find_leaf(&root, page);
+            let Some(Ok(Decoded::Leaf { base, attrs })) = slot.map(|s| fmt.decode(s.raw, s.level))
+            else {
+                return Err(internal(format!("migrate_page: {va} is not mapped")));
+            };
+            let old = Gpa::new(base).page();
+            let new = self.frames.alloc()?;
+            let p = &mut self.machine.platform;
+            let (Some(src), Some(dst)) = (p.back(old)?, p.back(new)?) else {
+                return Err(internal(format!("migrate_page: frames outside guest memory at {va}")));
+            };
+            p.host.copy_frame(src, dst);
+            p.stats.cycles.guest_kernel += p.costs.page_copy;
+            self.machine.scheme.guest_frame_written(&mut self.machine.platform, new)?;
+            self.update_leaf(&root, page, |_| {
+                fmt.encode_leaf(new.addr().as_u64(), Level::L0, attrs)
+            })?;
+            self.release_page(old);
+            changed.push(page);
+        }
+        changed.sort();
+        changed.dedup();
+        self.flush_range(pid, &changed)
     }
 
     /// `fork()`: the child gets a copy of the parent's tables; private writable pages become

@@ -783,4 +783,24 @@ mod tests {
         t.install(&mut host, id, gva, &path([3, 2, 1]), Level::L0, leaf(0x9000)).unwrap();
         assert_eq!(t.leaves(&host, id)[0].0, gva);
     }
+
+    #[test]
+    fn a_clean_guest_entry_is_shadowed_without_write_permission() {
+        let (t, mut host, mut backing, _) = tables();
+        backing.back(Gfn::new(5), &mut host).unwrap();
+        let f = Format::SV39;
+        let rw = Perms::R | Perms::W | Perms::U;
+        let clean = LeafAttrs { perms: rw, global: false, accessed: true, dirty: false };
+        let raw = f.encode_leaf(5 << 12, Level::L0, clean);
+        let leaf = t.leaf_from_entry(&backing, raw, Level::L0, (Perms::all(), false), true);
+        assert_eq!(leaf.unwrap().perms, Perms::R | Perms::U, "W waits for the dirty bit");
+        let dirty = f.encode_leaf(5 << 12, Level::L0, LeafAttrs { dirty: true, ..clean });
+        let leaf = t.leaf_from_entry(&backing, dirty, Level::L0, (Perms::all(), false), true);
+        assert_eq!(leaf.unwrap().perms, rw);
+        let young = f.encode_leaf(5 << 12, Level::L0, LeafAttrs { accessed: false, ..clean });
+        assert!(
+            t.leaf_from_entry(&backing, young, Level::L0, (Perms::all(), false), true).is_none(),
+            "an entry the guest has not used is not shadowed ahead of use"
+        );
+    }
 }

@@ -1,0 +1,63 @@
+//! Differential runs (DESIGN.md §7): every scheme, given the same workload, profile and seed,
+//! must give the guest the same history — the faults it was delivered and the content tokens it
+//! read. A difference is a bug in a scheme.
+
+use memvirt::profile::Profile;
+use memvirt::run::{run, RunSpec};
+use memvirt::scheme::SchemeKind;
+use memvirt::workload::WorkloadKind;
+
+/// Parameters that keep each workload small enough for a test.
+fn small(w: WorkloadKind) -> Vec<(String, String)> {
+    let sets: &[(&str, &str)] = match w {
+        WorkloadKind::Pagefault => &[("pages", "200")],
+        WorkloadKind::Fork => {
+            &[("heap_pages", "48"), ("forks", "4"), ("child_writes", "8"), ("child_reads", "8")]
+        }
+        WorkloadKind::Exec => &[("processes", "4"), ("pages", "8")],
+        WorkloadKind::Mmap => &[("iterations", "12"), ("pages", "70")],
+        WorkloadKind::Ctxsw => &[("processes", "10"), ("turns", "30")],
+        WorkloadKind::Random => &[("pages", "400"), ("updates", "3000")],
+        WorkloadKind::Stream => &[("pages", "64"), ("passes", "2")],
+        WorkloadKind::PointerChase => &[("pages", "400"), ("loads", "3000")],
+        WorkloadKind::Server => &[("workers", "3"), ("requests", "8"), ("shared_pages", "96")],
+        WorkloadKind::LspMicro => &[("pages", "64"), ("operations", "1000")],
+    };
+    sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn every_scheme_gives_the_guest_the_same_history() {
+    for profile in ["riscv-sv39", "x86-64"] {
+        let profile = Profile::builtin(profile).unwrap();
+        for seed in 1..=3 {
+            for w in WorkloadKind::ALL {
+                let mut seen: Option<(String, u64, &str)> = None;
+                for &s in SchemeKind::ALL {
+                    let spec = RunSpec {
+                        scheme: s,
+                        workload: w,
+                        workload_sets: small(w),
+                        profile: profile.clone(),
+                        seed,
+                    };
+                    let r = run(&spec, &mut |_, _| {}).unwrap_or_else(|e| {
+                        panic!("{} on {} ({}, seed {seed}): {e}", s.name(), w.name(), profile.name)
+                    });
+                    let got = (r.guest.history.clone(), r.guest_page_faults);
+                    match &seen {
+                        None => seen = Some((got.0, got.1, s.name())),
+                        Some((h, f, first)) => assert_eq!(
+                            (&got.0, got.1),
+                            (h, *f),
+                            "{} on {} ({}, seed {seed}) differs from {first}",
+                            s.name(),
+                            w.name(),
+                            profile.name
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
