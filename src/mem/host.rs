@@ -10,7 +10,7 @@ use crate::addr::{u64_to_usize, Hfn, Hpa, PAGE_SHIFT};
 /// Entries in one 4 KiB table page.
 pub const ENTRIES_PER_PAGE: usize = 512;
 
-type TablePage = Box<[u64; ENTRIES_PER_PAGE]>;
+type TablePage = [u64; ENTRIES_PER_PAGE];
 
 /// Simulator errors of the memory layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,8 +35,6 @@ pub enum MemError {
 
 #[derive(Clone, Copy, Debug, Default)]
 struct Frame {
-    /// Content token of a data frame (0 for a zeroed frame).
-    token: u64,
     /// 1 + index into `HostMemory::tables` when the frame holds entries, else 0.
     table: u32,
     /// Allocated (not on the free list).
@@ -44,9 +42,16 @@ struct Frame {
 }
 
 /// The host's physical memory: a frame allocator plus per-frame contents.
+///
+/// Every TLB miss reads table entries and then the data frame's token at addresses the host
+/// cache has rarely seen, so the layout keeps those reads to as few host cache lines as it can:
+/// tokens have their own dense array (8 bytes a frame), and table pages live in one contiguous
+/// arena indexed from the 8-byte frame record, not behind a pointer each.
 #[derive(Debug)]
 pub struct HostMemory {
     frames: Vec<Frame>,
+    /// Content token of each frame (0 for a zeroed frame), indexed like `frames`.
+    tokens: Vec<u64>,
     tables: Vec<TablePage>,
     free_tables: Vec<u32>,
     free_frames: Vec<u64>,
@@ -60,6 +65,7 @@ impl HostMemory {
     pub fn new(limit_frames: u64) -> Self {
         HostMemory {
             frames: vec![Frame { live: true, ..Frame::default() }],
+            tokens: vec![0],
             tables: Vec::new(),
             free_tables: Vec::new(),
             free_frames: Vec::new(),
@@ -96,6 +102,7 @@ impl HostMemory {
         for _ in first..end {
             self.frames.push(Frame { live: true, ..Frame::default() });
         }
+        self.tokens.resize(self.frames.len(), 0);
         self.live += count;
         Ok(Hfn::new(first))
     }
@@ -110,6 +117,7 @@ impl HostMemory {
             self.free_tables.push(frame.table - 1);
         }
         *frame = Frame::default();
+        self.tokens[u64_to_usize(hfn.as_u64())] = 0;
         self.free_frames.push(hfn.as_u64());
         self.live -= 1;
     }
@@ -117,7 +125,7 @@ impl HostMemory {
     /// Clears a frame: token 0, every entry 0.
     pub fn zero_frame(&mut self, hfn: Hfn) {
         let Some(frame) = self.frames.get_mut(u64_to_usize(hfn.as_u64())) else { return };
-        frame.token = 0;
+        self.tokens[u64_to_usize(hfn.as_u64())] = 0;
         if frame.table != 0 {
             self.free_tables.push(frame.table - 1);
             frame.table = 0;
@@ -128,14 +136,13 @@ impl HostMemory {
     pub fn copy_frame(&mut self, src: Hfn, dst: Hfn) {
         self.zero_frame(dst);
         let Some(&from) = self.frames.get(u64_to_usize(src.as_u64())) else { return };
-        if let Some(to) = self.frames.get_mut(u64_to_usize(dst.as_u64())) {
-            to.token = from.token;
-        }
+        let token = self.token(src);
+        self.set_token(dst, token);
         if from.table != 0 {
-            let page = self.tables[(from.table - 1) as usize].clone();
-            let idx = self.table_slot(dst);
-            if let Some(idx) = idx {
-                *self.tables[idx] = *page;
+            // A copy, since giving `dst` storage may grow (move) the arena.
+            let page = self.tables[(from.table - 1) as usize];
+            if let Some(idx) = self.table_slot(dst) {
+                self.tables[idx] = page;
             }
         }
     }
@@ -143,14 +150,14 @@ impl HostMemory {
     /// The content token of a frame (0 if never written).
     #[inline]
     pub fn token(&self, hfn: Hfn) -> u64 {
-        self.frames.get(u64_to_usize(hfn.as_u64())).map_or(0, |f| f.token)
+        self.tokens.get(u64_to_usize(hfn.as_u64())).copied().unwrap_or(0)
     }
 
     /// Sets the content token of a frame.
     #[inline]
     pub fn set_token(&mut self, hfn: Hfn, token: u64) {
-        if let Some(f) = self.frames.get_mut(u64_to_usize(hfn.as_u64())) {
-            f.token = token;
+        if let Some(t) = self.tokens.get_mut(u64_to_usize(hfn.as_u64())) {
+            *t = token;
         }
     }
 
@@ -184,7 +191,7 @@ impl HostMemory {
                     i
                 }
                 None => {
-                    self.tables.push(Box::new([0; ENTRIES_PER_PAGE]));
+                    self.tables.push([0; ENTRIES_PER_PAGE]);
                     u32::try_from(self.tables.len() - 1).ok()?
                 }
             };
