@@ -70,6 +70,8 @@ impl Default for PtCacheConfig {
 /// with the oldest stamp) but is specialised for the page-table-read path, which runs several
 /// times per TLB miss: tags and stamps sit in two flat arrays, so a lookup scans only the tags
 /// (a 16-way set is two host cache lines instead of six `Option<u64>` slots with metadata).
+/// Lines are never invalidated, so a set fills its ways in order and a count per set says which
+/// way is the first free one without scanning for it.
 ///
 /// [`Lru`]: super::setassoc::Lru
 #[derive(Debug, Clone)]
@@ -79,6 +81,8 @@ struct LineCache {
     tags: Vec<u64>,
     /// The clock value of each way's last hit or fill.
     stamps: Vec<u64>,
+    /// Ways in use in each set: ways `0..filled[s]` are valid, the rest empty.
+    filled: Vec<usize>,
     set_mask: u64,
     ways: usize,
     clock: u64,
@@ -96,16 +100,23 @@ impl LineCache {
         Ok(LineCache {
             tags: vec![INVALID; g.entries],
             stamps: vec![0; g.entries],
+            filled: vec![0; sets],
             set_mask: (sets as u64).saturating_sub(1),
             ways,
             clock: 0,
         })
     }
 
+    /// The set `line` maps to.
+    #[inline]
+    fn set_of(&self, line: u64) -> usize {
+        crate::addr::u64_to_usize(line & self.set_mask)
+    }
+
     /// The index of the first way of `line`'s set.
     #[inline]
     fn set_start(&self, line: u64) -> usize {
-        crate::addr::u64_to_usize(line & self.set_mask) * self.ways
+        self.set_of(line) * self.ways
     }
 
     /// Looks `line` up, stamping it on a hit. A disabled level (no ways) always misses.
@@ -130,14 +141,15 @@ impl LineCache {
         if self.ways == 0 {
             return;
         }
-        let start = self.set_start(line);
-        let range = start..start + self.ways;
-        let way = match self.tags[range.clone()].iter().position(|&t| t == INVALID) {
-            Some(free) => free,
+        let set = self.set_of(line);
+        let start = set * self.ways;
+        let way = if self.filled[set] < self.ways {
+            self.filled[set] += 1;
+            self.filled[set] - 1
+        } else {
             // Stamps of a level are distinct, so the oldest is unique.
-            None => {
-                self.stamps[range].iter().enumerate().min_by_key(|&(_, s)| s).map_or(0, |(w, _)| w)
-            }
+            let stamps = &self.stamps[start..start + self.ways];
+            stamps.iter().enumerate().min_by_key(|&(_, s)| s).map_or(0, |(w, _)| w)
         };
         self.tags[start + way] = line;
         self.clock += 1;
