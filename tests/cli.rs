@@ -174,9 +174,12 @@ fn the_same_seed_gives_byte_identical_json_and_another_seed_differs() {
     assert_eq!(json(&other)[0]["seed"], 8);
 }
 
-/// `compare` over two workloads; `workload.operations` is lsp-micro's alone, and applies to it.
-const SMALL_COMPARE: [&str; 8] = [
+/// `compare` of native and nested over two workloads; `workload.operations` is lsp-micro's
+/// alone, and applies to it.
+const SMALL_COMPARE: [&str; 10] = [
     "compare",
+    "--schemes",
+    "native,nested",
     "--workloads",
     "pagefault,lsp-micro",
     "--set",
