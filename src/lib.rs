@@ -9,6 +9,7 @@
 //!   all built on one set-associative table.
 //! - [`scheme`]: the memory-virtualization schemes behind one trait.
 //! - [`machine`]: a vCPU, its memory and a scheme, driven access by access.
+//! - [`sweep`], [`plot`]: one setting swept over values for every scheme, and its SVG chart.
 //!
 //! See `DESIGN.md` at the repository root for the layers and the non-goals.
 #![forbid(unsafe_code)]
@@ -24,12 +25,14 @@ pub mod mem;
 pub mod mmu;
 pub mod output;
 pub mod paging;
+pub mod plot;
 pub mod profile;
 pub mod report;
 pub mod rng;
 pub mod run;
 pub mod scheme;
 pub mod stats;
+pub mod sweep;
 pub mod workload;
 
 pub use addr::{Asid, Gfn, Gpa, Gva, Gvpn, Hfn, Hpa, Hva, Level, PageSize, Vmid};

@@ -23,6 +23,8 @@ use memvirt::run::{self, RunSpec};
 use memvirt::scheme::SchemeKind;
 use memvirt::workload::WorkloadKind;
 
+mod sweep_cmd;
+
 /// memvirt: a fast, bit-accurate simulator of memory virtualization.
 ///
 /// With no subcommand, runs `compare` with its defaults: every scheme on the default workload mix.
@@ -55,6 +57,13 @@ enum Command {
     /// The figures depend on this machine and its load; build with `--release`. `--set
     /// workload.KEY=VALUE` follows the rule of `compare`.
     Bench(BenchArgs),
+    /// Sweep one setting over values, run the schemes at each, and tabulate (and plot) a metric.
+    ///
+    /// One row per value, one column per scheme. Points run in parallel (RAYON_NUM_THREADS
+    /// caps the threads); the output does not depend on their timing. Native also runs at each
+    /// value, as the overhead baseline. `memvirt sweep --lsp-micro --svg lsp-micro.svg`
+    /// reproduces the LSP paper's micro-benchmark series (README).
+    Sweep(SweepArgs),
 }
 
 #[derive(Args, Debug)]
@@ -132,6 +141,38 @@ struct BenchArgs {
     out: OutputArgs,
 }
 
+#[derive(Args, Debug)]
+struct SweepArgs {
+    /// The workload [required unless --lsp-micro].
+    #[arg(long, value_enum, required_unless_present = "lsp_micro")]
+    workload: Option<WorkloadKind>,
+    /// The swept setting and its values: `KEY=V1,V2,...`, or `KEY=START:END:STEP` for numbers
+    /// from START to END (included) by STEP. KEY is `workload.KEY` for a workload parameter or a
+    /// profile key (`memvirt list --keys`); it is applied after every --set.
+    #[arg(long, value_name = "KEY=VALUES", required_unless_present = "lsp_micro")]
+    vary: Option<String>,
+    /// Schemes, comma-separated, one column and line each [default: every scheme; with
+    /// --lsp-micro: tsp,tsp-unsync,ssp,lsp,rvirt].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    schemes: Vec<SchemeKind>,
+    /// The metric tabulated and plotted.
+    #[arg(long, value_enum, default_value_t = memvirt::sweep::Metric::ExitsAndTraps)]
+    metric: memvirt::sweep::Metric,
+    /// Also draw the chart (x: the values, one line per scheme) as an SVG file, replaced whole
+    /// only once the sweep succeeded.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// The LSP paper's micro-benchmark: `--workload lsp-micro --vary
+    /// workload.modify_ratio=0:1:0.1 --schemes tsp,tsp-unsync,ssp,lsp,rvirt` (--schemes,
+    /// --metric and --set still apply).
+    #[arg(long, conflicts_with_all = ["workload", "vary"])]
+    lsp_micro: bool,
+    #[command(flatten)]
+    machine: MachineArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli) {
@@ -174,6 +215,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Run(args)) => run_one(&args),
         Some(Command::Compare(args)) => compare(&args),
         Some(Command::Bench(args)) => bench(&args),
+        Some(Command::Sweep(args)) => sweep_cmd::sweep(&args),
     }
 }
 

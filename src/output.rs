@@ -5,7 +5,8 @@
 //! removed). The CSV form flattens the headline numbers of each report into one row. Both are
 //! deterministic: identical reports render to identical bytes.
 //!
-//! [`render_bench`] does the same for the wall-clock timings of `memvirt bench`.
+//! [`render_bench`] does the same for the wall-clock timings of `memvirt bench`, and
+//! [`render_sweep`] for the metric matrix of `memvirt sweep`.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -13,6 +14,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::report::Report;
+use crate::sweep::{Metric, Sweep};
 
 /// How reports are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -20,9 +22,9 @@ pub enum Format {
     /// Aligned columns for a terminal, after a title line.
     #[default]
     Table,
-    /// A pretty-printed JSON array of report objects (`docs/json.md`).
+    /// Pretty-printed JSON (`docs/json.md`): an array of report objects (`sweep`: one object).
     Json,
-    /// A header row, then one row per report.
+    /// A header row, then one row per report (`sweep`: per value).
     Csv,
 }
 
@@ -131,6 +133,48 @@ pub fn render_bench(rows: &[BenchRow], format: Format, title: &str) -> Result<St
             }
             Ok(out)
         }
+    }
+}
+
+/// A sweep in `format`: a table with one row per value and one column per scheme (after
+/// `title`), the [`Sweep`] as one JSON object (`docs/json.md`), or CSV with the table's rows and
+/// the metric's plain numbers (an unknown overhead is an empty cell).
+pub fn render_sweep(sweep: &Sweep, format: Format, title: &str) -> Result<String, RenderError> {
+    let mut header = vec![sweep.key.as_str()];
+    header.extend(sweep.schemes.iter().map(|s| s.name()));
+    let rows = sweep.values.iter().zip(&sweep.matrix);
+    match format {
+        Format::Table => {
+            let columns: Vec<(&str, Align)> = header.iter().map(|&h| (h, Align::Right)).collect();
+            let mut t = Table::new(&columns);
+            for (value, row) in rows {
+                let mut cells = vec![value.clone()];
+                cells.extend(row.iter().map(|&m| metric_cell(sweep.metric, m)));
+                t.row(cells);
+            }
+            Ok(t.render(title))
+        }
+        Format::Json => json(sweep),
+        Format::Csv => {
+            let mut out = String::new();
+            csv_line(&mut out, &header.iter().map(|&h| h.to_owned()).collect::<Vec<_>>());
+            for (value, row) in rows {
+                let mut cells = vec![value.clone()];
+                cells.extend(row.iter().map(|m| m.map(|m| m.to_string()).unwrap_or_default()));
+                csv_line(&mut out, &cells);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// A metric value in a table cell: counts whole, overhead in percent, means to two places.
+fn metric_cell(metric: Metric, value: Option<f64>) -> String {
+    match (metric, value) {
+        (Metric::Overhead, v) => overhead_percent(v),
+        (_, None) => "-".to_owned(),
+        (Metric::RefsPerMiss, Some(v)) => format!("{v:.2}"),
+        (_, Some(v)) => format!("{v:.0}"),
     }
 }
 
@@ -281,13 +325,14 @@ enum Align {
 
 /// A table whose columns are as wide as their widest cell.
 struct Table {
-    header: Vec<(&'static str, Align)>,
+    header: Vec<(String, Align)>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(header: &[(&'static str, Align)]) -> Self {
-        Table { header: header.to_vec(), rows: Vec::new() }
+    fn new(header: &[(&str, Align)]) -> Self {
+        let header = header.iter().map(|&(name, align)| (name.to_owned(), align)).collect();
+        Table { header, rows: Vec::new() }
     }
 
     fn row(&mut self, cells: Vec<String>) {
@@ -309,7 +354,7 @@ impl Table {
             out.push_str(title);
             out.push('\n');
         }
-        let names: Vec<String> = self.header.iter().map(|(n, _)| (*n).to_owned()).collect();
+        let names: Vec<String> = self.header.iter().map(|(n, _)| n.clone()).collect();
         self.line(&mut out, &names, &widths);
         for r in &self.rows {
             self.line(&mut out, r, &widths);
@@ -473,6 +518,53 @@ mod tests {
         let csv = render_bench(&[row], Format::Csv, "bench")?;
         assert_eq!(csv.lines().count(), 2);
         assert!(csv.starts_with("workload,scheme,"));
+        Ok(())
+    }
+
+    fn sweep_of(metric: Metric, matrix: Vec<Vec<Option<f64>>>) -> Sweep {
+        use crate::scheme::SchemeKind;
+        Sweep {
+            workload: "lsp-micro".to_owned(),
+            profile: "riscv-sv39".to_owned(),
+            seed: 1,
+            key: "workload.modify_ratio".to_owned(),
+            values: vec!["0".to_owned(), "0.5".to_owned()],
+            schemes: vec![SchemeKind::Tsp, SchemeKind::Lsp],
+            metric,
+            matrix,
+            reports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn sweeps_render_a_row_per_value_and_a_column_per_scheme() -> Result<(), RenderError> {
+        let counts = vec![vec![Some(134.0), Some(99.0)], vec![Some(334.0), Some(199.0)]];
+        let s = sweep_of(Metric::ExitsAndTraps, counts);
+        let table = render_sweep(&s, Format::Table, "title line")?;
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "title line",
+                "workload.modify_ratio  tsp  lsp",
+                "                    0  134   99",
+                "                  0.5  334  199",
+            ]
+        );
+        let csv = render_sweep(&s, Format::Csv, "title line")?;
+        assert_eq!(csv, "workload.modify_ratio,tsp,lsp\n0,134,99\n0.5,334,199\n");
+        let json: serde_json::Value = serde_json::from_str(&render_sweep(&s, Format::Json, "")?)?;
+        assert_eq!(json["matrix"][1][0].as_u64(), Some(334), "whole numbers as integers");
+        assert_eq!(json["schemes"][1], "lsp");
+        assert_eq!(json["metric"], "exits-and-traps");
+
+        let s =
+            sweep_of(Metric::Overhead, vec![vec![Some(0.25), None], vec![Some(0.5), Some(1.0)]]);
+        let table = render_sweep(&s, Format::Table, "")?;
+        let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+        assert_eq!(row, ["0", "+25.0%", "-"], "{table}");
+        let csv = render_sweep(&s, Format::Csv, "")?;
+        assert!(csv.contains("\n0,0.25,\n"), "{csv}");
         Ok(())
     }
 

@@ -1,0 +1,146 @@
+//! `memvirt sweep`, part of the binary (declared in `main.rs`, not in the library): turns
+//! [`SweepArgs`] into a [`SweepSpec`], runs it with [`memvirt::sweep::sweep`], prints the matrix
+//! and writes the chart with the same atomic helper as `--output`.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use memvirt::output::{self, Format};
+use memvirt::plot;
+use memvirt::scheme::SchemeKind;
+use memvirt::sweep::{self, SweepSpec};
+use memvirt::workload::WorkloadKind;
+
+use super::{
+    check_output, emit, has_param, selected, write_atomically, OutputArgs, Progress, Setup,
+    SweepArgs,
+};
+
+/// What `--lsp-micro` stands for.
+const LSP_MICRO_VARY: &str = "workload.modify_ratio=0:1:0.1";
+const LSP_MICRO_SCHEMES: [SchemeKind; 5] =
+    [SchemeKind::Tsp, SchemeKind::TspUnsync, SchemeKind::Ssp, SchemeKind::Lsp, SchemeKind::Rvirt];
+
+pub(super) fn sweep(args: &SweepArgs) -> Result<()> {
+    check_output(&args.out)?;
+    if let Some(svg) = &args.svg {
+        // The same early check as --output's.
+        check_output(&OutputArgs { format: Format::Table, output: Some(svg.clone()) })
+            .context("--svg")?;
+    }
+    let (workload, vary, default_schemes) = if args.lsp_micro {
+        (WorkloadKind::LspMicro, LSP_MICRO_VARY, &LSP_MICRO_SCHEMES[..])
+    } else {
+        match (args.workload, args.vary.as_deref()) {
+            (Some(w), Some(v)) => (w, v, SchemeKind::ALL),
+            _ => bail!("sweep needs --workload and --vary (or --lsp-micro)"),
+        }
+    };
+    let (key, values) = sweep::parse_vary(vary).map_err(|e| anyhow!("--vary {e}"))?;
+    let schemes = selected(&args.schemes, default_schemes);
+    let Some(&first) = schemes.first() else { bail!("--schemes names no scheme") };
+    let setup = Setup::new(&args.machine, &[workload])?;
+    if key.strip_prefix("workload.").is_none() && has_param(workload, &key) {
+        bail!(
+            "--vary {key}: `{key}` is a parameter of {}; write `workload.{key}`",
+            workload.name()
+        );
+    }
+    let spec = SweepSpec {
+        base: setup.spec(first, workload, true),
+        schemes,
+        key,
+        values,
+        metric: args.metric,
+    };
+    // Every value is checked before any simulation, each error naming its value.
+    for value in &spec.values {
+        spec.check_value(value).with_context(|| format!("--vary {}={value}", spec.key))?;
+    }
+
+    let bar = RunsBar::new(format!("sweep {} on {}", spec.key, workload.name()));
+    let result = sweep::sweep(&spec, &|done, total| bar.update(done, total))?;
+    bar.finish();
+
+    let what = format!("{} of {} over {}", spec.metric.label(), workload.name(), spec.key);
+    let title = format!("memvirt sweep: {what}, {}", setup.describe());
+    let text = output::render_sweep(&result, args.out.format, &title)?;
+    if let Some(path) = &args.svg {
+        let chart = plot::svg(&result, &setup.describe())?;
+        write_atomically(path, &chart)?;
+    }
+    emit(&text, args.out.output.as_deref())
+}
+
+/// The progress bar of a sweep: runs finished out of all runs, drawn like the other commands'
+/// ([`Progress`]: on a terminal, after [`Progress::DELAY`]). Runs finish on rayon's threads, so
+/// the bar sits behind a mutex.
+struct RunsBar {
+    enabled: bool,
+    start: Instant,
+    message: String,
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl RunsBar {
+    fn new(message: String) -> Self {
+        RunsBar {
+            enabled: std::io::stderr().is_terminal(),
+            start: Instant::now(),
+            message,
+            bar: Mutex::new(None),
+        }
+    }
+
+    fn update(&self, done: usize, total: usize) {
+        if !self.enabled {
+            return;
+        }
+        // A panicked holder leaves a usable bar: it only draws.
+        let mut slot = self.bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() && self.start.elapsed() < Progress::DELAY {
+            return;
+        }
+        let bar = slot.get_or_insert_with(|| {
+            let style =
+                ProgressStyle::with_template("{msg:32} [{bar:30}] {pos}/{len} runs {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
+            let length = u64::try_from(total).unwrap_or(u64::MAX);
+            ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr())
+                .with_style(style)
+                .with_message(self.message.clone())
+        });
+        bar.set_position(u64::try_from(done).unwrap_or(u64::MAX));
+    }
+
+    fn finish(&self) {
+        let mut slot = self.bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(bar) = slot.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Cli;
+    use clap::Parser;
+
+    #[test]
+    fn lsp_micro_is_a_valid_vary_and_conflicts_with_its_expansion() {
+        assert!(sweep::parse_vary(LSP_MICRO_VARY).is_ok_and(|(_, v)| v.len() == 11));
+        assert!(Cli::try_parse_from(["memvirt", "sweep", "--lsp-micro"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["memvirt", "sweep", "--lsp-micro", "--workload", "fork"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["memvirt", "sweep", "--workload", "fork"]).is_err());
+        assert!(
+            Cli::try_parse_from(["memvirt", "sweep", "--lsp-micro", "--schemes", "tsp"]).is_ok()
+        );
+    }
+}
