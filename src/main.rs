@@ -79,8 +79,9 @@ struct MachineArgs {
     /// A built-in profile name or a profile TOML file (see `memvirt list`).
     #[arg(long, value_name = "NAME|FILE", default_value = profile::DEFAULT)]
     profile: String,
-    /// Override one setting: `workload.KEY=VALUE` for a workload parameter, any other KEY for a
-    /// profile key (`memvirt list --keys`). Repeatable; applied in order.
+    /// Override one setting: `workload.KEY=VALUE` for a workload parameter, `scheme.KEY=VALUE`
+    /// for a shadow-scheme option (`memvirt list` shows them), any other KEY for a profile key
+    /// (`memvirt list --keys`). Repeatable; applied in order.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
     /// Seed of every random choice.
@@ -240,6 +241,12 @@ fn list(args: &ListArgs) -> Result<()> {
     let width = SchemeKind::ALL.iter().map(|s| s.name().len()).max().unwrap_or(0);
     for s in SchemeKind::ALL {
         out.push_str(&format!("  {:<width$}  {}\n", s.name(), s.description()));
+        if let Some(opts) = s.shadow_options() {
+            if let Ok(toml::Value::Table(t)) = toml::Value::try_from(opts) {
+                let line = t.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>();
+                out.push_str(&format!("      scheme.{}\n", line.join(" scheme.")));
+            }
+        }
     }
     out.push_str(&format!("\nprofiles (default {}):\n", profile::DEFAULT));
     let width = profile::BUILTIN.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
@@ -260,10 +267,33 @@ fn list(args: &ListArgs) -> Result<()> {
         }
     }
     out.push_str(
-        "\nOverride any of these with --set KEY=VALUE (e.g. --set workload.pages=1000); \
-         `memvirt list --keys` prints every profile key.\n",
+        "\nOverride any of these with --set KEY=VALUE (e.g. --set workload.pages=1000, \
+         --set scheme.root_buffer=4); `memvirt list --keys` prints every profile key.\n",
     );
     emit(&out, None)
+}
+
+/// Checks `scheme.KEY=VALUE` settings against every selected shadow scheme (each must accept
+/// them), so that a bad one is reported before any simulation; at least one selected scheme must
+/// be a shadow scheme.
+fn check_scheme_sets(sets: &[(String, String)], schemes: &[SchemeKind]) -> Result<()> {
+    if sets.is_empty() {
+        return Ok(());
+    }
+    let shadow: Vec<SchemeKind> =
+        schemes.iter().copied().filter(|s| s.shadow_options().is_some()).collect();
+    if shadow.is_empty() {
+        bail!(
+            "--set scheme.{}: only the shadow schemes (tsp, tsp-unsync, ssp, lsp, rvirt) have scheme settings, and none is selected",
+            sets[0].0
+        );
+    }
+    for s in shadow {
+        if let Some(opts) = s.shadow_options() {
+            opts.with_sets(sets).with_context(|| format!("scheme {}", s.name()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The value at dotted `key` in a settings tree (array elements by number).
@@ -287,6 +317,8 @@ struct Setup {
     profile: Profile,
     /// `workload.KEY=VALUE` settings, prefix stripped, in command-line order.
     workload_sets: Vec<(String, String)>,
+    /// `scheme.KEY=VALUE` settings (shadow-scheme options), prefix stripped.
+    scheme_sets: Vec<(String, String)>,
     seed: u64,
     /// The `--set` arguments as given, for the title line.
     sets: Vec<String>,
@@ -296,18 +328,24 @@ impl Setup {
     /// Loads the profile, applies the profile settings, splits off the workload settings and
     /// checks them against `workloads` (each key must belong to at least one), so that every
     /// bad setting is reported before any simulation.
-    fn new(m: &MachineArgs, workloads: &[WorkloadKind]) -> Result<Setup> {
+    fn new(m: &MachineArgs, schemes: &[SchemeKind], workloads: &[WorkloadKind]) -> Result<Setup> {
         let mut profile = profile::load(&m.profile)?;
         let mut workload_sets = Vec::new();
+        let mut scheme_sets = Vec::new();
         for raw in &m.sets {
             let (key, value) = config::parse_assignment(raw)?;
-            match key.strip_prefix("workload.") {
-                Some(k) => workload_sets.push((k.to_owned(), value)),
-                None => profile.set(&key, &value).with_context(|| format!("--set {raw}"))?,
+            if let Some(k) = key.strip_prefix("workload.") {
+                workload_sets.push((k.to_owned(), value));
+            } else if let Some(k) = key.strip_prefix("scheme.") {
+                scheme_sets.push((k.to_owned(), value));
+            } else {
+                profile.set(&key, &value).with_context(|| format!("--set {raw}"))?;
             }
         }
         profile.platform_config()?;
-        let setup = Setup { profile, workload_sets, seed: m.seed, sets: m.sets.clone() };
+        check_scheme_sets(&scheme_sets, schemes)?;
+        let setup =
+            Setup { profile, workload_sets, scheme_sets, seed: m.seed, sets: m.sets.clone() };
         if workloads.len() > 1 {
             for (key, _) in &setup.workload_sets {
                 if !workloads.iter().any(|&w| has_param(w, key)) {
@@ -345,6 +383,7 @@ impl Setup {
             scheme,
             workload,
             workload_sets: self.sets_for(workload, single),
+            scheme_sets: self.scheme_sets.clone(),
             profile: self.profile.clone(),
             seed: self.seed,
         }
@@ -380,7 +419,7 @@ fn selected<T: Copy + Ord>(items: &[T], default: &[T]) -> Vec<T> {
 
 fn run_one(args: &RunArgs) -> Result<()> {
     check_output(&args.out)?;
-    let setup = Setup::new(&args.machine, &[args.workload])?;
+    let setup = Setup::new(&args.machine, &[args.scheme], &[args.workload])?;
     let spec = setup.spec(args.scheme, args.workload, true);
     let runs = if args.scheme == SchemeKind::Native { 1 } else { 2 };
     let mut progress = Progress::new(runs);
@@ -403,7 +442,7 @@ fn compare(args: &CompareArgs) -> Result<()> {
     check_output(&args.out)?;
     let schemes = selected(&args.schemes, SchemeKind::ALL);
     let workloads = selected(&args.workloads, &WorkloadKind::DEFAULT_MIX);
-    let setup = Setup::new(&args.machine, &workloads)?;
+    let setup = Setup::new(&args.machine, &schemes, &workloads)?;
     let per_workload = schemes.len() + usize::from(!schemes.contains(&SchemeKind::Native));
     let mut progress = Progress::new(per_workload * workloads.len());
     let mut reports = Vec::new();
@@ -423,7 +462,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
     check_output(&args.out)?;
     let schemes = selected(&args.schemes, &[SchemeKind::Native, SchemeKind::Nested]);
     let workloads = selected(&args.workloads, &WorkloadKind::ALL);
-    let setup = Setup::new(&args.machine, &workloads)?;
+    let setup = Setup::new(&args.machine, &schemes, &workloads)?;
     let mut progress = Progress::new(schemes.len() * workloads.len());
     let mut rows = Vec::new();
     for &w in &workloads {

@@ -21,10 +21,27 @@ pub struct RunSpec {
     pub workload: WorkloadKind,
     /// `workload.KEY=VALUE` settings, without the `workload.` prefix.
     pub workload_sets: Vec<(String, String)>,
+    /// `scheme.KEY=VALUE` settings, without the prefix: options of the shadow schemes
+    /// ([`ShadowOptions`]), ignored by the others.
+    pub scheme_sets: Vec<(String, String)>,
     /// The machine.
     pub profile: Profile,
     /// The seed of every random choice.
     pub seed: u64,
+}
+
+impl RunSpec {
+    /// `scheme` on `workload` under `profile`, seed 1, every parameter at its default.
+    pub fn new(scheme: SchemeKind, workload: WorkloadKind, profile: Profile) -> Self {
+        RunSpec {
+            scheme,
+            workload,
+            workload_sets: Vec::new(),
+            scheme_sets: Vec::new(),
+            profile,
+            seed: 1,
+        }
+    }
 }
 
 /// Why a run failed.
@@ -65,6 +82,7 @@ pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report,
         }
         kind => {
             let opts = kind.shadow_options().unwrap_or(ShadowOptions::TSP);
+            let opts = opts.with_sets(&spec.scheme_sets)?;
             let scheme = Shadow::new(&platform, kind.name(), opts).map_err(sim)?;
             execute(Machine::new(platform, scheme), spec, workload, progress)
         }

@@ -232,8 +232,8 @@ pub struct SweepSpec {
     pub base: RunSpec,
     /// The schemes, one line of the plot each, in column order.
     pub schemes: Vec<SchemeKind>,
-    /// The swept setting: `workload.KEY` for a workload parameter, any other key for a profile
-    /// key (`memvirt list --keys`).
+    /// The swept setting: `workload.KEY` for a workload parameter, `scheme.KEY` for a
+    /// shadow-scheme option, any other key for a profile key (`memvirt list --keys`).
     pub key: String,
     /// Its values, as text, in row order.
     pub values: Vec<String>,
@@ -247,9 +247,12 @@ impl SweepSpec {
     /// key when the workload is built (see [`SweepSpec::check_value`]).
     pub fn point(&self, value: &str, scheme: SchemeKind) -> Result<RunSpec, ConfigError> {
         let mut spec = RunSpec { scheme, ..self.base.clone() };
-        match self.key.strip_prefix("workload.") {
-            Some(k) => spec.workload_sets.push((k.to_owned(), value.to_owned())),
-            None => spec.profile.set(&self.key, value)?,
+        if let Some(k) = self.key.strip_prefix("workload.") {
+            spec.workload_sets.push((k.to_owned(), value.to_owned()));
+        } else if let Some(k) = self.key.strip_prefix("scheme.") {
+            spec.scheme_sets.push((k.to_owned(), value.to_owned()));
+        } else {
+            spec.profile.set(&self.key, value)?;
         }
         Ok(spec)
     }
@@ -260,6 +263,11 @@ impl SweepSpec {
         let spec = self.point(value, SchemeKind::Native)?;
         spec.workload.build(spec.seed, &spec.workload_sets)?;
         spec.profile.platform_config()?;
+        for &s in &self.schemes {
+            if let Some(opts) = s.shadow_options() {
+                opts.with_sets(&spec.scheme_sets)?;
+            }
+        }
         Ok(())
     }
 

@@ -419,3 +419,45 @@ fn progress_never_reaches_a_stderr_that_is_not_a_terminal() {
     assert!(out.status.success());
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
 }
+
+#[test]
+fn scheme_settings_move_a_shadow_scheme_and_bad_ones_are_refused() {
+    let run = |buffer: &str| {
+        let set = format!("scheme.root_buffer={buffer}");
+        let text = ok(&[
+            "run",
+            "--scheme",
+            "ssp",
+            "--workload",
+            "ctxsw",
+            "--set",
+            "workload.processes=4",
+            "--set",
+            "workload.turns=20",
+            "--set",
+            &set,
+            "--format",
+            "json",
+        ]);
+        json(&text).into_iter().find(|r| r["scheme"] == "ssp").expect("an ssp report")
+    };
+    // Four processes: a buffer of 8 holds every root, so switches back stay in hardware mode;
+    // a buffer of 1 misses on every switch between different processes.
+    let roomy = run("8");
+    let tiny = run("1");
+    assert_eq!(roomy["vm_exits"]["buffer_miss"], 4, "one miss per process, the first time");
+    assert!(tiny["vm_exits"]["buffer_miss"].as_u64() > Some(60), "{}", tiny["vm_exits"]);
+    assert_eq!(roomy["guest"]["history"], tiny["guest"]["history"]);
+    fails(
+        &["run", "--scheme", "nested", "--workload", "ctxsw", "--set", "scheme.root_buffer=1"],
+        &["scheme.root_buffer", "only the shadow schemes"],
+    );
+    fails(
+        &["run", "--scheme", "lsp", "--workload", "ctxsw", "--set", "scheme.colour=red"],
+        &["unknown key `colour`", "root_buffer"],
+    );
+    fails(
+        &["run", "--scheme", "tsp", "--workload", "ctxsw", "--set", "scheme.notice=sometimes"],
+        &["notice", "sometimes"],
+    );
+}

@@ -38,6 +38,7 @@ fn every_scheme_gives_the_guest_the_same_history() {
                         scheme: s,
                         workload: w,
                         workload_sets: small(w),
+                        scheme_sets: Vec::new(),
                         profile: profile.clone(),
                         seed,
                     };

@@ -232,6 +232,7 @@ fn the_guest_running_out_of_memory_is_a_clear_error() {
         scheme: SchemeKind::Native,
         workload: WorkloadKind::Pagefault,
         workload_sets: vec![("pages".into(), "10000".into())],
+        scheme_sets: Vec::new(),
         profile,
         seed: 1,
     };
@@ -245,6 +246,7 @@ fn the_same_seed_gives_the_same_report_and_another_seed_another() {
         scheme: SchemeKind::Nested,
         workload: WorkloadKind::Random,
         workload_sets: vec![("pages".into(), "2000".into()), ("updates".into(), "20000".into())],
+        scheme_sets: Vec::new(),
         profile: Profile::builtin("riscv-sv39").unwrap(),
         seed,
     };

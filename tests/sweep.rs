@@ -43,6 +43,7 @@ fn spec(metric: Metric) -> SweepSpec {
                 ("pages".to_owned(), PAGES.to_string()),
                 ("operations".to_owned(), OPS.to_string()),
             ],
+            scheme_sets: Vec::new(),
             profile,
             seed: 1,
         },

@@ -10,6 +10,7 @@ fn spec(scheme: SchemeKind, workload: WorkloadKind, sets: &[(&str, &str)]) -> Ru
         scheme,
         workload,
         workload_sets: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        scheme_sets: Vec::new(),
         profile: Profile::builtin("riscv-sv39").expect("built-in profile"),
         seed: 1,
     }
