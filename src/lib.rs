@@ -9,6 +9,8 @@
 //!   all built on one set-associative table.
 //! - [`scheme`]: the memory-virtualization schemes behind one trait.
 //! - [`machine`]: a vCPU, its memory and a scheme, driven access by access.
+//! - [`oracle`]: the translation oracle (`--verify`): every TLB fill checked against a reference
+//!   walk of the guest's table.
 //! - [`sweep`], [`plot`]: one setting swept over values for every scheme, and its SVG chart.
 //!
 //! See `DESIGN.md` at the repository root for the layers and the non-goals.
@@ -23,6 +25,7 @@ pub mod guest;
 pub mod machine;
 pub mod mem;
 pub mod mmu;
+pub mod oracle;
 pub mod output;
 pub mod paging;
 pub mod plot;

@@ -10,6 +10,7 @@ use crate::cost::Costs;
 use crate::mem::{GuestBacking, HostMemory, MemError};
 use crate::mmu::setassoc::GeometryError;
 use crate::mmu::{FlushOp, Mmu, MmuConfig, TranslationFault};
+use crate::oracle::{Oracle, Translation, Violation};
 use crate::paging::mapper::TableStore;
 use crate::paging::walk::PageTable;
 use crate::paging::{Access, Format, Regime};
@@ -36,6 +37,10 @@ pub enum SimError {
         /// What went wrong.
         detail: String,
     },
+    /// The translation oracle (`--verify`) caught a scheme filling the TLB with a translation
+    /// the guest's table does not allow.
+    #[error(transparent)]
+    Oracle(Box<Violation>),
 }
 
 /// Why an access did not complete.
@@ -108,6 +113,9 @@ pub struct Platform {
     pub stats: Stats,
     /// Cycle costs.
     pub costs: Costs,
+    /// The translation oracle, when runs are verified (`--verify`); see
+    /// [`Machine::enable_oracle`].
+    pub oracle: Option<Box<Oracle>>,
 }
 
 /// Sizes of the simulated machine.
@@ -145,6 +153,7 @@ impl Platform {
             root: None,
             stats: Stats::default(),
             costs,
+            oracle: None,
         })
     }
 
@@ -171,7 +180,9 @@ impl Platform {
     }
 
     /// Hands a translation to the TLB: the one door every scheme fills the TLB through, so that
-    /// the translation oracle (`--verify`) can check each translation before it is used.
+    /// the translation oracle (`--verify`) can check each translation before it is used. With
+    /// the oracle on, a translation the guest's table does not allow is [`SimError::Oracle`] and
+    /// does not enter the TLB.
     pub fn fill_tlb(
         &mut self,
         gva: Gva,
@@ -180,8 +191,21 @@ impl Platform {
         global: bool,
         allow: crate::paging::AllowMask,
     ) -> Result<(), SimError> {
+        if self.oracle.is_some() {
+            self.verify_fill(gva, Translation::of_fill(gva, size, base, global, allow))?;
+        }
         self.mmu.fill(gva, size, base, global, allow);
         Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn verify_fill(&mut self, gva: Gva, filled: Translation) -> Result<(), SimError> {
+        // The oracle reads the rest of the platform while it updates itself.
+        let Some(mut oracle) = self.oracle.take() else { return Ok(()) };
+        let checked = oracle.check(self, gva, filled);
+        self.oracle = Some(oracle);
+        checked.map_err(SimError::Oracle)
     }
 
     /// Charges a walk's references and returns its cycles.
@@ -269,6 +293,12 @@ impl<S: Scheme> Machine<S> {
         Machine { platform, scheme }
     }
 
+    /// Turns the translation oracle on (`--verify`): from now on every translation the scheme
+    /// fills the TLB with is checked against the guest's table, and a violation stops the run.
+    pub fn enable_oracle(&mut self) {
+        self.platform.oracle = Some(Box::new(Oracle::new(self.scheme.name())));
+    }
+
     /// One guest access: the L1 TLB, else the L2, else the scheme's miss path.
     #[inline]
     pub fn access(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
@@ -290,7 +320,24 @@ impl<S: Scheme> Machine<S> {
             return Ok(hpa);
         }
         p.stats.cycles.tlb += p.costs.tlb_l2_hit;
+        if p.oracle.is_some() {
+            return self.tlb_miss_verified(gva, access);
+        }
         self.scheme.tlb_miss(p, gva, access)
+    }
+
+    /// The scheme's miss path with the oracle told which access it serves, so that a violation
+    /// can name it.
+    fn tlb_miss_verified(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
+        let serving = |p: &mut Platform, access| {
+            if let Some(oracle) = p.oracle.as_deref_mut() {
+                oracle.serving(access);
+            }
+        };
+        serving(&mut self.platform, Some((gva, access)));
+        let result = self.scheme.tlb_miss(&mut self.platform, gva, access);
+        serving(&mut self.platform, None);
+        result
     }
 
     /// A guest store of `value` to the word at `gpa`, made by the guest kernel (page-table
@@ -305,10 +352,15 @@ impl<S: Scheme> Machine<S> {
         self.scheme.guest_store(p, gpa, old, value)
     }
 
-    /// A guest TLB-maintenance operation.
+    /// A guest TLB-maintenance operation. The oracle, if on, forgets the translations it
+    /// covers before the scheme handles it.
     pub fn guest_flush(&mut self, op: FlushOp) -> Result<(), SimError> {
-        self.platform.stats.count_flush(&op);
-        self.scheme.guest_flush(&mut self.platform, op)
+        let p = &mut self.platform;
+        p.stats.count_flush(&op);
+        if let Some(oracle) = p.oracle.as_deref_mut() {
+            oracle.flush(&op, p.mmu.vmid, p.mmu.asid);
+        }
+        self.scheme.guest_flush(p, op)
     }
 
     /// A guest page-table-root switch.
