@@ -73,7 +73,7 @@ struct ListArgs {
     keys: bool,
 }
 
-/// What every simulating command takes: the machine and the seed.
+/// What every simulating command takes: the machine, the seed and whether to verify.
 #[derive(Args, Debug)]
 struct MachineArgs {
     /// A built-in profile name or a profile TOML file (see `memvirt list`).
@@ -87,6 +87,13 @@ struct MachineArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Check every translation a scheme puts in the TLB against a reference walk of the guest's
+    /// current page table (translation oracle): same host address, a page no larger than the
+    /// guest's, no access the guest's entry denies. Only a translation the guest changed and has
+    /// not flushed since may differ. A violation stops with an error naming the access, the
+    /// scheme and both translations. JSON reports gain `oracle` counts. Slows runs down.
+    #[arg(long)]
+    verify: bool,
 }
 
 /// Where and how results go.
@@ -322,6 +329,8 @@ struct Setup {
     seed: u64,
     /// The `--set` arguments as given, for the title line.
     sets: Vec<String>,
+    /// `--verify`.
+    verify: bool,
 }
 
 impl Setup {
@@ -344,8 +353,14 @@ impl Setup {
         }
         profile.platform_config()?;
         check_scheme_sets(&scheme_sets, schemes)?;
-        let setup =
-            Setup { profile, workload_sets, scheme_sets, seed: m.seed, sets: m.sets.clone() };
+        let setup = Setup {
+            profile,
+            workload_sets,
+            scheme_sets,
+            seed: m.seed,
+            sets: m.sets.clone(),
+            verify: m.verify,
+        };
         if workloads.len() > 1 {
             for (key, _) in &setup.workload_sets {
                 if !workloads.iter().any(|&w| has_param(w, key)) {
@@ -386,14 +401,18 @@ impl Setup {
             scheme_sets: self.scheme_sets.clone(),
             profile: self.profile.clone(),
             seed: self.seed,
+            verify: self.verify,
         }
     }
 
-    /// `profile NAME, seed N[, --set ...]`.
+    /// `profile NAME, seed N[, --set ...][, --verify]`.
     fn describe(&self) -> String {
         let mut text = format!("profile {}, seed {}", self.profile.name, self.seed);
         for s in &self.sets {
             text.push_str(&format!(", --set {s}"));
+        }
+        if self.verify {
+            text.push_str(", --verify");
         }
         text
     }

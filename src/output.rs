@@ -216,7 +216,17 @@ fn report_table(reports: &[Report], title: &str) -> String {
             overhead_percent(r.overhead_vs_native),
         ]);
     }
-    t.render(title)
+    let mut text = t.render(title);
+    let verified: Vec<_> = reports.iter().filter_map(|r| r.oracle).collect();
+    if !verified.is_empty() {
+        let checks: u64 = verified.iter().map(|o| o.checks).sum();
+        let stale: u64 = verified.iter().map(|o| o.stale_allowed).sum();
+        text.push_str(&format!(
+            "translation oracle: {checks} TLB fills checked, {stale} stale but allowed, no \
+             violation\n"
+        ));
+    }
+    text
 }
 
 /// The `cycles_by_category` fields, in declaration order, with their values.
@@ -390,6 +400,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oracle::OracleCounts;
     use crate::report::CauseCounts;
     use crate::stats::{ExitCause, Stats, TrapCause};
 
@@ -446,6 +457,21 @@ mod tests {
         assert!(lines[3].ends_with(" -"), "{text}");
         // The last column is right-aligned, so every line ends in the same column.
         assert!(lines[2..].iter().all(|l| l.len() == lines[1].len()), "{text}");
+    }
+
+    #[test]
+    fn table_sums_the_oracle_counts_of_verified_reports_only() {
+        let mut reports = two_reports();
+        assert!(!render_ok(&reports, Format::Table).contains("oracle"));
+        let counts = |checks, stale_allowed| OracleCounts { checks, stale_allowed };
+        reports[0].oracle = Some(counts(10, 1));
+        reports[1].oracle = Some(counts(20, 0));
+        let text = render_ok(&reports, Format::Table);
+        let last = text.lines().last().unwrap_or_default();
+        assert_eq!(
+            last,
+            "translation oracle: 30 TLB fills checked, 1 stale but allowed, no violation"
+        );
     }
 
     #[test]

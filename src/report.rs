@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::mmu::MmuStats;
+use crate::oracle::OracleCounts;
 use crate::stats::{Cycles, ExitCause, Stats, TrapCause};
 
 /// Counts by cause, with their total. Serializes as `{"total": n, "<cause>": n, ...}` with every
@@ -151,6 +152,10 @@ pub struct Report {
     pub tables: TablesReport,
     /// Scheme-specific counters (nested leaves, shadow pages, ...).
     pub scheme_counters: BTreeMap<&'static str, u64>,
+    /// What the translation oracle checked; only in verified runs (`--verify`), so that the
+    /// JSON of other runs is unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oracle: Option<OracleCounts>,
 }
 
 fn rate(hits: u64, lookups: u64) -> f64 {

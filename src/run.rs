@@ -28,6 +28,9 @@ pub struct RunSpec {
     pub profile: Profile,
     /// The seed of every random choice.
     pub seed: u64,
+    /// Check every translation the scheme fills the TLB with against the guest's table (the
+    /// translation oracle, [`crate::oracle`]); a violation fails the run.
+    pub verify: bool,
 }
 
 impl RunSpec {
@@ -40,6 +43,7 @@ impl RunSpec {
             scheme_sets: Vec::new(),
             profile,
             seed: 1,
+            verify: false,
         }
     }
 }
@@ -97,13 +101,19 @@ pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report,
 }
 
 fn execute<S: Scheme>(
-    machine: Machine<S>,
+    mut machine: Machine<S>,
     spec: &RunSpec,
     mut workload: workload::Workload,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Report, OsError> {
+    if spec.verify {
+        machine.enable_oracle();
+    }
     let mut os = Os::boot(machine, spec.profile.kernel)?;
     os.reset_counters();
+    if let Some(oracle) = os.machine.platform.oracle.as_deref_mut() {
+        oracle.reset_counts();
+    }
     workload::drive(&mut os, &mut workload, progress)?;
     Ok(report(&mut os, spec))
 }
@@ -166,6 +176,7 @@ fn report<S: Scheme>(os: &mut Os<S>, spec: &RunSpec) -> Report {
             host_frames: p.host.frames_in_use(),
         },
         scheme_counters: counters,
+        oracle: p.oracle.as_ref().map(|o| o.counts()),
     }
 }
 

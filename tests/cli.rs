@@ -325,6 +325,23 @@ fn cold_nested_walks_read_at_most_fifteen_entries_and_complete_with_fifteen() {
 }
 
 #[test]
+fn verify_checks_the_run_and_reports_oracle_counts_only_when_asked() {
+    let verified = small_run(&["--verify", "--format", "json"]);
+    let reports = json(&ok(&verified.iter().map(String::as_str).collect::<Vec<_>>()));
+    let oracle = &reports[0]["oracle"];
+    // One fill per page after its fault is resolved, at least.
+    assert!(oracle["checks"].as_u64().is_some_and(|n| n >= 200), "{oracle}");
+    assert_eq!(oracle["stale_allowed"], 0, "{oracle}");
+    let plain = small_run(&["--format", "json"]);
+    let reports = json(&ok(&plain.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert!(reports[0].get("oracle").is_none(), "unverified runs keep the old JSON");
+    let table = ok(&["compare", "--verify", "--workloads", "pagefault,fork", "--set", SMALL_PAGES]);
+    assert!(table.contains(", --verify"), "{table}");
+    assert!(table.contains("TLB fills checked, 0 stale but allowed, no violation"), "{table}");
+    ok(&["bench", "--verify", "--workloads", "pagefault", "--set", SMALL_PAGES]);
+}
+
+#[test]
 fn bench_prints_accesses_per_second_for_each_run() {
     let text = ok(&["bench", "--workloads", "pagefault", "--set", SMALL_PAGES, "--format", "csv"]);
     let lines: Vec<&str> = text.lines().collect();

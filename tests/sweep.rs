@@ -46,6 +46,7 @@ fn spec(metric: Metric) -> SweepSpec {
             scheme_sets: Vec::new(),
             profile,
             seed: 1,
+            verify: false,
         },
         schemes: vec![SchemeKind::Tsp, SchemeKind::Lsp],
         key: "workload.modify_ratio".to_owned(),
