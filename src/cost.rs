@@ -30,6 +30,10 @@ pub struct Costs {
     /// A trap into hardware mode (M-mode/PALcode/HMcode) and back (assumption: RISC-V traps are
     /// tens of cycles plus pipeline flush; reference/arch.md §4.9).
     pub hw_trap: u64,
+    /// Software work per entry a hardware-mode TLB-refill handler reads, on top of the read
+    /// itself (assumption: a handful of instructions — load, valid check, shift and mask — per
+    /// entry, as in an Alpha PALcode TB-miss handler).
+    pub refill_per_entry: u64,
     /// Guest-kernel page-fault handler entry, work and return, not counting page zeroing or
     /// copying (assumption: ~0.3 µs at 3 GHz, the order of a Linux anonymous fault).
     pub page_fault: u64,
@@ -63,6 +67,7 @@ impl Default for Costs {
             vm_exit: 1_350,
             hv_per_entry: 50,
             hw_trap: 100,
+            refill_per_entry: 8,
             page_fault: 1_000,
             syscall: 150,
             context_switch: 3_000,

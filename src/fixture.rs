@@ -24,6 +24,7 @@ pub fn arch(guest: Format, nested: Format) -> ArchConfig {
         nested_format: nested,
         guest_regime: regime,
         nested_regime: regime,
+        refill: crate::machine::Refill::Hardware,
     }
 }
 

@@ -64,6 +64,21 @@ impl From<MemError> for Stop {
     }
 }
 
+/// Who refills the TLB on a miss.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Refill {
+    /// A hardware walker (x86, RISC-V implementations with a walker).
+    #[default]
+    Hardware,
+    /// A trap to hardware mode whose handler walks the tables in software (Alpha PALcode,
+    /// Sunway HMcode): each walk costs the trap round trip and a per-entry software cost on top
+    /// of the entry reads themselves.
+    Software,
+}
+
 /// The architecture being simulated: formats and A/D regimes of both stages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ArchConfig {
@@ -75,6 +90,8 @@ pub struct ArchConfig {
     pub guest_regime: Regime,
     /// Nested regime.
     pub nested_regime: Regime,
+    /// Who refills the TLB.
+    pub refill: Refill,
 }
 
 impl ArchConfig {
@@ -84,6 +101,7 @@ impl ArchConfig {
         nested_format: Format::SV39X4,
         guest_regime: Regime { sum: false, mxr: false, ad: crate::paging::AdPolicy::Hardware },
         nested_regime: Regime { sum: false, mxr: false, ad: crate::paging::AdPolicy::Hardware },
+        refill: Refill::Hardware,
     };
 }
 
@@ -208,12 +226,25 @@ impl Platform {
         checked.map_err(SimError::Oracle)
     }
 
-    /// Charges a walk's references and returns its cycles.
+    /// Charges a walk's references and returns its cycles. With a software-refilled TLB the walk
+    /// ran in the hardware-mode refill handler: one `tlb_refill` trap and the software cost of
+    /// each entry it read come on top.
     pub fn account_walk(&mut self) -> u64 {
         let lat = self.costs.pt_latency();
         let cycles = self.mmu.account_walk(&lat);
         self.stats.cycles.walk += cycles;
+        if self.arch.refill == Refill::Software {
+            self.charge_refill_trap();
+        }
         cycles
+    }
+
+    /// One software refill: the trap round trip and the handler's per-entry work for the walk
+    /// in the trace.
+    pub fn charge_refill_trap(&mut self) {
+        let entries = self.mmu.trace.total() as u64;
+        self.stats.trap(crate::stats::TrapCause::TlbRefill);
+        self.stats.cycles.hw_trap += self.costs.hw_trap + self.costs.refill_per_entry * entries;
     }
 }
 

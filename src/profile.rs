@@ -75,6 +75,10 @@ pub struct ArchProfile {
     pub nested_format: String,
     /// How A/D bits are maintained, in both stages.
     pub ad: AdMode,
+    /// Who refills the TLB on a miss: `hardware` (a walker) or `software` (a trap to hardware
+    /// mode whose handler walks the tables). Absent means hardware.
+    #[serde(default)]
+    pub refill: crate::machine::Refill,
 }
 
 /// How accessed/dirty bits are maintained.
@@ -263,6 +267,7 @@ impl Profile {
             )?,
             guest_regime: regime,
             nested_regime: regime,
+            refill: self.arch.refill,
         })
     }
 

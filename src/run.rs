@@ -9,7 +9,7 @@ use crate::guest::{FaultResolution, Os, OsError};
 use crate::machine::{Machine, Platform, Scheme, SimError};
 use crate::profile::Profile;
 use crate::report::{CauseCounts, GuestReport, Report, TablesReport, TlbReport, WalkReport};
-use crate::scheme::{Native, Nested, NestedOptions, SchemeKind, Shadow, ShadowOptions};
+use crate::scheme::{Native, Nested, NestedOptions, NestedWalk, SchemeKind, Shadow, ShadowOptions};
 use crate::workload::{self, WorkloadKind};
 
 /// What to run.
@@ -84,10 +84,15 @@ pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report,
             let scheme = Nested::new(&mut platform, NestedOptions::default()).map_err(sim)?;
             execute(Machine::new(platform, scheme), spec, workload, progress)
         }
+        SchemeKind::Snp => {
+            let opts = NestedOptions { walk: NestedWalk::Software, ..NestedOptions::default() };
+            let scheme = Nested::new(&mut platform, opts).map_err(sim)?;
+            execute(Machine::new(platform, scheme), spec, workload, progress)
+        }
         kind => {
             let opts = kind.shadow_options().unwrap_or(ShadowOptions::TSP);
             let opts = opts.with_sets(&spec.scheme_sets)?;
-            let scheme = Shadow::new(&platform, kind.name(), opts).map_err(sim)?;
+            let scheme = Shadow::new(&mut platform, kind.name(), opts).map_err(sim)?;
             execute(Machine::new(platform, scheme), spec, workload, progress)
         }
     };

@@ -58,6 +58,8 @@ cause_enum!(
         TlbRefill => "tlb_refill",
         /// A shadow leaf filled in hardware mode.
         LeafFill => "leaf_fill",
+        /// A true guest fault delivered to the guest from hardware mode.
+        GuestFault => "guest_fault",
     }
 );
 

@@ -15,8 +15,8 @@ const RW: Perms = Perms::R.union(Perms::W);
 
 fn boot(kind: SchemeKind, opts: ShadowOptions) -> Os<Shadow> {
     let profile = Profile::builtin("riscv-sv39").unwrap();
-    let platform = Platform::new(&profile.platform_config().unwrap(), profile.costs).unwrap();
-    let scheme = Shadow::new(&platform, kind.name(), opts).unwrap();
+    let mut platform = Platform::new(&profile.platform_config().unwrap(), profile.costs).unwrap();
+    let scheme = Shadow::new(&mut platform, kind.name(), opts).unwrap();
     let mut os = Os::boot(Machine::new(platform, scheme), profile.kernel).unwrap();
     os.reset_counters();
     os

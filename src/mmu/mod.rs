@@ -158,7 +158,8 @@ impl TranslationFault {
         }
     }
 
-    fn nested(gva: Gva, access: Access, format: &Format, f: NestedFault) -> Self {
+    /// A fault in the nested dimension of a 2D walk (hardware or software).
+    pub fn nested(gva: Gva, access: Access, format: &Format, f: NestedFault) -> Self {
         // RISC-V reports guest-page faults with the original access type; EPT qualifies the
         // access actually made (a data read of a guest paging entry).
         let reported = if format.family == Family::Ept { f.checked } else { access };

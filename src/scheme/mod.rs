@@ -5,9 +5,10 @@
 pub mod native;
 pub mod nested;
 pub mod shadow;
+pub mod snp;
 
 pub use native::Native;
-pub use nested::{Nested, NestedOptions};
+pub use nested::{Nested, NestedOptions, NestedWalk};
 pub use shadow::{Shadow, ShadowOptions};
 
 /// The schemes memvirt implements.
@@ -30,6 +31,10 @@ pub enum SchemeKind {
     Lsp,
     /// RVirt: one shadow table per vCPU, wiped at root switches and global flushes.
     Rvirt,
+    /// Software Nested Paging: the 2D walk done in software by a hardware-mode handler.
+    Snp,
+    /// Accelerated Shadow Paging: SSP with shadow leaves filled in hardware mode by a 2D walk.
+    Asp,
 }
 
 impl SchemeKind {
@@ -42,6 +47,8 @@ impl SchemeKind {
         SchemeKind::Ssp,
         SchemeKind::Lsp,
         SchemeKind::Rvirt,
+        SchemeKind::Snp,
+        SchemeKind::Asp,
     ];
 
     /// The name the command line uses.
@@ -54,6 +61,8 @@ impl SchemeKind {
             SchemeKind::Ssp => "ssp",
             SchemeKind::Lsp => "lsp",
             SchemeKind::Rvirt => "rvirt",
+            SchemeKind::Snp => "snp",
+            SchemeKind::Asp => "asp",
         }
     }
 
@@ -79,18 +88,25 @@ impl SchemeKind {
             SchemeKind::Rvirt => {
                 "RVirt: one shadow table per vCPU, wiped at root switches and global flushes; single-address flushes invalidate"
             }
+            SchemeKind::Snp => {
+                "Software Nested Paging: a hardware-mode TLB-refill handler walks guest × nested table in software, no walk caches"
+            }
+            SchemeKind::Asp => {
+                "Accelerated Shadow Paging: SSP, plus shadow leaf faults filled in hardware mode by a 2D walk, without a VM exit"
+            }
         }
     }
 
     /// The shadow-paging options of a shadow scheme (`None` for the others).
     pub fn shadow_options(self) -> Option<ShadowOptions> {
         match self {
-            SchemeKind::Native | SchemeKind::Nested => None,
+            SchemeKind::Native | SchemeKind::Nested | SchemeKind::Snp => None,
             SchemeKind::Tsp => Some(ShadowOptions::TSP),
             SchemeKind::TspUnsync => Some(ShadowOptions::TSP_UNSYNC),
             SchemeKind::Ssp => Some(ShadowOptions::SSP),
             SchemeKind::Lsp => Some(ShadowOptions::LSP),
             SchemeKind::Rvirt => Some(ShadowOptions::RVIRT),
+            SchemeKind::Asp => Some(ShadowOptions::ASP),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! hypervisor maps it. Guest page-table writes, flushes and root switches need no hypervisor.
 
 use crate::addr::{u64_to_usize, Gfn, Gpa, GuestPhys, Gva, HostPhys, Hpa, PageSize};
-use crate::machine::{HostTableStore, Platform, Scheme, SimError, Stop};
+use crate::machine::{HostTableStore, Platform, Refill, Scheme, SimError, Stop};
 use crate::mmu::TranslationFault;
 use crate::paging::entry::FaultSite;
 use crate::paging::mapper::{self, MapError};
@@ -13,11 +13,24 @@ use crate::paging::walk::PageTable;
 use crate::paging::{Access, FaultKind, LeafAttrs, Perms, Stage};
 use crate::stats::ExitCause;
 
+/// Who performs the two-dimensional walk on a TLB miss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NestedWalk {
+    /// The hardware 2D walker, with page-walk caches and the nested TLB (`nested`).
+    #[default]
+    Hardware,
+    /// A hardware-mode handler, in software, with no walk caches (`snp`): every walk is a
+    /// `tlb_refill` trap plus the per-entry software cost.
+    Software,
+}
+
 /// Options of the nested scheme.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NestedOptions {
     /// Map all of guest memory before the guest runs (no nested-fault exits at all).
     pub prepopulate: bool,
+    /// Who walks.
+    pub walk: NestedWalk,
     /// Page size of nested leaves: 4 KiB (default) or 2 MiB (guest memory is backed in
     /// host-contiguous 2 MiB chunks, so both are legal).
     pub page_size: PageSize,
@@ -25,13 +38,18 @@ pub struct NestedOptions {
 
 impl Default for NestedOptions {
     fn default() -> Self {
-        NestedOptions { prepopulate: false, page_size: PageSize::Size4K }
+        NestedOptions {
+            prepopulate: false,
+            walk: NestedWalk::Hardware,
+            page_size: PageSize::Size4K,
+        }
     }
 }
 
 /// Nested paging.
 #[derive(Debug)]
 pub struct Nested {
+    name: &'static str,
     table: PageTable<GuestPhys, HostPhys>,
     opts: NestedOptions,
     /// One bit per nested leaf: whether the hypervisor has mapped it (the hypervisor's own
@@ -58,7 +76,12 @@ impl Nested {
         let root = p.host.alloc_contiguous(frames, frames)?.addr();
         let units =
             p.guest_mem.frames().div_ceil(opts.page_size.bytes() / PageSize::Size4K.bytes());
+        let name = match opts.walk {
+            NestedWalk::Hardware => "nested",
+            NestedWalk::Software => "snp",
+        };
         let mut nested = Nested {
+            name,
             table: PageTable::new(root, format),
             opts,
             mapped: vec![0; u64_to_usize(units.div_ceil(64))],
@@ -99,7 +122,7 @@ impl Nested {
             // (assumption: the nested TLB does not cache invalid entries).
             Ok(flush) => flush.ignore(),
             Err(MapError::Memory(e)) => return Err(e.into()),
-            Err(e) => return Err(SimError::Internal { scheme: "nested", detail: e.to_string() }),
+            Err(e) => return Err(SimError::Internal { scheme: self.name, detail: e.to_string() }),
         }
         let unit = self.unit(gfn);
         if let Some(word) = self.mapped.get_mut(u64_to_usize(unit / 64)) {
@@ -109,8 +132,9 @@ impl Nested {
         Ok(true)
     }
 
-    /// A nested fault for `gfn`: one VM exit, after which the hypervisor maps it.
-    fn nested_fault(&mut self, p: &mut Platform, gfn: Gfn) -> Result<bool, SimError> {
+    /// A nested fault for `gfn`: one VM exit, after which the hypervisor maps it. `false` if
+    /// `gfn` is outside guest memory.
+    pub fn nested_fault(&mut self, p: &mut Platform, gfn: Gfn) -> Result<bool, SimError> {
         p.stats.exit(ExitCause::NestedFault);
         let levels = u64::from(self.table.format().levels);
         p.stats.cycles.vm_exit += p.costs.vm_exit + p.costs.hv_per_entry * levels;
@@ -127,7 +151,7 @@ impl Nested {
 
 impl Scheme for Nested {
     fn name(&self) -> &'static str {
-        "nested"
+        self.name
     }
 
     fn tlb_miss(&mut self, p: &mut Platform, gva: Gva, access: Access) -> Result<Hpa, Stop> {
@@ -135,16 +159,25 @@ impl Scheme for Nested {
         let (guest_regime, nested_regime) = (p.arch.guest_regime, p.arch.nested_regime);
         // Each retry follows one nested fault; a walk meets at most levels+1 unmapped GPAs.
         for _ in 0..=(root.table.format().levels as usize + 1) {
-            let result = p.mmu.walk_2d(
-                &mut p.host,
-                &root.table,
-                &guest_regime,
-                &self.table,
-                &nested_regime,
-                gva,
-                access,
-            );
+            let result = match self.opts.walk {
+                NestedWalk::Hardware => p.mmu.walk_2d(
+                    &mut p.host,
+                    &root.table,
+                    &guest_regime,
+                    &self.table,
+                    &nested_regime,
+                    gva,
+                    access,
+                ),
+                NestedWalk::Software => {
+                    super::snp::soft_walk_2d(p, &root.table, &self.table, gva, access)
+                }
+            };
             p.account_walk();
+            if self.opts.walk == NestedWalk::Software && p.arch.refill == Refill::Hardware {
+                // The walk ran in the hardware-mode handler even on a hardware-refilled TLB.
+                p.charge_refill_trap();
+            }
             match result {
                 Ok(c) => {
                     let allow =
@@ -175,7 +208,7 @@ impl Scheme for Nested {
                 }
                 Err(f) if f.stage == Stage::Nested => {
                     return Err(Stop::Error(SimError::Internal {
-                        scheme: "nested",
+                        scheme: self.name,
                         detail: format!("unexpected nested fault {f:?}"),
                     }));
                 }
@@ -186,7 +219,7 @@ impl Scheme for Nested {
             }
         }
         Err(Stop::Error(SimError::Internal {
-            scheme: "nested",
+            scheme: self.name,
             detail: format!("nested faults did not converge for {gva}"),
         }))
     }

@@ -24,13 +24,14 @@ use std::collections::{BTreeMap, VecDeque};
 pub use options::{Granularity, HandlerAt, Notice, ShadowOptions, SyncAt, WideFlush};
 use tables::{Edit, GuestPath, HvGuestMemory, HvMemError, ShadowLeaf, ShadowTables, TreeId};
 
+use super::nested::{Nested, NestedOptions};
 use crate::addr::{Asid, Gfn, Gpa, Gva, Hpa, PageSize};
 use crate::machine::{GuestRoot, Platform, Scheme, SimError, Stop};
 use crate::mem::backing::CHUNK_SIZE;
 use crate::mmu::flush::{AsidScope, TlbScope};
 use crate::mmu::{FlushOp, TranslationFault};
 use crate::paging::walk::{walk, NoWalkCache, WalkError};
-use crate::paging::{Access, AccessKind, AdPolicy, FaultKind, Perms, Regime};
+use crate::paging::{Access, AccessKind, AdPolicy, FaultKind, Perms, Regime, Stage};
 use crate::stats::{ExitCause, TrapCause};
 
 /// Counters of the shadow schemes, reported under `scheme_counters`.
@@ -56,6 +57,13 @@ pub struct ShadowStats {
     pub buffer_hits: u64,
     /// Root switches that missed it.
     pub buffer_misses: u64,
+    /// Shadow faults filled in hardware mode (ASP).
+    pub hw_fills: u64,
+    /// Shadow faults ASP's hardware-mode handler forwarded to the hypervisor (a new shadow-table
+    /// page was needed, or the guest frame is outside guest memory).
+    pub hw_forwarded: u64,
+    /// True guest faults delivered from hardware mode (ASP).
+    pub hw_guest_faults: u64,
 }
 
 /// A shadow-paging scheme.
@@ -78,15 +86,25 @@ pub struct Shadow {
     switched: Option<Asid>,
     /// The regime the hardware walks shadow tables with: A/D already set in every shadow leaf.
     regime: Regime,
+    /// The nested table ASP's hardware-mode handler walks (`leaf_fill = hardware` only).
+    nested: Option<Nested>,
     /// Counters.
     pub stats: ShadowStats,
 }
 
 impl Shadow {
     /// A shadow scheme named `name` with `opts`, for the platform's guest format.
-    pub fn new(p: &Platform, name: &'static str, opts: ShadowOptions) -> Result<Self, SimError> {
+    pub fn new(
+        p: &mut Platform,
+        name: &'static str,
+        opts: ShadowOptions,
+    ) -> Result<Self, SimError> {
         opts.validate().map_err(|e| SimError::Config(e.to_string()))?;
         let format = p.arch.guest_format;
+        let nested = match opts.leaf_fill {
+            HandlerAt::Hardware => Some(Nested::new(p, NestedOptions::default())?),
+            HandlerAt::Hypervisor => None,
+        };
         Ok(Shadow {
             name,
             opts,
@@ -98,6 +116,7 @@ impl Shadow {
             clock: 0,
             switched: None,
             regime: Regime { ad: AdPolicy::Ignore, ..p.arch.guest_regime },
+            nested,
             stats: ShadowStats::default(),
         })
     }
@@ -264,6 +283,79 @@ impl Shadow {
         let id = self.tree_for(p, root)?;
         self.current = Some(id);
         Ok(id)
+    }
+
+    /// ASP: the hardware-mode handler walks guest × nested table in software and writes the
+    /// shadow leaf if its shadow table exists, with no VM exit; a true guest fault is delivered
+    /// from hardware mode. A nested fault, or a leaf needing a new shadow page, goes to the
+    /// hypervisor.
+    fn hw_leaf_fill(
+        &mut self,
+        p: &mut Platform,
+        id: TreeId,
+        gva: Gva,
+        access: Access,
+    ) -> Result<HwFill, Stop> {
+        let (Some(nested), Some(tree)) = (self.nested.as_mut(), self.tables.tree(id).copied())
+        else {
+            return Ok(HwFill::Forward);
+        };
+        let walked = super::snp::soft_walk_2d(p, &tree.guest_root, nested.table(), gva, access);
+        // The handler's reads go through the cache model like a walk's; its software work per
+        // entry is a refill handler's (`costs.refill_per_entry`).
+        let reads = p.mmu.trace.total() as u64;
+        let latency = p.costs.pt_latency();
+        p.stats.cycles.walk += p.mmu.account_walk(&latency);
+        let handler = p.costs.refill_per_entry * reads;
+        match walked {
+            Ok(c) => {
+                // The entries' guest frames, for the mirrors (simulator bookkeeping: the 2D walk
+                // above is what the handler paid for).
+                let GuestWalk::Leaf { path, .. } = self.guest_walk(p, id, gva, access, false)?
+                else {
+                    return Ok(HwFill::Forward);
+                };
+                let guest_level = c.guest.size.level();
+                let writable = c.guest.dirty || !Self::ad_by_hardware(p);
+                let shadow = Self::shadow_leaf(p, gva, &c.guest, writable)?;
+                let fits = shadow.is_some_and(|s| {
+                    self.tables.fits(&p.host, id, gva, &path, guest_level, s.size.level())
+                });
+                let Some(shadow) = shadow.filter(|_| fits) else {
+                    // The attempt's cycles are paid; the fault is counted where it is handled.
+                    p.stats.cycles.hw_trap += p.costs.hw_trap + handler;
+                    self.stats.hw_forwarded += 1;
+                    return Ok(HwFill::Forward);
+                };
+                let edit = self.tables.install(&mut p.host, id, gva, &path, guest_level, shadow)?;
+                self.after_edit(p, edit);
+                self.stats.hw_fills += 1;
+                p.stats.trap(TrapCause::LeafFill);
+                p.stats.cycles.hw_trap +=
+                    p.costs.hw_trap + handler + p.costs.refill_per_entry * Self::work(edit);
+                Ok(HwFill::Filled)
+            }
+            Err(f) if f.stage == Stage::Nested && f.kind == FaultKind::NotPresent => {
+                p.stats.cycles.hw_trap += p.costs.hw_trap + handler;
+                let gpa = f.gpa.unwrap_or(Gpa::ZERO);
+                Ok(if nested.nested_fault(p, gpa.page())? {
+                    HwFill::Retry
+                } else {
+                    HwFill::Forward
+                })
+            }
+            Err(f) if f.stage == Stage::Nested => Err(Stop::Error(SimError::Internal {
+                scheme: self.name,
+                detail: format!("unexpected nested fault {f:?}"),
+            })),
+            Err(f) => {
+                self.stats.hw_guest_faults += 1;
+                p.stats.trap(TrapCause::GuestFault);
+                p.stats.cycles.hw_trap += p.costs.hw_trap + handler;
+                p.stats.guest_faults += 1;
+                Err(Stop::GuestFault(f))
+            }
+        }
     }
 
     // ----- re-syncing -------------------------------------------------------------------------
@@ -462,6 +554,16 @@ impl Shadow {
     }
 }
 
+/// What ASP's hardware-mode handler did with a shadow fault.
+enum HwFill {
+    /// The shadow leaf is in place.
+    Filled,
+    /// A nested fault was fixed by the hypervisor; walk again.
+    Retry,
+    /// The hypervisor must handle it (a VM exit).
+    Forward,
+}
+
 /// What the hypervisor's walk of a guest table found.
 enum GuestWalk {
     Leaf { leaf: crate::paging::Leaf<crate::addr::GuestPhys>, path: GuestPath },
@@ -493,8 +595,9 @@ impl Scheme for Shadow {
 
     fn tlb_miss(&mut self, p: &mut Platform, gva: Gva, access: Access) -> Result<Hpa, Stop> {
         let id = self.current_tree(p)?;
-        // Each retry follows one shadow fault: a fill, then possibly a dirty-bit upgrade.
-        for _ in 0..4 {
+        // Each retry follows one shadow fault: a fill, then possibly a dirty-bit upgrade (and,
+        // for ASP, the nested faults of a hardware-mode walk).
+        for _ in 0..(8 + p.arch.guest_format.levels as usize) {
             let Some(tree) = self.tables.tree(id).copied() else { break };
             let walked = p.mmu.walk_host_table(&mut p.host, &tree.table, &self.regime, gva, access);
             p.account_walk();
@@ -505,7 +608,15 @@ impl Scheme for Shadow {
                     p.fill_tlb(gva, leaf.size, leaf.base, leaf.global, allow)?;
                     return Ok(hpa);
                 }
-                Err(f) => self.shadow_fault(p, id, gva, access, f.kind)?,
+                Err(f) => {
+                    if self.opts.leaf_fill == HandlerAt::Hardware {
+                        match self.hw_leaf_fill(p, id, gva, access)? {
+                            HwFill::Filled | HwFill::Retry => continue,
+                            HwFill::Forward => {}
+                        }
+                    }
+                    self.shadow_fault(p, id, gva, access, f.kind)?
+                }
             }
         }
         Err(Stop::Error(SimError::Internal {
@@ -671,6 +782,12 @@ impl Scheme for Shadow {
             ("buffer_misses", s.buffer_misses),
         ] {
             out.insert(k, v);
+        }
+        if let Some(nested) = &self.nested {
+            out.insert("hw_fills", s.hw_fills);
+            out.insert("hw_forwarded", s.hw_forwarded);
+            out.insert("hw_guest_faults", s.hw_guest_faults);
+            nested.counters(out);
         }
     }
 }

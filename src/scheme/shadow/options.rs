@@ -90,6 +90,10 @@ pub struct ShadowOptions {
     /// Shadow tables kept, one per guest address space (LRU beyond). Assumption: 64; KVM keeps
     /// the shadow pages of roots it left in its page hash, bounded only by memory.
     pub cached_roots: u64,
+    /// Where a shadow fault is filled: by the hypervisor (a VM exit), or in hardware mode by a
+    /// software 2D walk of the guest and nested tables (ASP, TC'22) when the shadow leaf's
+    /// table already exists — faults that need a new shadow-table page still exit.
+    pub leaf_fill: HandlerAt,
 }
 
 /// The largest table counts a parameter may ask for (far beyond any sensible setting).
@@ -109,6 +113,7 @@ impl ShadowOptions {
         wide_flush: WideFlush::Invalidate,
         root_buffer: 0,
         cached_roots: 64,
+        leaf_fill: HandlerAt::Hypervisor,
     };
 
     /// KVM/Xen out-of-sync shadow pages (papers.md, "Real-world strongest TSP baselines").
@@ -122,6 +127,9 @@ impl ShadowOptions {
         root_buffer: 8,
         ..Self::TSP
     };
+
+    /// Accelerated Shadow Paging: SSP, with shadow leaf faults filled in hardware mode.
+    pub const ASP: ShadowOptions = ShadowOptions { leaf_fill: HandlerAt::Hardware, ..Self::SSP };
 
     /// Lazy Shadow Paging: SSP's lazy protocol on RISC-V; a single-address `sfence.vma` is an
     /// M-mode fast path, a flush without an address an eager sync in the hypervisor, and `satp`

@@ -560,6 +560,41 @@ impl ShadowTables {
         Ok(edit)
     }
 
+    /// Whether [`install`](Self::install) of this translation would find every shadow table on
+    /// the path already in place (no new shadow page): the case ASP fills in hardware mode.
+    pub fn fits(
+        &self,
+        host: &HostMemory,
+        id: TreeId,
+        gva: Gva,
+        path: &GuestPath,
+        guest_level: Level,
+        target: Level,
+    ) -> bool {
+        let Some(tree) = self.tree(id) else { return false };
+        let mut level = self.format.root_level();
+        let mut page = tree.table.root();
+        while level > target {
+            let Some(child_level) = level.down() else { return false };
+            let want = if child_level >= guest_level {
+                Mirror::Guest(path.tables[child_level.index() as usize])
+            } else {
+                Mirror::Splinter
+            };
+            let entry = tree.table.entry_addr(page, gva, level);
+            match self.format.decode(host.read_u64(entry), level) {
+                Ok(Decoded::Table { next, .. })
+                    if self.page_of(Hpa::new(next)).is_some_and(|i| i.mirror == want) =>
+                {
+                    page = Hpa::new(next);
+                }
+                _ => return false,
+            }
+            level = child_level;
+        }
+        true
+    }
+
     /// Every present shadow leaf of tree `id`: (virtual address, entry, level), in address order.
     pub fn leaves(&self, host: &HostMemory, id: TreeId) -> Vec<(Gva, Hpa, Level)> {
         let mut out = Vec::new();
