@@ -29,12 +29,11 @@ fn native(guest: Format, mmu: MmuConfig) -> Machine<Native> {
 
 fn nested(guest: Format, host: Format, mmu: MmuConfig) -> Machine<Nested> {
     let mut p = fixture::platform(fixture::arch(guest, host), mmu).unwrap();
-    let scheme =
-        Nested::new(
-            &mut p,
-            NestedOptions { prepopulate: true, page_size: PageSize::Size4K, ..Default::default() },
-        )
-        .unwrap();
+    let scheme = Nested::new(
+        &mut p,
+        NestedOptions { prepopulate: true, page_size: PageSize::Size4K, ..Default::default() },
+    )
+    .unwrap();
     let mut m = Machine::new(p, scheme);
     let mut g = Guest::new(&mut m, Asid(1)).unwrap();
     g.map_fresh(&mut m, BASE, PAGES).unwrap();
