@@ -11,6 +11,8 @@
 //! - [`machine`]: a vCPU, its memory and a scheme, driven access by access.
 //! - [`oracle`]: the translation oracle (`--verify`): every TLB fill checked against a reference
 //!   walk of the guest's table.
+//! - [`trace`]: ChampSim and valgrind lackey readers, the compact trace format, `memvirt record`;
+//!   replayed by [`workload`]'s trace workload.
 //! - [`sweep`], [`plot`]: one setting swept over values for every scheme, and its SVG chart.
 //!
 //! See `DESIGN.md` at the repository root for the layers and the non-goals.
@@ -36,6 +38,7 @@ pub mod run;
 pub mod scheme;
 pub mod stats;
 pub mod sweep;
+pub mod trace;
 pub mod workload;
 
 pub use addr::{Asid, Gfn, Gpa, Gva, Gvpn, Hfn, Hpa, Hva, Level, PageSize, Vmid};

@@ -24,6 +24,7 @@ use memvirt::scheme::SchemeKind;
 use memvirt::workload::WorkloadKind;
 
 mod sweep_cmd;
+mod trace_cmd;
 
 /// memvirt: a fast, bit-accurate simulator of memory virtualization.
 ///
@@ -64,6 +65,20 @@ enum Command {
     /// value, as the overhead baseline. `memvirt sweep --lsp-micro --svg lsp-micro.svg`
     /// reproduces the LSP paper's micro-benchmark series (README).
     Sweep(SweepArgs),
+    /// Convert, describe and time traces (`trace convert IN OUT`, `trace info FILE`, `trace
+    /// bench FILE`).
+    ///
+    /// Reads ChampSim binary traces (`input_instr`, `cloudsuite_instr`), valgrind lackey text and
+    /// memvirt's compact format (docs/trace-format.md), plain, gzip, xz or zstd, `-` for standard
+    /// input.
+    Trace(trace_cmd::TraceArgs),
+    /// Record a real program with valgrind lackey into a compact trace: `memvirt record
+    /// [--output FILE] -- CMD ARGS...`.
+    ///
+    /// Runs `valgrind --tool=lackey --trace-mem=yes --trace-children=yes` (Debian package
+    /// `valgrind`), streams each process's output into the trace as it is written (one stream
+    /// per process image) and prints a summary. Replay it with `run`/`compare --trace FILE`.
+    Record(trace_cmd::RecordArgs),
 }
 
 #[derive(Args, Debug)]
@@ -112,9 +127,11 @@ struct RunArgs {
     /// The scheme.
     #[arg(long, value_enum)]
     scheme: SchemeKind,
-    /// The workload.
-    #[arg(long, value_enum)]
-    workload: WorkloadKind,
+    /// The workload [required unless --trace].
+    #[arg(long, value_enum, required_unless_present = "traces", conflicts_with = "traces")]
+    workload: Option<WorkloadKind>,
+    #[command(flatten)]
+    trace: trace_cmd::TraceInputArgs,
     #[command(flatten)]
     machine: MachineArgs,
     #[command(flatten)]
@@ -127,8 +144,10 @@ struct CompareArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     schemes: Vec<SchemeKind>,
     /// Workloads, comma-separated [default: pagefault,fork,ctxsw,random,stream,lsp-micro].
-    #[arg(long, value_enum, value_delimiter = ',')]
+    #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "traces")]
     workloads: Vec<WorkloadKind>,
+    #[command(flatten)]
+    trace: trace_cmd::TraceInputArgs,
     #[command(flatten)]
     machine: MachineArgs,
     #[command(flatten)]
@@ -224,6 +243,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Compare(args)) => compare(&args),
         Some(Command::Bench(args)) => bench(&args),
         Some(Command::Sweep(args)) => sweep_cmd::sweep(&args),
+        Some(Command::Trace(args)) => trace_cmd::trace(&args),
+        Some(Command::Record(args)) => trace_cmd::record(&args),
     }
 }
 
@@ -402,6 +423,7 @@ impl Setup {
             profile: self.profile.clone(),
             seed: self.seed,
             verify: self.verify,
+            traces: None,
         }
     }
 
@@ -437,13 +459,18 @@ fn selected<T: Copy + Ord>(items: &[T], default: &[T]) -> Vec<T> {
 // run, compare, bench
 
 fn run_one(args: &RunArgs) -> Result<()> {
+    if !args.trace.traces.is_empty() {
+        let (m, t, out) = (&args.machine, &args.trace, &args.out);
+        return trace_cmd::run_traces(m, &[args.scheme], t, out, "run");
+    }
+    let Some(workload) = args.workload else { bail!("run needs --workload or --trace") };
     check_output(&args.out)?;
-    let setup = Setup::new(&args.machine, &[args.scheme], &[args.workload])?;
-    let spec = setup.spec(args.scheme, args.workload, true);
+    let setup = Setup::new(&args.machine, &[args.scheme], &[workload])?;
+    let spec = setup.spec(args.scheme, workload, true);
     let runs = if args.scheme == SchemeKind::Native { 1 } else { 2 };
     let mut progress = Progress::new(runs);
     let reports = run::compare(&spec, &[args.scheme], &mut |s, d, t| {
-        progress.update(s, args.workload, d, t);
+        progress.update(s, workload, d, t);
     })
     .map_err(|e| anyhow!(e))?;
     progress.finish();
@@ -451,15 +478,19 @@ fn run_one(args: &RunArgs) -> Result<()> {
     let title = format!(
         "memvirt run: {} on {}, {}{baseline}",
         args.scheme.name(),
-        args.workload.name(),
+        workload.name(),
         setup.describe()
     );
     write_reports(&reports, &args.out, &title)
 }
 
 fn compare(args: &CompareArgs) -> Result<()> {
-    check_output(&args.out)?;
     let schemes = selected(&args.schemes, SchemeKind::ALL);
+    if !args.trace.traces.is_empty() {
+        let (m, t, out) = (&args.machine, &args.trace, &args.out);
+        return trace_cmd::run_traces(m, &schemes, t, out, "compare");
+    }
+    check_output(&args.out)?;
     let workloads = selected(&args.workloads, &WorkloadKind::DEFAULT_MIX);
     let setup = Setup::new(&args.machine, &schemes, &workloads)?;
     let per_workload = schemes.len() + usize::from(!schemes.contains(&SchemeKind::Native));
@@ -583,7 +614,7 @@ struct Progress {
     /// Runs in the command, and the one under way (1-based; 0 before the first).
     runs: u64,
     run: u64,
-    current: Option<(SchemeKind, WorkloadKind)>,
+    current: Option<(SchemeKind, String)>,
 }
 
 impl Progress {
@@ -603,16 +634,22 @@ impl Progress {
     }
 
     fn update(&mut self, scheme: SchemeKind, workload: WorkloadKind, done: u64, total: u64) {
-        let changed = self.current != Some((scheme, workload));
+        self.update_named(scheme, workload.name(), done, total);
+    }
+
+    /// [`Progress::update`] for a workload known by name (traces).
+    fn update_named(&mut self, scheme: SchemeKind, workload: &str, done: u64, total: u64) {
+        let changed =
+            self.current.as_ref().is_none_or(|(s, w)| (*s, w.as_str()) != (scheme, workload));
         if changed {
-            self.current = Some((scheme, workload));
+            self.current = Some((scheme, workload.to_owned()));
             self.run += 1;
         }
         if !self.enabled || (self.bar.is_none() && self.start.elapsed() < Self::DELAY) {
             return;
         }
         let (run, runs) = (self.run, self.runs);
-        let message = format!("[{run}/{runs}] {} on {}", scheme.name(), workload.name());
+        let message = format!("[{run}/{runs}] {} on {workload}", scheme.name());
         let bar = self.bar.get_or_insert_with(|| {
             let style = ProgressStyle::with_template("{msg:32} [{bar:30}] {percent:>3}% {elapsed}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())

@@ -156,6 +156,10 @@ pub struct Report {
     /// JSON of other runs is unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oracle: Option<OracleCounts>,
+    /// A trace replay's instructions, streams and relocations (docs/json.md); absent for the
+    /// built-in workloads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::workload::TraceReport>,
 }
 
 fn rate(hits: u64, lookups: u64) -> f64 {

@@ -10,7 +10,7 @@ use crate::machine::{Machine, Platform, Scheme, SimError};
 use crate::profile::Profile;
 use crate::report::{CauseCounts, GuestReport, Report, TablesReport, TlbReport, WalkReport};
 use crate::scheme::{Native, Nested, NestedOptions, NestedWalk, SchemeKind, Shadow, ShadowOptions};
-use crate::workload::{self, WorkloadKind};
+use crate::workload::{self, TraceParams, TraceReplay, TraceSet, Workload, WorkloadKind};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -31,6 +31,9 @@ pub struct RunSpec {
     /// Check every translation the scheme fills the TLB with against the guest's table (the
     /// translation oracle, [`crate::oracle`]); a violation fails the run.
     pub verify: bool,
+    /// Traces to replay instead of `workload` (`--trace`): every stream of every trace runs as a
+    /// guest process; `workload_sets` then set [`TraceParams`].
+    pub traces: Option<TraceSet>,
 }
 
 impl RunSpec {
@@ -44,6 +47,25 @@ impl RunSpec {
             profile,
             seed: 1,
             verify: false,
+            traces: None,
+        }
+    }
+
+    /// The workload's name in reports: the built-in workload's, or the traces' file names.
+    pub fn workload_name(&self) -> String {
+        match &self.traces {
+            Some(t) => t.name(),
+            None => self.workload.name().to_owned(),
+        }
+    }
+
+    fn build_workload(&self) -> Result<Workload, ConfigError> {
+        match &self.traces {
+            Some(t) => {
+                let params = TraceParams::with_sets(&self.workload_sets)?;
+                Ok(Workload::Trace(TraceReplay::new(t.clone(), params)))
+            }
+            None => self.workload.build(self.seed, &self.workload_sets),
         }
     }
 }
@@ -60,7 +82,7 @@ pub enum RunError {
         /// Scheme name.
         scheme: &'static str,
         /// Workload name.
-        workload: &'static str,
+        workload: String,
         /// What went wrong (in the message, so not exposed as a source too).
         error: SimError,
     },
@@ -71,11 +93,11 @@ pub enum RunError {
 pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, RunError> {
     let sim = |error: SimError| RunError::Sim {
         scheme: spec.scheme.name(),
-        workload: spec.workload.name(),
+        workload: spec.workload_name(),
         error,
     };
     // Bad settings are reported before any simulation work.
-    let workload = spec.workload.build(spec.seed, &spec.workload_sets)?;
+    let workload = spec.build_workload()?;
     let cfg = spec.profile.platform_config()?;
     let mut platform = Platform::new(&cfg, spec.profile.costs).map_err(sim)?;
     let result = match spec.scheme {
@@ -120,14 +142,19 @@ fn execute<S: Scheme>(
         oracle.reset_counts();
     }
     workload::drive(&mut os, &mut workload, progress)?;
-    Ok(report(&mut os, spec))
+    Ok(report(&mut os, spec, &workload))
 }
 
-fn report<S: Scheme>(os: &mut Os<S>, spec: &RunSpec) -> Report {
+fn report<S: Scheme>(os: &mut Os<S>, spec: &RunSpec, workload: &Workload) -> Report {
     let user_accesses = os.machine.platform.stats.accesses - os.stats.kernel_accesses;
     let history = os.history();
     let p = &mut os.machine.platform;
-    p.stats.cycles.compute = user_accesses * p.costs.compute_per_access;
+    // A trace says how many instructions ran; the built-in workloads assume a number per access.
+    let trace = workload.trace_report();
+    p.stats.cycles.compute = match &trace {
+        Some(t) => t.instructions.saturating_mul(t.cycles_per_instruction),
+        None => user_accesses * p.costs.compute_per_access,
+    };
     let p = &os.machine.platform;
     let stats = &p.stats;
     let mmu = &p.mmu.stats;
@@ -138,7 +165,7 @@ fn report<S: Scheme>(os: &mut Os<S>, spec: &RunSpec) -> Report {
     let faults = FaultResolution::ALL.iter().map(|&r| (r.name(), guest.faults[r as usize]));
     Report {
         scheme: spec.scheme.name().to_owned(),
-        workload: spec.workload.name().to_owned(),
+        workload: spec.workload_name(),
         profile: spec.profile.name.clone(),
         seed: spec.seed,
         accesses,
@@ -182,6 +209,7 @@ fn report<S: Scheme>(os: &mut Os<S>, spec: &RunSpec) -> Report {
         },
         scheme_counters: counters,
         oracle: p.oracle.as_ref().map(|o| o.counts()),
+        trace,
     }
 }
 

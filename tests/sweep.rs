@@ -47,6 +47,7 @@ fn spec(metric: Metric) -> SweepSpec {
             profile,
             seed: 1,
             verify: false,
+            traces: None,
         },
         schemes: vec![SchemeKind::Tsp, SchemeKind::Lsp],
         key: "workload.modify_ratio".to_owned(),

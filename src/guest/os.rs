@@ -260,6 +260,15 @@ impl<S: Scheme> Os<S> {
         Ok(token)
     }
 
+    /// A user instruction fetch by the current process; returns the content token it read.
+    #[inline]
+    pub fn fetch(&mut self, va: Gva) -> Result<u64, OsError> {
+        let hpa = self.user_access(va, Access::USER_FETCH)?;
+        let token = self.machine.platform.host.token(hpa.page());
+        self.history = (self.history ^ token).wrapping_mul(HISTORY_PRIME);
+        Ok(token)
+    }
+
     /// A user store by the current process, leaving `token` as the page's content.
     #[inline]
     pub fn store(&mut self, va: Gva, token: u64) -> Result<(), OsError> {

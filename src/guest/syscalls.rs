@@ -28,6 +28,31 @@ impl<S: Scheme> Os<S> {
         Ok(pid)
     }
 
+    /// Creates a process whose address space is exactly `vmas` (anonymous, private, nothing
+    /// mapped until first touch: a replayed trace's footprint) and queues it, like [`Os::spawn`].
+    /// The VMAs must be page-aligned, non-empty, disjoint and in the user half.
+    pub fn spawn_image(&mut self, vmas: &[Vma]) -> Result<Pid, OsError> {
+        let top = self.layout.user_top;
+        let mut mm = self.new_mm()?;
+        for v in vmas {
+            let aligned = v.start.as_u64() % PAGE == 0 && v.end.as_u64() % PAGE == 0;
+            if !aligned || v.start >= v.end || v.end > top || mm.overlaps(v.start, v.end) {
+                return Err(OsError::Sim(crate::machine::SimError::Config(format!(
+                    "VMA {}..{} is not a page-aligned, disjoint range of the user half (below {top})",
+                    v.start, v.end
+                ))));
+            }
+            mm.insert(*v);
+        }
+        self.machine.platform.stats.cycles.guest_kernel +=
+            self.machine.platform.costs.process_create;
+        let pid = self.add_process(mm)?;
+        if self.current.is_none() {
+            self.switch_to(pid)?;
+        }
+        Ok(pid)
+    }
+
     fn new_mm_with_image(&mut self) -> Result<Mm, OsError> {
         let mut mm = self.new_mm()?;
         let l = self.layout;

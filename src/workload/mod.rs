@@ -8,6 +8,7 @@
 
 mod multi;
 mod single;
+pub mod trace;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,7 @@ pub use single::{
     LspMicro, LspMicroParams, MmapChurn, MmapParams, PageFault, PageFaultParams, PointerChase,
     PointerChaseParams, RandomAccess, RandomParams, Stream, StreamParams,
 };
+pub use trace::{TraceParams, TraceReplay, TraceReport, TraceSet};
 
 /// What a process did with its turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -262,6 +264,8 @@ pub enum Workload {
     Server(Server),
     /// `lsp-micro`.
     LspMicro(LspMicro),
+    /// Trace replay (`--trace`).
+    Trace(TraceReplay),
 }
 
 /// Dispatches a call to the workload inside the enum (static dispatch: the hot loops stay
@@ -279,6 +283,7 @@ macro_rules! dispatch {
             Workload::PointerChase($w) => $body,
             Workload::Server($w) => $body,
             Workload::LspMicro($w) => $body,
+            Workload::Trace($w) => $body,
         }
     };
 }
@@ -302,6 +307,14 @@ impl Workload {
     /// Work done so far and in total, in the workload's own units.
     pub fn progress(&self) -> (u64, u64) {
         dispatch!(self, w => w.progress())
+    }
+
+    /// A trace replay's instructions and report section; `None` for the built-in workloads.
+    pub fn trace_report(&self) -> Option<TraceReport> {
+        match self {
+            Workload::Trace(t) => Some(t.report()),
+            _ => None,
+        }
     }
 }
 

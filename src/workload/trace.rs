@@ -1,0 +1,553 @@
+//! Trace replay: every stream of every trace becomes a guest process whose accesses go through
+//! the guest kernel (demand paging, the zero page, copy-on-write of a first-read page) under
+//! the round-robin scheduler.
+//!
+//! A stream's process starts with one anonymous VMA per run of touched pages (its footprint,
+//! from the trace's directory), readable, writable if the trace stores there, executable if it
+//! fetches there, so every access demand-pages instead of faulting outside the VMAs. Addresses
+//! beyond the profile's user half are relocated by [`Relocation`]. All streams start at once:
+//! the forks, execs and exits between a recorded program's processes are not replayed.
+//!
+//! Compute cycles are the replayed instructions times `cycles_per_instruction` (the gaps say
+//! how many instructions ran between accesses), replacing the per-access estimate
+//! `costs.compute_per_access` of the built-in workloads.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{check_range, token, Step, Validate};
+use crate::addr::Gva;
+use crate::config::{self, ConfigError};
+use crate::guest::{Os, OsError, Pid, Vma};
+use crate::machine::{Scheme, SimError};
+use crate::paging::Perms;
+use crate::trace::compact::{PageRun, StreamInfo};
+use crate::trace::decode::{Prefetch, Reader};
+use crate::trace::{self, Kind, PageFlags, ReadOptions, Record, TraceError, PAGE_BYTES};
+
+/// Relocation moves whole regions of this size (1 GiB: what one entry of the level above the
+/// leaf tables' parents maps on every 4 KiB-page format), so everything below it is kept.
+pub const REGION_BYTES: u64 = 1 << 30;
+const REGION_SHIFT: u32 = 30;
+const REGION_PAGES: u64 = REGION_BYTES / PAGE_BYTES;
+
+/// Parameters of a trace replay (`--set workload.KEY=VALUE`; `--skip`, `--limit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceParams {
+    /// Records of each stream skipped before replay starts (not simulated at all).
+    pub skip: u64,
+    /// Records of each stream replayed at most after the skip (0: all).
+    pub limit: u64,
+    /// Compute cycles per instruction of the trace (assumption: 1, an IPC of one, as
+    /// `costs.compute_per_access` assumes for the built-in workloads).
+    pub cycles_per_instruction: u64,
+}
+
+impl Default for TraceParams {
+    fn default() -> Self {
+        TraceParams { skip: 0, limit: 0, cycles_per_instruction: 1 }
+    }
+}
+
+impl Validate for TraceParams {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check_range("cycles_per_instruction", self.cycles_per_instruction, 0, 1 << 20)
+    }
+}
+
+impl TraceParams {
+    /// The defaults with `sets` (`KEY`, `VALUE` pairs) applied.
+    pub fn with_sets(sets: &[(String, String)]) -> Result<Self, ConfigError> {
+        let mut p = TraceParams::default();
+        for (k, v) in sets {
+            p = config::set(&p, k, v)?;
+        }
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// A temporary compact file, removed when the last run using it is done.
+#[derive(Debug)]
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        // Best effort: the file is ours.
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// One trace ready to replay: a checked compact file.
+#[derive(Debug)]
+pub struct TraceFile {
+    /// The name reports use (the file name given).
+    pub label: String,
+    /// The compact trace.
+    pub reader: Reader,
+    _temp: Option<TempFile>,
+}
+
+/// The traces of a command, shared by all its runs (cloning is cheap).
+#[derive(Clone, Debug)]
+pub struct TraceSet {
+    files: Arc<Vec<TraceFile>>,
+}
+
+impl TraceSet {
+    /// Opens each input: a compact file is checked whole (every block decoded once); any other
+    /// is converted to a temporary compact file first (removed with the set).
+    pub fn prepare(inputs: &[PathBuf], opts: ReadOptions) -> Result<TraceSet, TraceError> {
+        let mut files = Vec::with_capacity(inputs.len());
+        for (i, path) in inputs.iter().enumerate() {
+            let label = path
+                .file_name()
+                .map_or_else(|| trace::display_name(path), |n| n.to_string_lossy().into_owned());
+            let (reader, temp) = if trace::is_plain_compact(path, opts)? {
+                (Reader::open(path, trace::Compression::None)?, None)
+            } else {
+                let tmp = std::env::temp_dir().join(format!(
+                    "memvirt-replay-{}-{i}-{}.mvt",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos())
+                ));
+                trace::convert(path, &tmp, opts, trace::compact::DEFAULT_LEVEL)?;
+                let temp = TempFile(tmp);
+                (Reader::open(&temp.0, trace::Compression::None)?, Some(temp))
+            };
+            if temp.is_none() {
+                reader.validate()?;
+            }
+            files.push(TraceFile { label, reader, _temp: temp });
+        }
+        if files.is_empty() {
+            return Err(TraceError::Other("no trace given".into()));
+        }
+        Ok(TraceSet { files: Arc::new(files) })
+    }
+
+    /// The traces.
+    pub fn files(&self) -> &[TraceFile] {
+        &self.files
+    }
+
+    /// The workload name of reports: the trace labels joined with `+`.
+    pub fn name(&self) -> String {
+        self.files.iter().map(|f| f.label.as_str()).collect::<Vec<_>>().join("+")
+    }
+}
+
+/// One moved region.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RegionMove {
+    /// Its start in the trace (hexadecimal).
+    pub from: String,
+    /// Its start in the guest (hexadecimal).
+    pub to: String,
+    /// Its size: [`REGION_BYTES`].
+    pub bytes: u64,
+}
+
+/// How a stream's addresses map into the guest's user half.
+///
+/// Addresses below the profile's user limit stay where they are. Each 1 GiB region of the trace
+/// that reaches above it moves whole, in address order, to the highest 1 GiB regions below the
+/// limit that the trace leaves free, so page offsets, 2 MiB and 1 GiB alignment and which pages
+/// share a page table are all kept; only the regions' places change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Relocation {
+    /// `none` (every address fits) or `gib-regions`.
+    pub method: &'static str,
+    /// One past the highest user address of the profile (hexadecimal).
+    pub user_limit: String,
+    /// The regions moved.
+    pub moved: Vec<RegionMove>,
+    /// Region number in the trace -> region number in the guest, for moved regions.
+    #[serde(skip)]
+    table: Vec<(u64, u64)>,
+}
+
+impl Relocation {
+    /// The relocation of a stream with `footprint` into a user half ending at `user_top`.
+    pub fn plan(footprint: &[PageRun], user_top: u64) -> Result<Relocation, String> {
+        let limit = user_top >> REGION_SHIFT;
+        let mut regions: Vec<u64> = Vec::new();
+        for r in footprint {
+            let (first, last) = (r.start / REGION_PAGES, (r.start + r.pages - 1) / REGION_PAGES);
+            for g in first..=last {
+                if regions.last() != Some(&g) {
+                    regions.push(g);
+                }
+            }
+        }
+        let (fit, above): (Vec<u64>, Vec<u64>) = regions.iter().partition(|&&g| g < limit);
+        let mut reloc = Relocation {
+            method: "none",
+            user_limit: format!("{user_top:#x}"),
+            moved: Vec::new(),
+            table: Vec::new(),
+        };
+        if above.is_empty() {
+            return Ok(reloc);
+        }
+        let free: Vec<u64> =
+            (0..limit).rev().filter(|g| !fit.contains(g)).take(above.len()).collect();
+        if free.len() < above.len() {
+            return Err(format!(
+                "it touches {} distinct 1 GiB regions, {} of them above the user half's {user_top:#x}, \
+                 and only {} regions of the user half are free",
+                regions.len(),
+                above.len(),
+                limit - fit.len() as u64
+            ));
+        }
+        reloc.method = "gib-regions";
+        for (&from, &to) in above.iter().zip(free.iter().rev()) {
+            reloc.table.push((from, to));
+            reloc.moved.push(RegionMove {
+                from: format!("{:#x}", from << REGION_SHIFT),
+                to: format!("{:#x}", to << REGION_SHIFT),
+                bytes: REGION_BYTES,
+            });
+        }
+        Ok(reloc)
+    }
+
+    /// Where `addr` goes.
+    #[inline]
+    pub fn apply(&self, addr: u64) -> u64 {
+        if self.table.is_empty() {
+            return addr;
+        }
+        let region = addr >> REGION_SHIFT;
+        match self.table.binary_search_by_key(&region, |&(f, _)| f) {
+            Ok(i) => self.table[i].1 << REGION_SHIFT | (addr & (REGION_BYTES - 1)),
+            Err(_) => addr,
+        }
+    }
+
+    /// The stream's VMAs: its footprint runs, relocated, with the permissions their flags ask.
+    pub fn vmas(&self, footprint: &[PageRun]) -> Vec<Vma> {
+        let mut out: Vec<Vma> = Vec::new();
+        for r in footprint {
+            let mut perms = Perms::R;
+            if r.flags & PageFlags::WRITE != 0 {
+                perms |= Perms::W;
+            }
+            if r.flags & PageFlags::EXEC != 0 {
+                perms |= Perms::X;
+            }
+            // Split at region boundaries: regions may move apart.
+            let mut page = r.start;
+            let end = r.start + r.pages;
+            while page < end {
+                let stop = end.min((page / REGION_PAGES + 1) * REGION_PAGES);
+                let start = Gva::new(self.apply(page * PAGE_BYTES));
+                let vma_end = start.wrapping_add((stop - page) * PAGE_BYTES);
+                match out.last_mut() {
+                    Some(v) if v.end == start && v.perms == perms => v.end = vma_end,
+                    _ => out.push(Vma { start, end: vma_end, perms }),
+                }
+                page = stop;
+            }
+        }
+        out.sort_by_key(|v| v.start);
+        out
+    }
+}
+
+/// What a replay reports about one stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StreamReport {
+    /// The trace it comes from.
+    pub trace: String,
+    /// Its number in that trace.
+    pub stream: u64,
+    /// Its label (the recorded command line, or the trace's name).
+    pub name: String,
+    /// The recorded process id (0: unknown).
+    pub pid: u64,
+    /// The cloudsuite ASID (0: none).
+    pub asid: u64,
+    /// Records skipped (`--skip`).
+    pub skipped: u64,
+    /// Records replayed.
+    pub replayed: u64,
+    /// Instructions replayed (the gaps of the replayed records, plus the trailing instructions
+    /// when the stream was replayed to its end).
+    pub instructions: u64,
+    /// Pages of its footprint (its VMAs).
+    pub footprint_pages: u64,
+    /// How its addresses were placed in the guest.
+    pub relocation: Relocation,
+}
+
+/// The `trace` section of a report of a trace replay.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TraceReport {
+    /// Instructions replayed, all streams.
+    pub instructions: u64,
+    /// Compute cycles per instruction.
+    pub cycles_per_instruction: u64,
+    /// Each stream, in replay order.
+    pub streams: Vec<StreamReport>,
+}
+
+/// One stream being replayed.
+#[derive(Debug)]
+struct Replayed {
+    report: StreamReport,
+    file: usize,
+    stream: usize,
+    feed: Option<Prefetch>,
+    batch: Vec<Record>,
+    pos: usize,
+    finished: bool,
+    /// Records this stream will replay.
+    total: u64,
+    trailing: u64,
+}
+
+/// The trace-replay workload.
+#[derive(Debug)]
+pub struct TraceReplay {
+    set: TraceSet,
+    params: TraceParams,
+    procs: Vec<Replayed>,
+    by_pid: BTreeMap<Pid, usize>,
+    seq: u64,
+}
+
+impl Clone for TraceReplay {
+    /// A clone starts the replay over.
+    fn clone(&self) -> Self {
+        TraceReplay::new(self.set.clone(), self.params)
+    }
+}
+
+fn trace_error(e: TraceError) -> OsError {
+    OsError::Sim(SimError::Config(format!("trace replay: {e}")))
+}
+
+impl TraceReplay {
+    /// Replays `set` with `params`.
+    pub fn new(set: TraceSet, params: TraceParams) -> Self {
+        TraceReplay { set, params, procs: Vec::new(), by_pid: BTreeMap::new(), seq: 0 }
+    }
+
+    pub(super) fn start<S: Scheme>(&mut self, os: &mut Os<S>) -> Result<(), OsError> {
+        let user_top = os.layout().user_top.as_u64();
+        let limit = if self.params.limit == 0 { u64::MAX } else { self.params.limit };
+        for (fi, f) in self.set.files().iter().enumerate() {
+            for (si, info) in f.reader.streams.iter().enumerate() {
+                let relocation = Relocation::plan(&info.footprint, user_top).map_err(|e| {
+                    OsError::Sim(SimError::Config(format!(
+                        "trace {} stream {si} ({}): {e}",
+                        f.label, info.meta.name
+                    )))
+                })?;
+                let vmas = relocation.vmas(&info.footprint);
+                let skipped = self.params.skip.min(info.records);
+                let total = (info.records - skipped).min(limit);
+                let pid = os.spawn_image(&vmas)?;
+                self.by_pid.insert(pid, self.procs.len());
+                self.procs.push(Replayed {
+                    report: stream_report(&f.label, si, info, skipped, relocation),
+                    file: fi,
+                    stream: si,
+                    feed: None,
+                    batch: Vec::new(),
+                    pos: 0,
+                    finished: false,
+                    total,
+                    trailing: if skipped + total == info.records { info.trailing } else { 0 },
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
+        let Some(&i) = self.by_pid.get(&pid) else { return Ok(Step::Exit) };
+        let p = &mut self.procs[i];
+        if p.feed.is_none() && !p.finished {
+            let limit = if self.params.limit == 0 { u64::MAX } else { self.params.limit };
+            let reader = &self.set.files()[p.file].reader;
+            let dec = reader.stream(p.stream, self.params.skip, limit).map_err(trace_error)?;
+            p.feed = Some(Prefetch::spawn(dec).map_err(trace_error)?);
+        }
+        while os.slice_left() > 0 {
+            if p.pos == p.batch.len() {
+                let Some(feed) = p.feed.as_mut() else { return Ok(Step::Exit) };
+                feed.recycle(std::mem::take(&mut p.batch));
+                match feed.next_batch().map_err(trace_error)? {
+                    Some(b) => (p.batch, p.pos) = (b, 0),
+                    None => {
+                        p.finished = true;
+                        p.feed = None;
+                        p.report.instructions += p.trailing;
+                        return Ok(Step::Exit);
+                    }
+                }
+            }
+            let r = p.batch[p.pos];
+            p.pos += 1;
+            p.report.replayed += 1;
+            p.report.instructions += u64::from(r.gap);
+            self.seq += 1;
+            let va = p.report.relocation.apply(r.addr);
+            replay_one(os, va, r, self.seq)?;
+        }
+        Ok(Step::Preempted)
+    }
+
+    pub(super) fn killed(&mut self, pid: Pid) {
+        if let Some(&i) = self.by_pid.get(&pid) {
+            let p = &mut self.procs[i];
+            p.finished = true;
+            p.feed = None;
+        }
+    }
+
+    pub(super) fn progress(&self) -> (u64, u64) {
+        let done = self.procs.iter().map(|p| if p.finished { p.total } else { p.report.replayed });
+        (done.sum(), self.procs.iter().map(|p| p.total).sum())
+    }
+
+    /// Instructions replayed so far.
+    pub fn instructions(&self) -> u64 {
+        self.procs.iter().map(|p| p.report.instructions).sum()
+    }
+
+    /// The report's `trace` section.
+    pub fn report(&self) -> TraceReport {
+        TraceReport {
+            instructions: self.instructions(),
+            cycles_per_instruction: self.params.cycles_per_instruction,
+            streams: self.procs.iter().map(|p| p.report.clone()).collect(),
+        }
+    }
+}
+
+fn stream_report(
+    label: &str,
+    stream: usize,
+    info: &StreamInfo,
+    skipped: u64,
+    relocation: Relocation,
+) -> StreamReport {
+    StreamReport {
+        trace: label.to_owned(),
+        stream: stream as u64,
+        name: info.meta.name.clone(),
+        pid: u64::from(info.meta.pid),
+        asid: u64::from(info.meta.asid),
+        skipped,
+        replayed: 0,
+        instructions: 0,
+        footprint_pages: info.footprint_pages(),
+        relocation,
+    }
+}
+
+/// One record: its access, and again at the start of each further page it runs into.
+#[inline]
+fn replay_one<S: Scheme>(os: &mut Os<S>, va: u64, r: Record, seq: u64) -> Result<(), OsError> {
+    access(os, Gva::new(va), r.kind, seq)?;
+    let (first, last) = r.pages();
+    if first != last {
+        let base = va - va % PAGE_BYTES;
+        for k in 1..=last - first {
+            access(os, Gva::new(base + k * PAGE_BYTES), r.kind, seq)?;
+        }
+    }
+    Ok(())
+}
+
+#[inline]
+fn access<S: Scheme>(os: &mut Os<S>, va: Gva, kind: Kind, seq: u64) -> Result<(), OsError> {
+    match kind {
+        Kind::Load => os.load(va).map(drop),
+        Kind::Store => os.store(va, token(va, seq)),
+        Kind::Modify => {
+            os.load(va)?;
+            os.store(va, token(va, seq))
+        }
+        Kind::Fetch => os.fetch(va).map(drop),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(start: u64, pages: u64, flags: u8) -> PageRun {
+        PageRun { start, pages, flags }
+    }
+
+    const SV39_TOP: u64 = 1 << 38;
+
+    #[test]
+    fn addresses_that_fit_are_not_moved() -> Result<(), String> {
+        let fp = [run(0x400, 3, PageFlags::EXEC), run(0x1ffeffe, 2, PageFlags::WRITE)];
+        let r = Relocation::plan(&fp, SV39_TOP)?;
+        assert_eq!(r.method, "none");
+        assert_eq!(r.apply(0x1ffefff7a8), 0x1ffefff7a8);
+        Ok(())
+    }
+
+    #[test]
+    fn x86_64_stack_and_libraries_move_whole_gib_regions_below_the_sv39_limit() -> Result<(), String>
+    {
+        // Text at 4 MiB, libraries and stack near the top of x86-64's 47-bit user half.
+        let text = 0x40_0000 / PAGE_BYTES;
+        let libs = 0x7f12_3456_7000 / PAGE_BYTES;
+        let stack = 0x7ffc_dead_b000 / PAGE_BYTES;
+        let fp = [run(text, 1, PageFlags::EXEC), run(libs, 2, PageFlags::READ), run(stack, 1, 3)];
+        let r = Relocation::plan(&fp, SV39_TOP)?;
+        assert_eq!(r.method, "gib-regions");
+        assert_eq!(r.moved.len(), 2);
+        // In order, to the two highest regions: 254 and 255 GiB.
+        assert_eq!(
+            r.apply(0x7f12_3456_7abc),
+            (254 << 30) | (0x7f12_3456_7abc & (REGION_BYTES - 1))
+        );
+        assert_eq!(
+            r.apply(0x7ffc_dead_bff8),
+            (255 << 30) | (0x7ffc_dead_bff8 & (REGION_BYTES - 1))
+        );
+        assert_eq!(r.apply(0x40_0123), 0x40_0123);
+        // Page offsets, and the offset within the 2 MiB and 1 GiB regions, are kept.
+        assert_eq!(r.apply(0x7ffc_dead_bff8) % REGION_BYTES, 0x7ffc_dead_bff8 % REGION_BYTES);
+        let vmas = r.vmas(&fp);
+        assert_eq!(vmas.len(), 3);
+        assert!(vmas.iter().all(|v| v.end.as_u64() <= SV39_TOP));
+        assert_eq!(vmas[0].perms, Perms::R | Perms::X);
+        assert_eq!(vmas[2].perms, Perms::R | Perms::W);
+        Ok(())
+    }
+
+    #[test]
+    fn too_many_regions_is_an_error() {
+        let fp: Vec<PageRun> = (0..300).map(|g| run(g * REGION_PAGES * 4, 1, 1)).collect();
+        assert!(Relocation::plan(&fp, SV39_TOP).is_err());
+    }
+
+    #[test]
+    fn runs_crossing_a_moved_region_boundary_split() -> Result<(), String> {
+        let start = (1u64 << 40) / PAGE_BYTES - 1;
+        let fp = [run(start, 2, 1)];
+        let r = Relocation::plan(&fp, SV39_TOP)?;
+        let vmas = r.vmas(&fp);
+        assert_eq!(vmas.iter().map(|v| v.end.as_u64() - v.start.as_u64()).sum::<u64>(), 8192);
+        assert!(vmas.iter().all(|v| v.end.as_u64() <= SV39_TOP));
+        assert_eq!(r.apply(start * PAGE_BYTES) + PAGE_BYTES, r.apply((start + 1) * PAGE_BYTES));
+        Ok(())
+    }
+}
