@@ -178,9 +178,8 @@ mod tests {
     }
 
     fn read_bytes(bytes: &[u8], variant: Variant) -> Result<VecSink, TraceError> {
-        let dir = std::env::temp_dir().join(format!("memvirt-champsim-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| TraceError::Other(e.to_string()))?;
-        let path = dir.join(format!("t{}.champsimtrace", bytes.len()));
+        let name = format!("memvirt-champsim-{}-{}.champsimtrace", std::process::id(), bytes.len());
+        let path = std::env::temp_dir().join(name);
         std::fs::write(&path, bytes).map_err(|e| TraceError::Other(e.to_string()))?;
         let mut input = open(&path, Compression::None)?;
         let mut sink = VecSink::default();

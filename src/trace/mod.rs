@@ -409,46 +409,62 @@ impl<R: BufRead> BufRead for CountingReader<R> {
 
 const IO_BUFFER: usize = 1 << 20;
 
-/// Opens `path` (`-`: standard input) and decompresses it as `compression` says.
+/// Opens `path` (`-`: standard input) and decompresses it as `compression` says (`Auto`: by
+/// suffix; standard input by its first bytes).
 pub fn open(path: &Path, compression: Compression) -> Result<Input, TraceError> {
     let name = display_name(path);
-    let stdin = path == Path::new("-");
-    let raw: Box<dyn Read + Send> = if stdin {
+    let raw: Box<dyn Read + Send> = if path == Path::new("-") {
         Box::new(io::stdin())
     } else {
         let file =
             File::open(path).map_err(|source| TraceError::Open { file: name.clone(), source })?;
         Box::new(file)
     };
-    let mut raw = BufReader::with_capacity(IO_BUFFER, raw);
     let compression = match compression {
-        Compression::Auto if stdin => {
-            let head = raw.fill_buf().map_err(|source| TraceError::Read {
-                file: name.clone(),
-                offset: 0,
-                source,
-            })?;
-            Compression::sniff(head)
-        }
-        Compression::Auto => Compression::for_path(path),
+        Compression::Auto if path != Path::new("-") => Compression::for_path(path),
         c => c,
     };
-    let reader: Box<dyn BufRead + Send> = match compression {
-        Compression::Auto | Compression::None => Box::new(raw),
-        Compression::Gzip => {
-            Box::new(BufReader::with_capacity(IO_BUFFER, flate2::bufread::MultiGzDecoder::new(raw)))
-        }
-        Compression::Xz => Box::new(BufReader::with_capacity(
-            IO_BUFFER,
-            xz2::bufread::XzDecoder::new_multi_decoder(raw),
-        )),
-        Compression::Zstd => {
-            let dec = zstd::stream::read::Decoder::with_buffer(raw)
-                .map_err(|source| TraceError::Read { file: name.clone(), offset: 0, source })?;
-            Box::new(BufReader::with_capacity(IO_BUFFER, dec))
-        }
-    };
-    Ok(Input { name, reader: CountingReader { inner: reader, count: 0 } })
+    Input::new(name, raw, compression)
+}
+
+impl Input {
+    /// `raw`, named `name` in errors, decompressed as `compression` says (`Auto`: by its first
+    /// bytes).
+    pub fn new(
+        name: String,
+        raw: Box<dyn Read + Send>,
+        compression: Compression,
+    ) -> Result<Input, TraceError> {
+        let mut raw = BufReader::with_capacity(IO_BUFFER, raw);
+        let compression = match compression {
+            Compression::Auto => {
+                let head = raw.fill_buf().map_err(|source| TraceError::Read {
+                    file: name.clone(),
+                    offset: 0,
+                    source,
+                })?;
+                Compression::sniff(head)
+            }
+            c => c,
+        };
+        let reader: Box<dyn BufRead + Send> = match compression {
+            Compression::Auto | Compression::None => Box::new(raw),
+            Compression::Gzip => Box::new(BufReader::with_capacity(
+                IO_BUFFER,
+                flate2::bufread::MultiGzDecoder::new(raw),
+            )),
+            Compression::Xz => Box::new(BufReader::with_capacity(
+                IO_BUFFER,
+                xz2::bufread::XzDecoder::new_multi_decoder(raw),
+            )),
+            Compression::Zstd => {
+                let dec = zstd::stream::read::Decoder::with_buffer(raw)
+                    .map_err(|source| TraceError::Read { file: name.clone(), offset: 0, source })?;
+                Box::new(BufReader::with_capacity(IO_BUFFER, dec))
+            }
+        };
+        Ok(Input { name, reader: CountingReader { inner: reader, count: 0 } })
+    }
 }
 
 /// How to read one input.
@@ -479,7 +495,19 @@ pub fn read_into(
     opts: ReadOptions,
     sink: &mut dyn RecordSink,
 ) -> Result<ReadSummary, TraceError> {
-    let mut input = open(path, opts.compression)?;
+    let input = open(path, opts.compression)?;
+    let label = path.file_name().map_or_else(|| input.name.clone(), |n| n.to_string_lossy().into());
+    read_input(input, &label, opts, sink)
+}
+
+/// Reads the trace `input` (any format; `opts.compression` is already applied) into `sink`,
+/// naming its stream(s) `label`.
+pub fn read_input(
+    mut input: Input,
+    label: &str,
+    opts: ReadOptions,
+    sink: &mut dyn RecordSink,
+) -> Result<ReadSummary, TraceError> {
     let format = match opts.format {
         InputFormat::Auto => {
             let head = input.reader.fill_buf().map_err(|source| TraceError::Read {
@@ -491,18 +519,17 @@ pub fn read_into(
         }
         f => f,
     };
-    let label = path.file_name().map_or_else(|| input.name.clone(), |n| n.to_string_lossy().into());
     let source = match format {
         InputFormat::Champsim => {
-            champsim::read(&mut input, champsim::Variant::Input, opts.fetches, &label, sink)?;
+            champsim::read(&mut input, champsim::Variant::Input, opts.fetches, label, sink)?;
             Source::ChampSim
         }
         InputFormat::Cloudsuite => {
-            champsim::read(&mut input, champsim::Variant::Cloudsuite, opts.fetches, &label, sink)?;
+            champsim::read(&mut input, champsim::Variant::Cloudsuite, opts.fetches, label, sink)?;
             Source::Cloudsuite
         }
         InputFormat::Lackey => {
-            lackey::read(&mut input, opts.fetches, &label, sink)?;
+            lackey::read(&mut input, opts.fetches, label, sink)?;
             Source::Lackey
         }
         InputFormat::Memvirt | InputFormat::Auto => {

@@ -1,0 +1,440 @@
+//! Traces end to end in the library: every reader on traces the tests write themselves (plain,
+//! gzip, xz), the compact round trip (convert then read is exact, a property), bad input of
+//! every kind failing with the file and the offset or line, and replay in the guest OS model
+//! (demand paging, relocation, --skip/--limit, concurrent processes, every scheme verified).
+
+mod tracegen;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::Path;
+
+use memvirt::profile::Profile;
+use memvirt::run::{self, RunSpec};
+use memvirt::scheme::SchemeKind;
+use memvirt::trace::compact::{self, PageRun, Writer};
+use memvirt::trace::decode::{Prefetch, Reader};
+use memvirt::trace::{
+    self, Compression, Fetches, InputFormat, Kind, ReadOptions, Record, RecordSink, Source,
+    StreamMeta, TraceError, PAGE_BYTES,
+};
+use memvirt::workload::{TraceSet, WorkloadKind};
+use proptest::prelude::*;
+use tracegen::{Dir, Instr};
+
+const INSTRS: usize = 5_000;
+
+fn opts(format: InputFormat) -> ReadOptions {
+    ReadOptions { format, compression: Compression::Auto, fetches: Fetches::Page }
+}
+
+/// Converts `input` to a compact file beside it and reads stream 0 back.
+fn convert_and_read(dir: &Dir, input: &Path, format: InputFormat) -> Result<Reader, TraceError> {
+    let out = dir.path(&format!("{}.mvt", input.file_name().unwrap_or_default().to_string_lossy()));
+    trace::convert(input, &out, opts(format), compact::DEFAULT_LEVEL)?;
+    Reader::open(&out, Compression::None)
+}
+
+fn err_text<T>(r: Result<T, TraceError>) -> String {
+    match r {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn champsim_plain_gzip_and_xz_read_back_exactly() -> Result<(), TraceError> {
+    let dir = Dir::new("champsim");
+    let prog = tracegen::program(1, INSTRS);
+    let raw = tracegen::champsim(&prog);
+    let want = tracegen::expected(&prog, false);
+    for (name, bytes) in [
+        ("p.champsimtrace", raw.clone()),
+        ("p.champsimtrace.gz", tracegen::gzip(&raw)),
+        ("p.champsimtrace.xz", tracegen::xz(&raw)),
+    ] {
+        let path = dir.file(name, &bytes);
+        let r = convert_and_read(&dir, &path, InputFormat::Auto)?;
+        assert_eq!(r.header.source, Source::ChampSim, "{name}");
+        assert_eq!(r.header.source_bytes, raw.len() as u64, "{name}");
+        assert_eq!(r.records(0)?, want, "{name}");
+        assert_eq!(r.streams[0].instructions, INSTRS as u64);
+        assert_eq!(r.streams[0].trailing, tracegen::trailing(&prog, false));
+    }
+    Ok(())
+}
+
+#[test]
+fn cloudsuite_records_become_one_stream_per_asid() -> Result<(), TraceError> {
+    let dir = Dir::new("cloudsuite");
+    let mut prog = tracegen::program(2, 2_000);
+    for (i, ins) in prog.iter_mut().enumerate() {
+        ins.asid = if i % 3 == 0 { 9 } else { 4 };
+    }
+    let path = dir.file("c.trace.xz", &tracegen::xz(&tracegen::cloudsuite(&prog)));
+    let r = convert_and_read(&dir, &path, InputFormat::Cloudsuite)?;
+    assert_eq!(r.header.source, Source::Cloudsuite);
+    let asids: Vec<u32> = r.streams.iter().map(|s| s.meta.asid).collect();
+    assert_eq!(asids, [9, 4], "streams in order of first appearance");
+    for (s, asid) in [(0, 9), (1, 4)] {
+        let mine: Vec<Instr> = prog.iter().filter(|i| i.asid == asid).cloned().collect();
+        assert_eq!(r.records(s)?, tracegen::expected(&mine, false), "asid {asid}");
+    }
+    Ok(())
+}
+
+#[test]
+fn lackey_with_and_without_pid_lines_reads_back_exactly() -> Result<(), TraceError> {
+    let dir = Dir::new("lackey");
+    let prog = tracegen::program(3, INSTRS);
+    let want = tracegen::expected(&prog, true);
+    for (name, pid) in [("a.lackey", None), ("b.lackey.gz", Some(4242))] {
+        let text = tracegen::lackey(&prog, pid);
+        let bytes =
+            if name.ends_with(".gz") { tracegen::gzip(text.as_bytes()) } else { text.into_bytes() };
+        let path = dir.file(name, &bytes);
+        let r = convert_and_read(&dir, &path, InputFormat::Auto)?;
+        assert_eq!(r.header.source, Source::Lackey);
+        assert_eq!(r.records(0)?, want, "{name}");
+        let meta = &r.streams[0].meta;
+        match pid {
+            Some(p) => assert_eq!((meta.pid, meta.ppid, meta.name.as_str()), (p, 1, "./prog arg")),
+            None => assert_eq!((meta.pid, meta.name.as_str()), (0, name)),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn footprint_and_counts_match_the_records() -> Result<(), TraceError> {
+    let dir = Dir::new("footprint");
+    let prog = tracegen::program(4, INSTRS);
+    let path = dir.file("f.lackey", tracegen::lackey(&prog, None).as_bytes());
+    let r = convert_and_read(&dir, &path, InputFormat::Lackey)?;
+    let recs = r.records(0)?;
+    let info = &r.streams[0];
+    let mut pages: BTreeMap<u64, u8> = BTreeMap::new();
+    let mut by_kind = [0u64; 4];
+    for rec in &recs {
+        by_kind[rec.kind as usize] += 1;
+        let (first, last) = rec.pages();
+        for p in first..=last {
+            *pages.entry(p).or_default() |= rec.kind.page_flags();
+        }
+    }
+    assert_eq!(info.by_kind, by_kind);
+    let flat: Vec<(u64, u8)> = info
+        .footprint
+        .iter()
+        .flat_map(|r| (r.start..r.start + r.pages).map(move |p| (p, r.flags)))
+        .collect();
+    assert_eq!(flat, pages.into_iter().collect::<Vec<_>>());
+    assert_eq!(info.min_addr, recs.iter().map(|r| r.addr).min().unwrap_or(0));
+    Ok(())
+}
+
+fn arb_record() -> impl Strategy<Value = Record> {
+    let addr = prop_oneof![any::<u64>(), 0u64..1 << 20, (0x7ff0_0000_0000u64..0x7fff_ffff_ffff)];
+    let gap = prop_oneof![0u32..8, any::<u32>()];
+    let size = prop_oneof![Just(0u16), Just(8), Just(16), Just(64), any::<u16>()];
+    (addr, gap, size, 0u8..4).prop_map(|(addr, gap, size, k)| Record {
+        addr,
+        gap,
+        size,
+        kind: Kind::from_bits(k),
+    })
+}
+
+/// Writes `streams` as a compact trace in memory.
+fn compact_bytes(streams: &[(Vec<Record>, u64)]) -> Result<Vec<u8>, TraceError> {
+    let mut w = Writer::new(Cursor::new(Vec::new()), "mem", Source::Lackey, 1)?;
+    for (i, (recs, trailing)) in streams.iter().enumerate() {
+        let meta = StreamMeta {
+            pid: u32::try_from(i).unwrap_or(0) + 100,
+            ppid: 1,
+            asid: 0,
+            name: format!("s{i}"),
+        };
+        let id = w.begin_stream(meta)?;
+        for &r in recs {
+            w.push(id, r)?;
+        }
+        w.trailing_instructions(id, *trailing)?;
+    }
+    Ok(w.finish(0)?.2.into_inner())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn compact_round_trip_is_exact(
+        streams in prop::collection::vec((prop::collection::vec(arb_record(), 0..300), 0u64..1000), 1..4)
+    ) {
+        let bytes = compact_bytes(&streams).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let r = Reader::from_bytes("mem".into(), bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(r.streams.len(), streams.len());
+        for (i, (recs, trailing)) in streams.iter().enumerate() {
+            let back = r.records(i).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(&back, recs);
+            let gaps: u64 = recs.iter().map(|r| u64::from(r.gap)).sum();
+            prop_assert_eq!(r.streams[i].instructions, gaps + trailing);
+            prop_assert_eq!(r.streams[i].meta.pid, u32::try_from(i).unwrap_or(0) + 100);
+        }
+    }
+
+    #[test]
+    fn champsim_convert_then_read_is_exact(seed in any::<u64>(), n in 1usize..400) {
+        let dir = Dir::new(&format!("prop-champsim-{seed}"));
+        let prog = tracegen::program(seed, n);
+        let path = dir.file("p.champsimtrace", &tracegen::champsim(&prog));
+        let r = convert_and_read(&dir, &path, InputFormat::Champsim).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(r.records(0).map_err(|e| TestCaseError::fail(e.to_string()))?, tracegen::expected(&prog, false));
+    }
+
+    #[test]
+    fn lackey_convert_then_read_is_exact(seed in any::<u64>(), n in 1usize..400) {
+        let dir = Dir::new(&format!("prop-lackey-{seed}"));
+        let prog = tracegen::program(seed, n);
+        let path = dir.file("p.txt", tracegen::lackey(&prog, Some(7)).as_bytes());
+        let r = convert_and_read(&dir, &path, InputFormat::Lackey).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(r.records(0).map_err(|e| TestCaseError::fail(e.to_string()))?, tracegen::expected(&prog, true));
+    }
+}
+
+#[test]
+fn skip_and_limit_cross_block_boundaries() -> Result<(), TraceError> {
+    let recs: Vec<Record> = (0..100_000u64)
+        .map(|i| Record { addr: 0x1000 + i * 8, gap: 1, size: 8, kind: Kind::Load })
+        .collect();
+    let r = Reader::from_bytes("mem".into(), compact_bytes(&[(recs.clone(), 5)])?)?;
+    assert!(r.streams[0].blocks.len() > 3);
+    for (skip, limit) in [(0, u64::MAX), (40_000, 30_000), (32_768, 1), (99_999, 10), (200_000, 5)]
+    {
+        let mut dec = r.stream(0, skip, limit)?;
+        let (mut got, mut batch) = (Vec::new(), Vec::new());
+        while dec.next_batch(&mut batch)? {
+            got.extend_from_slice(&batch);
+        }
+        let from = usize::try_from(skip).unwrap_or(usize::MAX).min(recs.len());
+        let to = from.saturating_add(usize::try_from(limit).unwrap_or(usize::MAX)).min(recs.len());
+        assert_eq!(got, recs[from..to], "skip {skip} limit {limit}");
+    }
+    // The decoding thread hands over the same records.
+    let mut feed = Prefetch::spawn(r.stream(0, 0, u64::MAX)?)?;
+    let mut n = 0;
+    while let Some(b) = feed.next_batch()? {
+        n += b.len();
+        feed.recycle(b);
+    }
+    assert_eq!(n, recs.len());
+    Ok(())
+}
+
+#[test]
+fn truncated_and_corrupt_compressed_inputs_name_the_file() {
+    let dir = Dir::new("badcomp");
+    let raw = tracegen::champsim(&tracegen::program(5, 3_000));
+    let xz = tracegen::xz(&raw);
+    let gz = tracegen::gzip(&raw);
+    let mut flipped = gz.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x55;
+    for (name, bytes) in [
+        ("cut.champsimtrace.xz", &xz[..xz.len() - 30]),
+        ("cut.champsimtrace.gz", &gz[..gz.len() - 30]),
+        ("flip.champsimtrace.gz", &flipped[..]),
+        ("notxz.champsimtrace.xz", &raw[..]),
+    ] {
+        let path = dir.file(name, bytes);
+        let e = err_text(trace::convert(&path, &dir.path("o.mvt"), opts(InputFormat::Auto), 1));
+        assert!(e.contains(name) && e.contains("byte"), "{name}: {e:?}");
+        assert!(!dir.path("o.mvt").exists(), "no partial output");
+    }
+}
+
+#[test]
+fn partial_records_and_garbage_lines_are_errors() {
+    let dir = Dir::new("badraw");
+    let mut raw = tracegen::champsim(&tracegen::program(6, 10));
+    raw.extend_from_slice(&[0xAB; 17]);
+    let p = dir.file("partial.champsimtrace", &raw);
+    let e = err_text(trace::convert(&p, &dir.path("o.mvt"), opts(InputFormat::Champsim), 1));
+    assert!(e.contains("partial.champsimtrace: byte 640") && e.contains("truncated record"), "{e}");
+    let p = dir.file("cs.trace", &[0u8; 100]);
+    let e = err_text(trace::convert(&p, &dir.path("o.mvt"), opts(InputFormat::Cloudsuite), 1));
+    assert!(e.contains("byte 96"), "{e}");
+    let text = "I  0401000,3\n L 7ff000,8\nI  0401003,2\nthis is not lackey\n";
+    let p = dir.file("g.lackey", text.as_bytes());
+    let e = err_text(trace::convert(&p, &dir.path("o.mvt"), opts(InputFormat::Lackey), 1));
+    assert!(e.contains("g.lackey: line 4") && e.contains("not a lackey line"), "{e}");
+    let p = dir.file("t.lackey", b"I  0401000,3\n L 7ff0");
+    let e = err_text(trace::convert(&p, &dir.path("o.mvt"), opts(InputFormat::Lackey), 1));
+    assert!(e.contains("t.lackey: line 2") && e.contains("truncated"), "{e}");
+    assert!(!dir.path("o.mvt").exists());
+}
+
+#[test]
+fn bad_compact_files_never_pass_as_partial_results() -> Result<(), TraceError> {
+    let recs: Vec<Record> = tracegen::expected(&tracegen::program(7, 1_500), true);
+    let good = compact_bytes(&[(recs.clone(), 3), (recs[..100].to_vec(), 0)])?;
+    let check = |bytes: Vec<u8>| -> Result<Vec<Vec<Record>>, TraceError> {
+        let r = Reader::from_bytes("t.mvt".into(), bytes)?;
+        (0..r.streams.len()).map(|s| r.records(s)).collect()
+    };
+    let mut wrong = good.clone();
+    wrong[0] = b'X';
+    assert!(err_text(check(wrong)).contains("t.mvt: byte 0: not a memvirt compact trace"));
+    let mut v2 = good.clone();
+    v2[8] = 2;
+    assert!(err_text(check(v2)).contains("t.mvt: byte 8: compact trace version 2"));
+    // Every truncation fails, naming the file.
+    for len in (0..good.len()).step_by(7) {
+        let e = err_text(check(good[..len].to_vec()));
+        assert!(e.starts_with("t.mvt: "), "cut at {len}: {e:?}");
+    }
+    // Any one corrupted byte either fails or leaves every record as it was.
+    let want = vec![recs.clone(), recs[..100].to_vec()];
+    for at in 0..good.len() {
+        let mut bad = good.clone();
+        bad[at] ^= 0x24;
+        match check(bad) {
+            Ok(got) => assert_eq!(got, want, "byte {at} corrupted records silently"),
+            Err(e) => assert!(e.to_string().starts_with("t.mvt: "), "byte {at}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+// ----- replay --------------------------------------------------------------------------------
+
+fn trace_spec(
+    scheme: SchemeKind,
+    profile: &str,
+    traces: TraceSet,
+    sets: &[(&str, &str)],
+) -> RunSpec {
+    let profile = Profile::builtin(profile).expect("built-in profile");
+    RunSpec {
+        traces: Some(traces),
+        workload_sets: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..RunSpec::new(scheme, WorkloadKind::Pagefault, profile)
+    }
+}
+
+fn champsim_set(dir: &Dir, name: &str, prog: &[Instr]) -> Result<TraceSet, TraceError> {
+    let path = dir.file(name, &tracegen::champsim(prog));
+    TraceSet::prepare(&[path], opts(InputFormat::Champsim))
+}
+
+#[test]
+fn x86_64_addresses_are_relocated_on_sv39_and_demand_paged(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = Dir::new("reloc");
+    let prog = tracegen::program(8, INSTRS);
+    let set = champsim_set(&dir, "x.champsimtrace", &prog)?;
+    let r =
+        run::run(&trace_spec(SchemeKind::Nested, "riscv-sv39", set.clone(), &[]), &mut |_, _| {})?;
+    let t = r.trace.as_ref().ok_or("no trace section")?;
+    let s = &t.streams[0];
+    assert_eq!(s.relocation.method, "gib-regions");
+    // The heap, library and stack regions moved, in order, to the top of Sv39's 256 GiB.
+    let moved: Vec<(&str, &str)> =
+        s.relocation.moved.iter().map(|m| (m.from.as_str(), m.to.as_str())).collect();
+    assert_eq!(
+        moved,
+        [
+            ("0x555540000000", "0x3f40000000"),
+            ("0x7f3a00000000", "0x3f80000000"),
+            ("0x7ffcc0000000", "0x3fc0000000")
+        ]
+    );
+    assert_eq!(r.workload, "x.champsimtrace");
+    assert_eq!(r.guest.killed, 0, "{:?}", r.guest.kill_log);
+    assert_eq!(s.replayed, tracegen::expected(&prog, false).len() as u64);
+    assert_eq!(t.instructions, INSTRS as u64);
+    assert_eq!(r.cycles_by_category.compute, INSTRS as u64);
+    let faults: u64 = r.guest.faults.values().sum();
+    assert!(faults >= s.footprint_pages, "every page faults at least once");
+    // On x86-64 the same addresses fit.
+    let r = run::run(&trace_spec(SchemeKind::Nested, "x86-64", set, &[]), &mut |_, _| {})?;
+    let s = &r.trace.as_ref().ok_or("no trace section")?.streams[0];
+    assert_eq!(s.relocation.method, "none");
+    assert_eq!(r.guest.killed, 0);
+    Ok(())
+}
+
+#[test]
+fn skip_limit_and_cycles_per_instruction_apply_per_stream() -> Result<(), Box<dyn std::error::Error>>
+{
+    let dir = Dir::new("skiplimit");
+    let set = champsim_set(&dir, "s.champsimtrace", &tracegen::program(9, INSTRS))?;
+    let sets = [("skip", "1000"), ("limit", "700"), ("cycles_per_instruction", "3")];
+    let r = run::run(&trace_spec(SchemeKind::Native, "riscv-sv39", set, &sets), &mut |_, _| {})?;
+    let t = r.trace.ok_or("no trace section")?;
+    assert_eq!((t.streams[0].skipped, t.streams[0].replayed), (1000, 700));
+    assert_eq!(r.cycles_by_category.compute, 3 * t.instructions);
+    assert!(t.instructions < INSTRS as u64);
+    Ok(())
+}
+
+#[test]
+fn several_traces_run_as_concurrent_processes() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = Dir::new("concurrent");
+    let a = dir.file("a.champsimtrace", &tracegen::champsim(&tracegen::program(10, INSTRS)));
+    let b =
+        dir.file("b.lackey", tracegen::lackey(&tracegen::program(11, INSTRS), Some(5)).as_bytes());
+    let set = TraceSet::prepare(&[a, b], opts(InputFormat::Auto))?;
+    let mut spec = trace_spec(SchemeKind::Nested, "riscv-sv39", set, &[]);
+    spec.profile.set("kernel.time_slice", "500")?;
+    let r = run::run(&spec, &mut |_, _| {})?;
+    assert_eq!(r.workload, "a.champsimtrace+b.lackey");
+    assert_eq!(r.guest.processes, 2);
+    assert!(r.guest.context_switches > 20, "{}", r.guest.context_switches);
+    assert_eq!(r.guest.killed, 0);
+    Ok(())
+}
+
+#[test]
+fn every_scheme_replays_a_trace_verified_with_one_guest_history(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = Dir::new("schemes");
+    let mut prog = tracegen::program(12, 3_000);
+    prog.extend(tracegen::program_at(13, 3_000, 0x1f_feff_f000, 0x4a0_0000, 0x480_0000));
+    let set = champsim_set(&dir, "v.champsimtrace", &prog)?;
+    let mut history = None;
+    for scheme in SchemeKind::ALL {
+        let spec = RunSpec { verify: true, ..trace_spec(*scheme, "riscv-sv39", set.clone(), &[]) };
+        let r = run::run(&spec, &mut |_, _| {}).map_err(|e| format!("{}: {e}", scheme.name()))?;
+        assert!(r.oracle.map_or(0, |o| o.checks) > 0, "{}", scheme.name());
+        assert_eq!(r.guest.killed, 0, "{}", scheme.name());
+        let h = history.get_or_insert_with(|| r.guest.history.clone());
+        assert_eq!(*h, r.guest.history, "{} sees another guest history", scheme.name());
+    }
+    Ok(())
+}
+
+#[test]
+fn footprint_runs_become_vmas_with_their_permissions() {
+    use memvirt::paging::Perms;
+    use memvirt::workload::trace::Relocation;
+    let runs = [
+        PageRun { start: 0x400, pages: 2, flags: 4 },
+        PageRun { start: 0x402, pages: 1, flags: 1 },
+        PageRun { start: 0x500, pages: 3, flags: 3 },
+    ];
+    let r = Relocation::plan(&runs, 1 << 38).expect("fits");
+    let vmas = r.vmas(&runs);
+    let perms: Vec<(u64, u64, Perms)> = vmas
+        .iter()
+        .map(|v| (v.start.as_u64() / PAGE_BYTES, v.end.as_u64() / PAGE_BYTES, v.perms))
+        .collect();
+    assert_eq!(
+        perms,
+        [
+            (0x400, 0x402, Perms::R | Perms::X),
+            (0x402, 0x403, Perms::R),
+            (0x500, 0x503, Perms::R | Perms::W)
+        ]
+    );
+}
