@@ -463,6 +463,7 @@ fn run_one(args: &RunArgs) -> Result<()> {
         let (m, t, out) = (&args.machine, &args.trace, &args.out);
         return trace_cmd::run_traces(m, &[args.scheme], t, out, "run");
     }
+    args.trace.check_unused()?;
     let Some(workload) = args.workload else { bail!("run needs --workload or --trace") };
     check_output(&args.out)?;
     let setup = Setup::new(&args.machine, &[args.scheme], &[workload])?;
@@ -490,6 +491,7 @@ fn compare(args: &CompareArgs) -> Result<()> {
         let (m, t, out) = (&args.machine, &args.trace, &args.out);
         return trace_cmd::run_traces(m, &schemes, t, out, "compare");
     }
+    args.trace.check_unused()?;
     check_output(&args.out)?;
     let workloads = selected(&args.workloads, &WorkloadKind::DEFAULT_MIX);
     let setup = Setup::new(&args.machine, &schemes, &workloads)?;

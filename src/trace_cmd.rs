@@ -29,10 +29,10 @@ pub(super) struct TraceInputArgs {
     #[arg(long = "trace", value_name = "FILE")]
     pub traces: Vec<PathBuf>,
     /// Records of each stream skipped before replay (not simulated).
-    #[arg(long, value_name = "N", requires = "traces")]
+    #[arg(long, value_name = "N")]
     pub skip: Option<u64>,
     /// Records of each stream replayed at most, after --skip.
-    #[arg(long, value_name = "N", requires = "traces")]
+    #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
     #[command(flatten)]
     pub read: ReadArgs,
@@ -129,6 +129,16 @@ pub(super) struct RecordArgs {
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD ARGS")]
     command: Vec<OsString>,
+}
+
+impl TraceInputArgs {
+    /// An error if a replay option is given without `--trace`.
+    pub(super) fn check_unused(&self) -> Result<()> {
+        if self.traces.is_empty() && (self.skip.is_some() || self.limit.is_some()) {
+            bail!("--skip and --limit count trace records: they need --trace");
+        }
+        Ok(())
+    }
 }
 
 pub(super) fn trace(args: &TraceArgs) -> Result<()> {
