@@ -2,6 +2,24 @@
 # The whole test suite: formatting, lints (warnings are errors), then every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# `memvirt record`'s end-to-end test records a real program under valgrind (Debian package
+# `valgrind`): install it when it is missing and this machine allows (root, or password-less
+# sudo, with apt-get). Where it cannot be installed that test says so and skips; wherever
+# valgrind runs it is required (MEMVIRT_REQUIRE_VALGRIND).
+if ! command -v valgrind >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        if [ "$(id -u)" = 0 ]; then as_root=(); else as_root=(sudo -n); fi
+        echo "installing valgrind (apt-get) for the trace tests" >&2
+        { "${as_root[@]}" apt-get update -qq \
+            && DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq valgrind; } \
+            >/dev/null 2>&1 || echo "warning: could not install valgrind" >&2
+    else
+        echo "note: no apt-get to install valgrind: the recording test will skip" >&2
+    fi
+fi
+if command -v valgrind >/dev/null 2>&1; then
+    export MEMVIRT_REQUIRE_VALGRIND=1
+fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --release --locked
