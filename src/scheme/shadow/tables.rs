@@ -290,16 +290,7 @@ impl ShadowTables {
                 self.trees.len() - 1
             }
         };
-        let info = PageInfo {
-            tree: id,
-            level: self.format.root_level(),
-            mirror: Mirror::Guest(guest_root.root().page()),
-            va_base: 0,
-            parent: None,
-            upper_perms: Perms::all(),
-            upper_global: false,
-        };
-        self.register(root, info);
+        self.register(root, self.root_info(id, guest_root));
         self.stats.trees_created += 1;
         Ok(id)
     }
@@ -318,7 +309,13 @@ impl ShadowTables {
         tree.asid = asid;
         let root = tree.table.root();
         self.unregister(root);
-        let info = PageInfo {
+        self.register(root, self.root_info(id, guest_root));
+        edit
+    }
+
+    /// The record of tree `id`'s root page, which mirrors the guest root.
+    fn root_info(&self, id: TreeId, guest_root: PageTable<GuestVirt, GuestPhys>) -> PageInfo {
+        PageInfo {
             tree: id,
             level: self.format.root_level(),
             mirror: Mirror::Guest(guest_root.root().page()),
@@ -326,9 +323,7 @@ impl ShadowTables {
             parent: None,
             upper_perms: Perms::all(),
             upper_global: false,
-        };
-        self.register(root, info);
-        edit
+        }
     }
 
     /// Frees tree `id` and every page in it.
