@@ -95,7 +95,7 @@ struct MachineArgs {
     #[arg(long, value_name = "NAME|FILE", default_value = profile::DEFAULT)]
     profile: String,
     /// Override one setting: `workload.KEY=VALUE` for a workload parameter, `scheme.KEY=VALUE`
-    /// for a shadow-scheme option (`memvirt list` shows them), any other KEY for a profile key
+    /// for a scheme option (shadow schemes, spec-shadow: `memvirt list` shows them), any other KEY for a profile key
     /// (`memvirt list --keys`). Repeatable; applied in order.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
@@ -269,11 +269,9 @@ fn list(args: &ListArgs) -> Result<()> {
     let width = SchemeKind::ALL.iter().map(|s| s.name().len()).max().unwrap_or(0);
     for s in SchemeKind::ALL {
         out.push_str(&format!("  {:<width$}  {}\n", s.name(), s.description()));
-        if let Some(opts) = s.shadow_options() {
-            if let Ok(toml::Value::Table(t)) = toml::Value::try_from(opts) {
-                let line = t.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>();
-                out.push_str(&format!("      scheme.{}\n", line.join(" scheme.")));
-            }
+        let options = s.option_defaults();
+        if !options.is_empty() {
+            out.push_str(&format!("      scheme.{}\n", options.join(" scheme.")));
         }
     }
     out.push_str(&format!("\nprofiles (default {}):\n", profile::DEFAULT));
@@ -301,27 +299,11 @@ fn list(args: &ListArgs) -> Result<()> {
     emit(&out, None)
 }
 
-/// Checks `scheme.KEY=VALUE` settings against every selected shadow scheme (each must accept
-/// them), so that a bad one is reported before any simulation; at least one selected scheme must
-/// be a shadow scheme.
+/// Checks `scheme.KEY=VALUE` settings against the selected schemes (each key must be an option
+/// of one of them, and each must accept the values of its own keys), so that a bad one is
+/// reported before any simulation.
 fn check_scheme_sets(sets: &[(String, String)], schemes: &[SchemeKind]) -> Result<()> {
-    if sets.is_empty() {
-        return Ok(());
-    }
-    let shadow: Vec<SchemeKind> =
-        schemes.iter().copied().filter(|s| s.shadow_options().is_some()).collect();
-    if shadow.is_empty() {
-        bail!(
-            "--set scheme.{}: only the shadow schemes (tsp, tsp-unsync, ssp, lsp, rvirt) have scheme settings, and none is selected",
-            sets[0].0
-        );
-    }
-    for s in shadow {
-        if let Some(opts) = s.shadow_options() {
-            opts.with_sets(sets).with_context(|| format!("scheme {}", s.name()))?;
-        }
-    }
-    Ok(())
+    Ok(memvirt::scheme::check_scheme_sets(sets, schemes)?)
 }
 
 /// The value at dotted `key` in a settings tree (array elements by number).

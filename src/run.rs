@@ -9,7 +9,10 @@ use crate::guest::{FaultResolution, Os, OsError};
 use crate::machine::{Machine, Platform, Scheme, SimError};
 use crate::profile::Profile;
 use crate::report::{CauseCounts, GuestReport, Report, TablesReport, TlbReport, WalkReport};
-use crate::scheme::{Native, Nested, NestedOptions, NestedWalk, SchemeKind, Shadow, ShadowOptions};
+use crate::scheme::{
+    FlatNested, FlatNestedOptions, Native, Nested, NestedOptions, NestedWalk, SchemeKind, Shadow,
+    ShadowOptions, SpecShadow, SpecShadowOptions,
+};
 use crate::workload::{self, TraceParams, TraceReplay, TraceSet, Workload, WorkloadKind};
 
 /// What to run.
@@ -22,7 +25,8 @@ pub struct RunSpec {
     /// `workload.KEY=VALUE` settings, without the `workload.` prefix.
     pub workload_sets: Vec<(String, String)>,
     /// `scheme.KEY=VALUE` settings, without the prefix: options of the shadow schemes
-    /// ([`ShadowOptions`]), ignored by the others.
+    /// ([`ShadowOptions`]) and of `spec-shadow` ([`SpecShadowOptions`]); each scheme takes the
+    /// keys its options have and ignores the others (a key no scheme has is an error).
     pub scheme_sets: Vec<(String, String)>,
     /// The machine.
     pub profile: Profile,
@@ -111,9 +115,20 @@ pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report,
             let scheme = Nested::new(&mut platform, opts).map_err(sim)?;
             execute(Machine::new(platform, scheme), spec, workload, progress)
         }
+        SchemeKind::FlatNested => {
+            let scheme =
+                FlatNested::new(&mut platform, FlatNestedOptions::default()).map_err(sim)?;
+            execute(Machine::new(platform, scheme), spec, workload, progress)
+        }
+        SchemeKind::SpecShadow => {
+            let sets = spec.scheme.own_sets(&spec.scheme_sets)?;
+            let opts = SpecShadowOptions::default().with_sets(&sets)?;
+            let scheme = SpecShadow::new(&mut platform, opts, false).map_err(sim)?;
+            execute(Machine::new(platform, scheme), spec, workload, progress)
+        }
         kind => {
             let opts = kind.shadow_options().unwrap_or(ShadowOptions::TSP);
-            let opts = opts.with_sets(&spec.scheme_sets)?;
+            let opts = opts.with_sets(&kind.own_sets(&spec.scheme_sets)?)?;
             let scheme = Shadow::new(&mut platform, kind.name(), opts).map_err(sim)?;
             execute(Machine::new(platform, scheme), spec, workload, progress)
         }

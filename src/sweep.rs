@@ -263,12 +263,7 @@ impl SweepSpec {
         let spec = self.point(value, SchemeKind::Native)?;
         spec.workload.build(spec.seed, &spec.workload_sets)?;
         spec.profile.platform_config()?;
-        for &s in &self.schemes {
-            if let Some(opts) = s.shadow_options() {
-                opts.with_sets(&spec.scheme_sets)?;
-            }
-        }
-        Ok(())
+        crate::scheme::check_scheme_sets(&spec.scheme_sets, &self.schemes)
     }
 
     /// Checks the whole spec: some values, some schemes, every value valid.

@@ -24,8 +24,10 @@ use crate::addr::{
     Asid, Gpa, GuestPhys, GuestVirt, Gva, HostPhys, Hpa, Level, PageSize, Space, Vmid,
 };
 use crate::mem::{GuestBacking, GuestTableMemory, HostMemory, HostTableMemory, OutsideGuestMemory};
-use crate::paging::walk::{walk, Leaf, PageTable, WalkError, WalkFault, WalkTrace};
-use crate::paging::{Access, AllowMask, ArchCause, Family, FaultKind, Format, Regime, Stage};
+use crate::paging::walk::{walk, Leaf, PageTable, WalkError, WalkFault, WalkRef, WalkTrace};
+use crate::paging::{
+    Access, AllowMask, ArchCause, Family, FaultKind, Format, NestedTable, Regime, Stage,
+};
 
 /// Geometry of every structure of the MMU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -333,6 +335,24 @@ impl Mmu {
         gva: Gva,
         access: Access,
     ) -> Result<Combined, TranslationFault> {
+        let nested = NestedTable::Radix(nested);
+        self.walk_2d_over(host, guest, guest_regime, nested, nested_regime, gva, access)
+    }
+
+    /// [`Mmu::walk_2d`] over either kind of nested table: a radix one, or a flat one (one read
+    /// per guest-physical address the nested TLB misses: 2n + 1 reads with every cache off).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn walk_2d_over(
+        &mut self,
+        host: &mut HostMemory,
+        guest: &PageTable<GuestVirt, GuestPhys>,
+        guest_regime: &Regime,
+        nested: NestedTable<'_>,
+        nested_regime: &Regime,
+        gva: Gva,
+        access: Access,
+    ) -> Result<Combined, TranslationFault> {
         self.trace.clear();
         let (vmid, asid) = (self.vmid, self.asid);
         let mut mem = TwoDimMemory {
@@ -372,18 +392,8 @@ impl Mmu {
         let mut cycles = 0;
         let mut reads = 0usize;
         for r in self.trace.refs() {
-            let level = self.ptcache.access(r.hpa);
-            self.stats.refs_by_level[level.index()] += 1;
-            cycles += latency[level.index()];
-            if r.write {
-                self.stats.ad_writes += 1;
-                continue;
-            }
-            reads += 1;
-            match r.dim {
-                crate::paging::Dim::Guest => self.stats.guest_refs += 1,
-                crate::paging::Dim::Nested => self.stats.nested_refs += 1,
-            }
+            cycles += charge(&mut self.ptcache, &mut self.stats, r, latency);
+            reads += usize::from(!r.write);
         }
         self.stats.walks += 1;
         let bucket = reads.min(self.stats.refs_histogram.0.len() - 1);
@@ -393,4 +403,27 @@ impl Mmu {
         self.stats.ntlb = self.ntlb.stats;
         cycles
     }
+
+    /// Charges references made outside any walk (a probe of an in-memory translation table) as a
+    /// walk's are charged — through the page-table-read cache, into the reference counters —
+    /// without counting a walk, and returns the cycles they cost with `latency` per cache level.
+    pub fn account_refs(&mut self, refs: &[WalkRef], latency: &[u64; 4]) -> u64 {
+        refs.iter().map(|r| charge(&mut self.ptcache, &mut self.stats, r, latency)).sum()
+    }
+}
+
+/// Charges one reference to the page-table-read cache and the counters; returns its cycles.
+#[inline]
+fn charge(ptcache: &mut PtCache, stats: &mut MmuStats, r: &WalkRef, latency: &[u64; 4]) -> u64 {
+    let level = ptcache.access(r.hpa);
+    stats.refs_by_level[level.index()] += 1;
+    if r.write {
+        stats.ad_writes += 1;
+    } else {
+        match r.dim {
+            crate::paging::Dim::Guest => stats.guest_refs += 1,
+            crate::paging::Dim::Nested => stats.nested_refs += 1,
+        }
+    }
+    latency[level.index()]
 }

@@ -7,10 +7,8 @@ use super::setassoc::{GeometryError, SetAssoc};
 use super::tlb::Geometry;
 use crate::addr::{Asid, Gpa, GuestPhys, HostPhys, Hpa, Level, PageSize, Vmid};
 use crate::mem::{HostMemory, HostTableMemory};
-use crate::paging::walk::{
-    walk, Dim, EntryMemory, Leaf, PageTable, WalkError, WalkFault, WalkRef, WalkTrace,
-};
-use crate::paging::{Access, AccessKind, AdPolicy, Perms, Privilege, Regime};
+use crate::paging::walk::{Dim, EntryMemory, Leaf, WalkError, WalkFault, WalkRef, WalkTrace};
+use crate::paging::{Access, AccessKind, AdPolicy, NestedTable, Perms, Privilege, Regime};
 
 /// One cached GPA→HPA translation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -125,8 +123,8 @@ pub struct NestedFault {
 pub struct NestedPath<'a> {
     /// Host memory.
     pub host: &'a mut HostMemory,
-    /// The nested table.
-    pub table: &'a PageTable<GuestPhys, HostPhys>,
+    /// The nested table: radix (walked with the nested page-walk caches) or flat.
+    pub table: NestedTable<'a>,
     /// Nested-table A/D policy and regime.
     pub regime: Regime,
     /// Current VMID.
@@ -161,7 +159,7 @@ impl NestedPath<'_> {
         }
         let mut mem = HostTableMemory { host: self.host, trace: self.trace, dim: Dim::Nested };
         let mut port = self.npwc.port(self.vmid, Asid(0));
-        match walk(self.table, gpa, checked, &self.regime, &mut mem, &mut port) {
+        match self.table.translate(gpa, checked, &self.regime, &mut mem, &mut port) {
             Ok(leaf) => {
                 self.ntlb.insert(NtlbEntry {
                     gpn: gpa.as_u64() >> leaf.size.shift(),

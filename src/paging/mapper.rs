@@ -53,6 +53,14 @@ pub enum MapError {
         /// Raw input address.
         va: u64,
     },
+    /// A guest frame beyond the end of a flat table (which is sized to guest memory).
+    #[error("guest-physical {gpa:#x} lies beyond the {entries}-entry flat table")]
+    BeyondTable {
+        /// Raw guest-physical address.
+        gpa: u64,
+        /// Entries of the table.
+        entries: u64,
+    },
     /// A superpage already covers the address where a smaller mapping was asked for.
     #[error("{va:#x} lies inside an existing superpage")]
     InsideSuperpage {

@@ -3,6 +3,7 @@
 
 pub mod entry;
 pub mod ept;
+pub mod flat;
 pub mod format;
 pub mod mapper;
 pub mod riscv;
@@ -13,5 +14,6 @@ pub use entry::{
     Access, AccessKind, AdPolicy, AllowMask, ArchCause, Decoded, EptQual, FaultKind, LeafAttrs,
     Perms, Pfec, Privilege, Regime,
 };
+pub use flat::{FlatTable, NestedTable};
 pub use format::{Family, Format, Stage};
 pub use walk::{walk, Dim, Leaf, PageTable, WalkError, WalkFault, WalkRef, WalkTrace};

@@ -2,14 +2,20 @@
 //! trait. [`SchemeKind`] lists them for the command line; the hot loop is generic over the scheme
 //! type, so `dyn` appears only at the control plane.
 
+pub mod flat_nested;
 pub mod native;
 pub mod nested;
+mod settings;
 pub mod shadow;
 pub mod snp;
+pub mod spec_shadow;
 
+pub use flat_nested::{FlatNested, FlatNestedOptions};
 pub use native::Native;
 pub use nested::{Nested, NestedOptions, NestedWalk};
+pub use settings::check_scheme_sets;
 pub use shadow::{Shadow, ShadowOptions};
+pub use spec_shadow::{SpecShadow, SpecShadowOptions};
 
 /// The schemes memvirt implements.
 #[derive(
@@ -35,6 +41,10 @@ pub enum SchemeKind {
     Snp,
     /// Accelerated Shadow Paging: SSP with shadow leaves filled in hardware mode by a 2D walk.
     Asp,
+    /// Nested paging over a flat (one-level) nested table (Ahn et al., ISCA 2012).
+    FlatNested,
+    /// Speculative inverted shadow paging, verified by a flat-nested 2D walk (Ahn et al.).
+    SpecShadow,
 }
 
 impl SchemeKind {
@@ -49,6 +59,8 @@ impl SchemeKind {
         SchemeKind::Rvirt,
         SchemeKind::Snp,
         SchemeKind::Asp,
+        SchemeKind::FlatNested,
+        SchemeKind::SpecShadow,
     ];
 
     /// The name the command line uses.
@@ -63,6 +75,8 @@ impl SchemeKind {
             SchemeKind::Rvirt => "rvirt",
             SchemeKind::Snp => "snp",
             SchemeKind::Asp => "asp",
+            SchemeKind::FlatNested => "flat-nested",
+            SchemeKind::SpecShadow => "spec-shadow",
         }
     }
 
@@ -94,13 +108,23 @@ impl SchemeKind {
             SchemeKind::Asp => {
                 "Accelerated Shadow Paging: SSP, plus shadow leaf faults filled in hardware mode by a 2D walk, without a VM exit"
             }
+            SchemeKind::FlatNested => {
+                "flat nested paging: 2D walk of guest × one-level nested table indexed by guest frame, PWC and nested TLB (2n+1 references cold)"
+            }
+            SchemeKind::SpecShadow => {
+                "speculative inverted shadow paging: one probe of a per-VM hashed shadow table, verified off the critical path by a flat-nested 2D walk"
+            }
         }
     }
 
     /// The shadow-paging options of a shadow scheme (`None` for the others).
     pub fn shadow_options(self) -> Option<ShadowOptions> {
         match self {
-            SchemeKind::Native | SchemeKind::Nested | SchemeKind::Snp => None,
+            SchemeKind::Native
+            | SchemeKind::Nested
+            | SchemeKind::Snp
+            | SchemeKind::FlatNested
+            | SchemeKind::SpecShadow => None,
             SchemeKind::Tsp => Some(ShadowOptions::TSP),
             SchemeKind::TspUnsync => Some(ShadowOptions::TSP_UNSYNC),
             SchemeKind::Ssp => Some(ShadowOptions::SSP),
