@@ -9,6 +9,7 @@ use crate::guest::{FaultResolution, Os, OsError};
 use crate::machine::{Machine, Platform, Scheme, SimError};
 use crate::profile::Profile;
 use crate::report::{CauseCounts, GuestReport, Report, TablesReport, TlbReport, WalkReport};
+use crate::scheme::snp::{NestedTableKind, SnpOptions};
 use crate::scheme::{
     FlatNested, FlatNestedOptions, Native, Nested, NestedOptions, NestedWalk, SchemeKind, Shadow,
     ShadowOptions, SpecShadow, SpecShadowOptions,
@@ -111,7 +112,10 @@ pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report,
             execute(Machine::new(platform, scheme), spec, workload, progress)
         }
         SchemeKind::Snp => {
-            let opts = NestedOptions { walk: NestedWalk::Software, ..NestedOptions::default() };
+            let snp = SnpOptions::default().with_sets(&spec.scheme.own_sets(&spec.scheme_sets)?)?;
+            let flat = snp.nested_table == NestedTableKind::Flat;
+            let opts =
+                NestedOptions { walk: NestedWalk::Software, flat, ..NestedOptions::default() };
             let scheme = Nested::new(&mut platform, opts).map_err(sim)?;
             execute(Machine::new(platform, scheme), spec, workload, progress)
         }

@@ -30,12 +30,20 @@ fn traps<S: Scheme>(os: &Os<S>, cause: TrapCause) -> u64 {
 }
 
 /// With every TLB entry dropped, one access to a mapped page is one software walk of
-/// (n+1)(m+1)−1 entries in one `tlb_refill` trap, and no VM exit.
+/// (n+1)(m+1)−1 entries with a radix nested table, 2n+1 with a flat one, in one `tlb_refill`
+/// trap, and no VM exit.
 #[test]
 fn one_snp_miss_reads_every_entry_of_the_2d_walk_in_one_trap() {
-    for (profile, refs) in [("riscv-sv39", 15), ("x86-64", 24), ("riscv-sv48", 24)] {
+    for (profile, flat, refs) in [
+        ("riscv-sv39", false, 15),
+        ("x86-64", false, 24),
+        ("riscv-sv48", false, 24),
+        ("riscv-sv39", true, 7),
+        ("x86-64", true, 9),
+    ] {
         let mut os = boot(profile, |p| {
-            let opts = NestedOptions { walk: NestedWalk::Software, ..NestedOptions::default() };
+            let opts =
+                NestedOptions { walk: NestedWalk::Software, flat, ..NestedOptions::default() };
             Nested::new(p, opts).unwrap()
         });
         let pid = os.spawn().unwrap();
@@ -53,7 +61,7 @@ fn one_snp_miss_reads_every_entry_of_the_2d_walk_in_one_trap() {
         let after = os.machine.platform.mmu.stats;
         assert_eq!(after.walks - s.walks, 1, "{profile}");
         let read = after.guest_refs + after.nested_refs - s.guest_refs - s.nested_refs;
-        assert_eq!(read, refs, "{profile}: (n+1)(m+1)-1 entries");
+        assert_eq!(read, refs, "{profile} (flat: {flat}): entries read");
         assert_eq!(traps(&os, TrapCause::TlbRefill) - traps_before, 1, "{profile}");
         assert_eq!(exits(&os), exits_before, "{profile}: no VM exit");
         assert_eq!(os.machine.scheme.name(), "snp");

@@ -10,6 +10,7 @@
 use serde::Serialize;
 
 use super::{SchemeKind, ShadowOptions, SpecShadowOptions};
+use super::snp::SnpOptions;
 use crate::config::{self, ConfigError};
 
 /// `KEY=VALUE` settings, prefix stripped.
@@ -48,6 +49,7 @@ impl SchemeKind {
             return Some(Options::of(o, ShadowOptions::with_sets));
         }
         match self {
+            SchemeKind::Snp => Some(Options::of(SnpOptions::default(), SnpOptions::with_sets)),
             SchemeKind::SpecShadow => {
                 Some(Options::of(SpecShadowOptions::default(), SpecShadowOptions::with_sets))
             }

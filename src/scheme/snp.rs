@@ -2,22 +2,55 @@
 //! (`snp`, TC'22) and the leaf fills of Accelerated Shadow Paging (`asp`). The handler reads
 //! the same entries the hardware 2D walker would — every guest entry's GPA translated by a walk
 //! of the nested table, then the final GPA — but it has no page-walk caches and no nested TLB:
-//! a miss reads (n+1)(m+1)−1 entries.
+//! a miss reads (n+1)(m+1)−1 entries with a radix nested table, 2n+1 with a flat one.
+
+use serde::{Deserialize, Serialize};
 
 use crate::addr::{Gpa, GuestPhys, GuestVirt, Gva, HostPhys, Level};
+use crate::config::ConfigError;
 use crate::machine::Platform;
 use crate::mem::{HostMemory, HostTableMemory};
 use crate::mmu::nested::NestedFault;
 use crate::mmu::{Combined, TranslationFault};
+use crate::paging::flat::NestedTable;
 use crate::paging::walk::{
     walk, Dim, EntryMemory, Leaf, NoWalkCache, PageTable, WalkError, WalkRef, WalkTrace,
 };
 use crate::paging::{Access, AccessKind, Privilege, Regime};
 
+/// Which nested table `snp`'s handler walks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NestedTableKind {
+    /// The profile's radix nested format (TC'22's SNP): (n+1)(m+1)−1 reads per miss.
+    #[default]
+    Radix,
+    /// One entry per guest frame (the Sunway flat nested page table paper, swFNPT): 2n+1.
+    Flat,
+}
+
+/// `snp`'s options (`--set scheme.KEY=VALUE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpOptions {
+    /// The nested table the handler walks.
+    pub nested_table: NestedTableKind,
+}
+
+impl SnpOptions {
+    /// Applies `scheme.KEY=VALUE` settings (prefix stripped).
+    pub fn with_sets(mut self, sets: &[(String, String)]) -> Result<Self, ConfigError> {
+        for (key, value) in sets {
+            self = crate::config::set(&self, key, value)?;
+        }
+        Ok(self)
+    }
+}
+
 /// Guest tables read by the software handler, each entry's GPA translated by a nested walk.
 struct SoftTwoDim<'a> {
     host: &'a mut HostMemory,
-    nested: &'a PageTable<GuestPhys, HostPhys>,
+    nested: NestedTable<'a>,
     regime: Regime,
     trace: &'a mut WalkTrace,
 }
@@ -35,7 +68,7 @@ impl SoftTwoDim<'_> {
         final_translation: bool,
     ) -> Result<Leaf<HostPhys>, NestedFault> {
         let mut mem = HostTableMemory { host: self.host, trace: self.trace, dim: Dim::Nested };
-        match walk(self.nested, gpa, checked, &self.regime, &mut mem, &mut NoWalkCache) {
+        match self.nested.translate(gpa, checked, &self.regime, &mut mem, &mut NoWalkCache) {
             Ok(leaf) => Ok(leaf),
             Err(WalkError::Fault(fault)) => {
                 Err(NestedFault { fault, gpa, final_translation, checked })
@@ -62,13 +95,13 @@ impl EntryMemory<GuestPhys> for SoftTwoDim<'_> {
     }
 }
 
-/// The software 2D walk of `guest` × `nested` for `gva`, recording every reference in the MMU's
+/// The software 2D walk of `guest` × `nested` (radix or flat) for `gva`, recording every reference in the MMU's
 /// trace (cleared first) for [`Platform::account_walk`]. Accessed/dirty bits are set as the
 /// regimes say, as the hardware walker would.
 pub fn soft_walk_2d(
     p: &mut Platform,
     guest: &PageTable<GuestVirt, GuestPhys>,
-    nested: &PageTable<GuestPhys, HostPhys>,
+    nested: NestedTable<'_>,
     gva: Gva,
     access: Access,
 ) -> Result<Combined, TranslationFault> {

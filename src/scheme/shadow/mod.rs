@@ -30,6 +30,7 @@ use crate::machine::{GuestRoot, Platform, Scheme, SimError, Stop};
 use crate::mem::backing::CHUNK_SIZE;
 use crate::mmu::flush::{AsidScope, TlbScope};
 use crate::mmu::{FlushOp, TranslationFault};
+use crate::paging::flat::NestedTable;
 use crate::paging::walk::{walk, NoWalkCache, WalkError};
 use crate::paging::{Access, AccessKind, AdPolicy, FaultKind, Perms, Regime, Stage};
 use crate::stats::{ExitCause, TrapCause};
@@ -300,7 +301,13 @@ impl Shadow {
         else {
             return Ok(HwFill::Forward);
         };
-        let walked = super::snp::soft_walk_2d(p, &tree.guest_root, nested.table(), gva, access);
+        let walked = super::snp::soft_walk_2d(
+            p,
+            &tree.guest_root,
+            NestedTable::Radix(nested.table()),
+            gva,
+            access,
+        );
         // The handler's reads go through the cache model like a walk's; its software work per
         // entry is a refill handler's (`costs.refill_per_entry`).
         let reads = p.mmu.trace.total() as u64;
