@@ -9,8 +9,8 @@
 
 use serde::Serialize;
 
-use super::{SchemeKind, ShadowOptions, SpecShadowOptions};
 use super::snp::SnpOptions;
+use super::{SchemeKind, ShadowOptions, SpecShadowOptions};
 use crate::config::{self, ConfigError};
 
 /// `KEY=VALUE` settings, prefix stripped.
