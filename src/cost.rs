@@ -52,6 +52,27 @@ pub struct Costs {
     /// Workload compute between two guest accesses (assumption: about two instructions per
     /// memory reference at an IPC of one).
     pub compute_per_access: u64,
+    /// `softmmu`: the inline software-TLB lookup translated code does before every guest
+    /// access, the host's own L1 TLB hit included (assumption: QEMU's fast path is about ten
+    /// host instructions — shift, mask, add, load and compare the tag, branch, load the addend,
+    /// add — at two or three per cycle).
+    pub soft_tlb_lookup: u64,
+    /// `softmmu`: a software-TLB miss beyond the walk: leaving translated code for the
+    /// `tlb_fill` helper, saving state and `tlb_set_page` (assumption).
+    pub soft_tlb_refill: u64,
+    /// Emulator work per guest page-table entry its software walk reads or writes (QEMU's
+    /// `get_physical_address`, HSPT's SIGSEGV handler): a load through the memory API and the
+    /// checks of one level (assumption).
+    pub emu_walk_per_entry: u64,
+    /// `hspt-*`: a host page fault delivered to the emulator as SIGSEGV, handler entry and
+    /// `sigreturn` (assumption: a Linux signal round trip is of the order of a microsecond).
+    pub host_signal: u64,
+    /// `hspt-*`: one `mmap(MAP_FIXED)` of a guest page into the host region (assumption: a
+    /// system call that installs one host PTE, of the order of a microsecond).
+    pub host_mmap: u64,
+    /// `hspt-*`: one `mprotect` (or whole-region re-`mmap`) invalidating host mappings,
+    /// host TLB invalidation included, not counting the per-entry work (assumption).
+    pub host_mprotect: u64,
 }
 
 impl Default for Costs {
@@ -75,6 +96,12 @@ impl Default for Costs {
             page_zero: 256,
             page_copy: 512,
             compute_per_access: 2,
+            soft_tlb_lookup: 4,
+            soft_tlb_refill: 200,
+            emu_walk_per_entry: 20,
+            host_signal: 3_000,
+            host_mmap: 3_000,
+            host_mprotect: 2_000,
         }
     }
 }

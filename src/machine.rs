@@ -254,6 +254,11 @@ impl Platform {
 /// Each hook receives the [`Platform`]; the scheme keeps its own tables (nested, shadow) and
 /// counts its exits and traps in `p.stats`.
 pub trait Scheme {
+    /// Whether the machine's TLB is an emulator's *software* TLB (`softmmu`): then every access
+    /// costs `costs.soft_tlb_lookup` (the inline lookup of translated code) instead of
+    /// `costs.tlb_l1_hit`. A constant, so the hot path of every other scheme is unchanged.
+    const SOFTWARE_TLB: bool = false;
+
     /// The scheme's name as the command line spells it.
     fn name(&self) -> &'static str;
 
@@ -336,7 +341,8 @@ impl<S: Scheme> Machine<S> {
         let p = &mut self.platform;
         p.stats.accesses += 1;
         if let Some(hpa) = p.mmu.lookup_l1(gva, access) {
-            p.stats.cycles.tlb += p.costs.tlb_l1_hit;
+            p.stats.cycles.tlb +=
+                if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { p.costs.tlb_l1_hit };
             return Ok(hpa);
         }
         self.access_slow(gva, access)
@@ -347,10 +353,14 @@ impl<S: Scheme> Machine<S> {
     fn access_slow(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
         let p = &mut self.platform;
         if let Some(hpa) = p.mmu.lookup_l2(gva, access) {
-            p.stats.cycles.tlb += p.costs.tlb_l2_hit;
+            // A software TLB's second level is the victim TLB, probed after the inline miss.
+            p.stats.cycles.tlb +=
+                p.costs.tlb_l2_hit + if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { 0 };
             return Ok(hpa);
         }
-        p.stats.cycles.tlb += p.costs.tlb_l2_hit;
+        // A software TLB has no second level: the miss cost the failed inline lookup.
+        p.stats.cycles.tlb +=
+            if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { p.costs.tlb_l2_hit };
         if p.oracle.is_some() {
             return self.tlb_miss_verified(gva, access);
         }

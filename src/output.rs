@@ -230,7 +230,7 @@ fn report_table(reports: &[Report], title: &str) -> String {
 }
 
 /// The `cycles_by_category` fields, in declaration order, with their values.
-fn cycle_categories(r: &Report) -> [(&'static str, u64); 6] {
+fn cycle_categories(r: &Report) -> [(&'static str, u64); 7] {
     let c = &r.cycles_by_category;
     [
         ("tlb", c.tlb),
@@ -239,6 +239,7 @@ fn cycle_categories(r: &Report) -> [(&'static str, u64); 6] {
         ("hw_trap", c.hw_trap),
         ("guest_kernel", c.guest_kernel),
         ("compute", c.compute),
+        ("emulator", c.emulator),
     ]
 }
 

@@ -11,8 +11,8 @@ use crate::profile::Profile;
 use crate::report::{CauseCounts, GuestReport, Report, TablesReport, TlbReport, WalkReport};
 use crate::scheme::snp::{NestedTableKind, SnpOptions};
 use crate::scheme::{
-    FlatNested, FlatNestedOptions, Native, Nested, NestedOptions, NestedWalk, SchemeKind, Shadow,
-    ShadowOptions, SpecShadow, SpecShadowOptions,
+    FlatNested, FlatNestedOptions, Hspt, HsptOptions, Native, Nested, NestedOptions, NestedWalk,
+    SchemeKind, Shadow, ShadowOptions, Softmmu, SoftmmuOptions, SpecShadow, SpecShadowOptions,
 };
 use crate::workload::{self, TraceParams, TraceReplay, TraceSet, Workload, WorkloadKind};
 
@@ -117,6 +117,24 @@ pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report,
             let opts =
                 NestedOptions { walk: NestedWalk::Software, flat, ..NestedOptions::default() };
             let scheme = Nested::new(&mut platform, opts).map_err(sim)?;
+            execute(Machine::new(platform, scheme), spec, workload, progress)
+        }
+        SchemeKind::Softmmu => {
+            let opts =
+                SoftmmuOptions::default().with_sets(&spec.scheme.own_sets(&spec.scheme_sets)?)?;
+            let scheme = Softmmu::new(&mut platform, &cfg.mmu, opts).map_err(sim)?;
+            execute(Machine::new(platform, scheme), spec, workload, progress)
+        }
+        SchemeKind::HsptShared | SchemeKind::HsptPrefill | SchemeKind::HsptPrivate => {
+            let org =
+                spec.scheme.hspt_organization().unwrap_or(crate::scheme::Organization::Shared);
+            let opts = match org {
+                crate::scheme::Organization::Private => {
+                    HsptOptions::default().with_sets(&spec.scheme.own_sets(&spec.scheme_sets)?)?
+                }
+                _ => HsptOptions::default(),
+            };
+            let scheme = Hspt::new(&platform, org, opts);
             execute(Machine::new(platform, scheme), spec, workload, progress)
         }
         SchemeKind::FlatNested => {

@@ -78,12 +78,21 @@ pub struct Cycles {
     pub guest_kernel: u64,
     /// Workload compute between accesses.
     pub compute: u64,
+    /// Emulator work outside translated code (`softmmu` refill helpers; `hspt-*` signal
+    /// handlers and their `mmap`/`mprotect` calls).
+    pub emulator: u64,
 }
 
 impl Cycles {
     /// The sum of every category.
     pub fn total(&self) -> u64 {
-        self.tlb + self.walk + self.vm_exit + self.hw_trap + self.guest_kernel + self.compute
+        self.tlb
+            + self.walk
+            + self.vm_exit
+            + self.hw_trap
+            + self.guest_kernel
+            + self.compute
+            + self.emulator
     }
 }
 

@@ -3,18 +3,22 @@
 //! type, so `dyn` appears only at the control plane.
 
 pub mod flat_nested;
+pub mod hspt;
 pub mod native;
 pub mod nested;
 mod settings;
 pub mod shadow;
 pub mod snp;
+pub mod softmmu;
 pub mod spec_shadow;
 
 pub use flat_nested::{FlatNested, FlatNestedOptions};
+pub use hspt::{Hspt, HsptOptions, Organization};
 pub use native::Native;
 pub use nested::{Nested, NestedOptions, NestedWalk};
 pub use settings::check_scheme_sets;
 pub use shadow::{Shadow, ShadowOptions};
+pub use softmmu::{Softmmu, SoftmmuOptions};
 pub use spec_shadow::{SpecShadow, SpecShadowOptions};
 
 /// The schemes memvirt implements.
@@ -41,6 +45,14 @@ pub enum SchemeKind {
     Snp,
     /// Accelerated Shadow Paging: SSP with shadow leaves filled in hardware mode by a 2D walk.
     Asp,
+    /// Cross-ISA emulation, QEMU's softmmu: an inline software-TLB lookup on every access.
+    Softmmu,
+    /// Hosted shadow page tables (HSPT): one host region, emptied at every context switch.
+    HsptShared,
+    /// HSPT: one region plus a per-process record of pages mapped eagerly at switch-in.
+    HsptPrefill,
+    /// HSPT: one region per guest ASID, LRU-recycled.
+    HsptPrivate,
     /// Nested paging over a flat (one-level) nested table (Ahn et al., ISCA 2012).
     FlatNested,
     /// Speculative inverted shadow paging, verified by a flat-nested 2D walk (Ahn et al.).
@@ -59,6 +71,10 @@ impl SchemeKind {
         SchemeKind::Rvirt,
         SchemeKind::Snp,
         SchemeKind::Asp,
+        SchemeKind::Softmmu,
+        SchemeKind::HsptShared,
+        SchemeKind::HsptPrefill,
+        SchemeKind::HsptPrivate,
         SchemeKind::FlatNested,
         SchemeKind::SpecShadow,
     ];
@@ -75,6 +91,10 @@ impl SchemeKind {
             SchemeKind::Rvirt => "rvirt",
             SchemeKind::Snp => "snp",
             SchemeKind::Asp => "asp",
+            SchemeKind::Softmmu => "softmmu",
+            SchemeKind::HsptShared => "hspt-shared",
+            SchemeKind::HsptPrefill => "hspt-prefill",
+            SchemeKind::HsptPrivate => "hspt-private",
             SchemeKind::FlatNested => "flat-nested",
             SchemeKind::SpecShadow => "spec-shadow",
         }
@@ -108,6 +128,18 @@ impl SchemeKind {
             SchemeKind::Asp => {
                 "Accelerated Shadow Paging: SSP, plus shadow leaf faults filled in hardware mode by a 2D walk, without a VM exit"
             }
+            SchemeKind::Softmmu => {
+                "cross-ISA emulator baseline (QEMU softmmu): inline software-TLB lookup per access, software walk on a miss"
+            }
+            SchemeKind::HsptShared => {
+                "HSPT, shared: guest pages mapped into one host region the host MMU walks; SIGSEGV fills, mprotect at flushes, emptied at every switch"
+            }
+            SchemeKind::HsptPrefill => {
+                "HSPT, shared + prefill: as hspt-shared, and the pages a process used before are mapped eagerly when it returns"
+            }
+            SchemeKind::HsptPrivate => {
+                "HSPT, private: one host region per guest ASID (256 by default, LRU-recycled), switched without invalidation"
+            }
             SchemeKind::FlatNested => {
                 "flat nested paging: 2D walk of guest × one-level nested table indexed by guest frame, PWC and nested TLB (2n+1 references cold)"
             }
@@ -117,12 +149,26 @@ impl SchemeKind {
         }
     }
 
+    /// The organization of an HSPT scheme (`None` for the others).
+    pub fn hspt_organization(self) -> Option<Organization> {
+        match self {
+            SchemeKind::HsptShared => Some(Organization::Shared),
+            SchemeKind::HsptPrefill => Some(Organization::Prefill),
+            SchemeKind::HsptPrivate => Some(Organization::Private),
+            _ => None,
+        }
+    }
+
     /// The shadow-paging options of a shadow scheme (`None` for the others).
     pub fn shadow_options(self) -> Option<ShadowOptions> {
         match self {
             SchemeKind::Native
             | SchemeKind::Nested
             | SchemeKind::Snp
+            | SchemeKind::Softmmu
+            | SchemeKind::HsptShared
+            | SchemeKind::HsptPrefill
+            | SchemeKind::HsptPrivate
             | SchemeKind::FlatNested
             | SchemeKind::SpecShadow => None,
             SchemeKind::Tsp => Some(ShadowOptions::TSP),

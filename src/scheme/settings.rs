@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 use super::snp::SnpOptions;
-use super::{SchemeKind, ShadowOptions, SpecShadowOptions};
+use super::{HsptOptions, SchemeKind, ShadowOptions, SoftmmuOptions, SpecShadowOptions};
 use crate::config::{self, ConfigError};
 
 /// `KEY=VALUE` settings, prefix stripped.
@@ -52,6 +52,12 @@ impl SchemeKind {
             SchemeKind::Snp => Some(Options::of(SnpOptions::default(), SnpOptions::with_sets)),
             SchemeKind::SpecShadow => {
                 Some(Options::of(SpecShadowOptions::default(), SpecShadowOptions::with_sets))
+            }
+            SchemeKind::Softmmu => {
+                Some(Options::of(SoftmmuOptions::default(), SoftmmuOptions::with_sets))
+            }
+            SchemeKind::HsptPrivate => {
+                Some(Options::of(HsptOptions::default(), HsptOptions::with_sets))
             }
             _ => None,
         }

@@ -1,0 +1,541 @@
+//! `hspt-shared`, `hspt-prefill`, `hspt-private`: hosted (embedded) shadow page tables in a
+//! cross-ISA emulator (HSPT, VEE 2015; papers.md, "Paper 5").
+//!
+//! Translated code accesses guest virtual address `x` as host virtual address `base + x`, so the
+//! *host* MMU translates guest accesses directly, with no software-TLB lookup. The host page
+//! table behind a region is the embedded shadow table: here a [`ShadowTables`] tree per region
+//! (GVA→HPA, in host memory, in the guest's format), walked by the machine's MMU — the host MMU,
+//! with the profile's TLBs and page-walk caches — as the host TLB-miss path.
+//!
+//! - A host walk that finds no usable entry is a host page fault delivered to the emulator as
+//!   SIGSEGV (`costs.host_signal`). Its handler walks the guest table in software, setting A/D as
+//!   the guest architecture would (`costs.emu_walk_per_entry` per entry), and either raises the
+//!   guest's fault or maps the page (`costs.host_mmap`): writable only once the guest entry is
+//!   dirty, so a first store faults again and remaps it.
+//! - Coherence follows the guest's TLB maintenance, with no write protection: a single-address
+//!   operation unmaps that page (`mprotect`, `costs.host_mprotect`) in the regions it covers; a
+//!   wider one empties them (one call for the whole region, plus `costs.hv_per_entry` per page
+//!   mapped in it, the host kernel's work).
+//!
+//! The three organizations:
+//!
+//! - **shared**: one region for the whole guest, emptied at every root switch.
+//! - **prefill**: shared, plus a per-process record (HSPT: a bitmap per guest page-table base) of
+//!   the pages mapped in earlier time slices; when the process is switched back in those are
+//!   mapped eagerly (one guest walk and one `mmap` each; pages the guest no longer maps, or has
+//!   not marked accessed, are dropped from the record). The refill runs at the first host miss
+//!   after the switch, so it reads the guest's table as it is once the switch is complete.
+//! - **private**: one region per guest ASID (HSPT: 256 regions of 4 GiB, one per ARM ASID),
+//!   switched by reloading the segment base, with no invalidation. When every region is taken the
+//!   least recently used is emptied and given to the new ASID (HSPT's `ASID_MANAGE` variant).
+//!
+//! The host TLB is tagged with the guest ASID, which stands for the region's distinct host
+//! addresses; every host entry is filled non-global.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::shadow::tables::{
+    Edit, GuestPath, HvGuestMemory, HvMemError, ShadowLeaf, ShadowTables, TreeId,
+};
+use crate::addr::{Asid, Gva, Hpa, PageSize};
+use crate::config::ConfigError;
+use crate::machine::{GuestRoot, Platform, Scheme, SimError, Stop};
+use crate::mem::backing::CHUNK_SIZE;
+use crate::mmu::flush::{AsidScope, TlbScope};
+use crate::mmu::{FlushOp, TranslationFault};
+use crate::paging::walk::{walk, NoWalkCache, PageTable, WalkError, WalkFault};
+use crate::paging::{Access, AdPolicy, Decoded, FaultKind, Leaf, Perms, Privilege, Regime};
+
+/// Most regions `hspt-private` accepts.
+pub const MAX_REGIONS: u64 = 4096;
+
+/// How the embedded shadow tables are organized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Organization {
+    /// One region, emptied at every root switch.
+    Shared,
+    /// One region plus a per-process record of pages to map eagerly at switch-in.
+    Prefill,
+    /// One region per guest ASID, LRU-recycled.
+    Private,
+}
+
+impl Organization {
+    /// The scheme's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Organization::Shared => "hspt-shared",
+            Organization::Prefill => "hspt-prefill",
+            Organization::Private => "hspt-private",
+        }
+    }
+}
+
+/// Options of `hspt-private` (`--set scheme.KEY=VALUE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HsptOptions {
+    /// Regions (HSPT code: `asid_count` = 256, one 4 GiB region per ARM ASID).
+    pub regions: u64,
+}
+
+impl Default for HsptOptions {
+    fn default() -> Self {
+        HsptOptions { regions: 256 }
+    }
+}
+
+impl HsptOptions {
+    /// Applies `scheme.KEY=VALUE` settings (without the prefix) and validates the result.
+    pub fn with_sets(mut self, sets: &[(String, String)]) -> Result<Self, ConfigError> {
+        for (key, value) in sets {
+            self = crate::config::set(&self, key, value)?;
+        }
+        if !(1..=MAX_REGIONS).contains(&self.regions) {
+            return Err(ConfigError::Invalid(format!(
+                "scheme.regions = {} must be between 1 and {MAX_REGIONS}",
+                self.regions
+            )));
+        }
+        Ok(self)
+    }
+}
+
+/// Counters of the HSPT schemes, reported under `scheme_counters`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HsptStats {
+    /// Host faults (SIGSEGVs) taken by the emulator.
+    pub host_faults: u64,
+    /// Host faults that became guest faults.
+    pub guest_faults: u64,
+    /// `mmap` calls: pages mapped at faults and by prefill.
+    pub maps: u64,
+    /// `mprotect` calls: single pages and whole regions invalidated.
+    pub mprotects: u64,
+    /// Whole regions emptied (a subset of `mprotects`).
+    pub region_wipes: u64,
+    /// Pages mapped eagerly by prefill (a subset of `maps`).
+    pub prefilled: u64,
+    /// Regions taken from one ASID for another.
+    pub regions_recycled: u64,
+}
+
+/// One host region and the guest address space it holds.
+#[derive(Clone, Copy, Debug)]
+struct Region {
+    tree: TreeId,
+    asid: Asid,
+    last_used: u64,
+    /// Pages mapped since it was last emptied (HSPT's per-SPT `map_count`/dirty flag).
+    mapped: u64,
+}
+
+/// A software walk of the guest table by the emulator.
+enum GuestWalk {
+    Leaf { leaf: Leaf<crate::addr::GuestPhys>, path: GuestPath },
+    Fault { fault: WalkFault },
+    Unbacked,
+}
+
+/// An HSPT organization.
+#[derive(Debug)]
+pub struct Hspt {
+    org: Organization,
+    opts: HsptOptions,
+    tables: ShadowTables,
+    regions: Vec<Region>,
+    /// Index in `regions` of the region the host walks now.
+    current: Option<usize>,
+    /// `hspt-prefill`: pages mapped for each guest root (4 KiB-aligned guest virtual addresses,
+    /// bit 0 set if the kernel used the page).
+    used: BTreeMap<u64, BTreeSet<u64>>,
+    /// `hspt-prefill`: the root switched to whose pages are still to be mapped.
+    pending_prefill: Option<GuestRoot>,
+    /// Logical clock for LRU.
+    clock: u64,
+    /// The regime the host walks regions with: A/D set in every entry.
+    regime: Regime,
+    /// Counters.
+    pub stats: HsptStats,
+}
+
+impl Hspt {
+    /// An HSPT scheme of organization `org` (`opts` matter to `Private` only).
+    pub fn new(p: &Platform, org: Organization, opts: HsptOptions) -> Self {
+        Hspt {
+            org,
+            opts,
+            tables: ShadowTables::new(p.arch.guest_format, false),
+            regions: Vec::new(),
+            current: None,
+            used: BTreeMap::new(),
+            pending_prefill: None,
+            clock: 0,
+            regime: Regime { ad: AdPolicy::Ignore, ..p.arch.guest_regime },
+            stats: HsptStats::default(),
+        }
+    }
+
+    /// The organization.
+    pub fn organization(&self) -> Organization {
+        self.org
+    }
+
+    /// Regions in use.
+    pub fn regions(&self) -> usize {
+        self.regions.len()
+    }
+
+    fn ad_by_hardware(p: &Platform) -> bool {
+        p.arch.guest_regime.ad != AdPolicy::Ignore
+    }
+
+    /// Cached host walk pointers may lead into freed or changed region pages: drop them.
+    fn after_edit(p: &mut Platform, edit: Edit) {
+        if edit.structural {
+            let scope =
+                TlbScope { vmid: Some(p.mmu.vmid), va: None, asid: AsidScope::All, globals: true };
+            p.mmu.pwc.flush(&scope);
+        }
+    }
+
+    /// The emulator's software walk of `root` for `gva`; with `emulate_ad` it sets A/D as the
+    /// guest's hardware would (the access happened).
+    fn guest_walk(
+        p: &mut Platform,
+        root: &PageTable<crate::addr::GuestVirt, crate::addr::GuestPhys>,
+        gva: Gva,
+        access: Access,
+        emulate_ad: bool,
+    ) -> Result<GuestWalk, SimError> {
+        let mut regime = p.arch.guest_regime;
+        if !emulate_ad {
+            regime.ad = AdPolicy::Ignore;
+        }
+        let mut mem = HvGuestMemory {
+            host: &mut p.host,
+            backing: &mut p.guest_mem,
+            path: GuestPath::default(),
+        };
+        let result = walk(root, gva, access, &regime, &mut mem, &mut NoWalkCache);
+        let path = mem.path;
+        let work = u64::from(path.reads + path.writes);
+        p.stats.cycles.emulator += p.costs.emu_walk_per_entry * work;
+        Ok(match result {
+            Ok(leaf) => GuestWalk::Leaf { leaf, path },
+            Err(WalkError::Fault(fault)) => GuestWalk::Fault { fault },
+            Err(WalkError::Memory(HvMemError::Unbacked)) => GuestWalk::Unbacked,
+            Err(WalkError::Memory(HvMemError::Host(e))) => return Err(e.into()),
+        })
+    }
+
+    /// The host mapping for a guest translation of `gva`, or `None` outside guest memory.
+    fn host_leaf(
+        p: &mut Platform,
+        gva: Gva,
+        leaf: &Leaf<crate::addr::GuestPhys>,
+    ) -> Result<Option<ShadowLeaf>, SimError> {
+        let size = leaf.size.min(CHUNK_SIZE);
+        let gpa = leaf.output(gva).align_down(size);
+        let Some(hfn) = p.back(gpa.page())? else { return Ok(None) };
+        let mut perms = leaf.perms;
+        if !leaf.dirty && Self::ad_by_hardware(p) {
+            perms.remove(Perms::W);
+        }
+        Ok(Some(ShadowLeaf { base: hfn.addr(), size, perms, global: false }))
+    }
+
+    /// Maps `gva` in region `r` from a guest walk: one `mmap`.
+    fn map(
+        &mut self,
+        p: &mut Platform,
+        r: usize,
+        gva: Gva,
+        path: &GuestPath,
+        leaf: &Leaf<crate::addr::GuestPhys>,
+        host: ShadowLeaf,
+    ) -> Result<(), SimError> {
+        let Some(region) = self.regions.get_mut(r) else { return Ok(()) };
+        let tree = region.tree;
+        region.mapped += 1;
+        let edit = self.tables.install(&mut p.host, tree, gva, path, leaf.size.level(), host)?;
+        Self::after_edit(p, edit);
+        self.stats.maps += 1;
+        p.stats.cycles.emulator += p.costs.host_mmap;
+        Ok(())
+    }
+
+    /// A host fault on `gva` in region `r`: the SIGSEGV handler walks the guest table and maps
+    /// the page, or raises the guest's fault.
+    fn host_fault(
+        &mut self,
+        p: &mut Platform,
+        r: usize,
+        gva: Gva,
+        access: Access,
+    ) -> Result<(), Stop> {
+        self.stats.host_faults += 1;
+        p.stats.cycles.emulator += p.costs.host_signal;
+        let root = p.current_root()?;
+        let format = root.table.format();
+        let guest_fault = |this: &mut Self, p: &mut Platform, fault: TranslationFault| {
+            this.stats.guest_faults += 1;
+            p.stats.guest_faults += 1;
+            Err(Stop::GuestFault(fault))
+        };
+        match Self::guest_walk(p, &root.table, gva, access, true)? {
+            GuestWalk::Fault { fault } => {
+                guest_fault(self, p, TranslationFault::first_stage(gva, access, format, fault))
+            }
+            GuestWalk::Unbacked => guest_fault(self, p, access_fault(gva, access, format)),
+            GuestWalk::Leaf { leaf, path } => {
+                let Some(host) = Self::host_leaf(p, gva, &leaf)? else {
+                    return guest_fault(self, p, access_fault(gva, access, format));
+                };
+                self.map(p, r, gva, &path, &leaf, host)?;
+                if self.org == Organization::Prefill {
+                    // The page, and in bit 0 whether the kernel used it (its prefill walk then
+                    // checks kernel permissions).
+                    let page = gva.as_u64() & !PageSize::Size4K.offset_mask();
+                    let kernel = u64::from(access.privilege != Privilege::User);
+                    self.used.entry(root.table.root().as_u64()).or_default().insert(page | kernel);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Empties region `r`: one `mprotect` of the whole region (none if nothing is mapped), and
+    /// the host TLB entries of its addresses go.
+    fn wipe(&mut self, p: &mut Platform, r: usize) {
+        let Some(region) = self.regions.get_mut(r) else { return };
+        let (tree, asid, mapped) = (region.tree, region.asid, region.mapped);
+        region.mapped = 0;
+        let edit = self.tables.wipe(&mut p.host, tree);
+        if edit.writes == 0 && mapped == 0 {
+            return;
+        }
+        Self::after_edit(p, edit);
+        self.stats.region_wipes += 1;
+        self.stats.mprotects += 1;
+        p.stats.cycles.emulator += p.costs.host_mprotect + p.costs.hv_per_entry * mapped;
+        let scope = match self.org {
+            // One region serves every ASID.
+            Organization::Shared | Organization::Prefill => AsidScope::All,
+            Organization::Private => AsidScope::One(asid),
+        };
+        p.mmu.tlb.flush(&TlbScope { vmid: None, va: None, asid: scope, globals: true });
+    }
+
+    /// The region for `asid`, created, or recycled from the least recently used one.
+    fn region_for(&mut self, p: &mut Platform, root: GuestRoot) -> Result<usize, SimError> {
+        self.clock += 1;
+        let now = self.clock;
+        let shared = self.org != Organization::Private;
+        let found = if shared {
+            (!self.regions.is_empty()).then_some(0)
+        } else {
+            self.regions.iter().position(|r| r.asid == root.asid)
+        };
+        let r = match found {
+            Some(r) => r,
+            None if shared || (self.regions.len() as u64) < self.opts.regions => {
+                let tree = self.tables.create(&mut p.host, root.table, root.asid, now)?;
+                self.regions.push(Region { tree, asid: root.asid, last_used: now, mapped: 0 });
+                self.regions.len() - 1
+            }
+            None => {
+                let lru = (0..self.regions.len())
+                    .min_by_key(|&i| self.regions[i].last_used)
+                    .unwrap_or_default();
+                self.wipe(p, lru);
+                self.stats.regions_recycled += 1;
+                lru
+            }
+        };
+        if let Some(region) = self.regions.get_mut(r) {
+            region.asid = root.asid;
+            region.last_used = now;
+        }
+        Ok(r)
+    }
+
+    fn current_region(&mut self, p: &mut Platform) -> Result<usize, SimError> {
+        if let Some(r) = self.current {
+            return Ok(r);
+        }
+        let root = p.current_root()?;
+        let r = self.region_for(p, root)?;
+        self.current = Some(r);
+        Ok(r)
+    }
+
+    /// `hspt-prefill`: maps every page `root`'s process had mapped in earlier time slices and
+    /// the guest still maps (and has marked accessed), one walk and one `mmap` each.
+    fn prefill(&mut self, p: &mut Platform, r: usize, root: GuestRoot) -> Result<(), SimError> {
+        let key = root.table.root().as_u64();
+        let Some(pages) = self.used.get(&key).cloned() else { return Ok(()) };
+        let Some(tree) = self.regions.get(r).map(|g| g.tree) else { return Ok(()) };
+        let format = root.table.format();
+        let mut gone = Vec::new();
+        for page in pages {
+            let gva = Gva::new(page & !PageSize::Size4K.offset_mask());
+            let read = if page & 1 == 0 { Access::USER_LOAD } else { Access::KERNEL_LOAD };
+            if self.tables.find_leaf(&p.host, tree, gva).is_some() {
+                continue; // a superpage mapped for an earlier page of the record
+            }
+            let GuestWalk::Leaf { leaf, path } =
+                Self::guest_walk(p, &root.table, gva, read, false)?
+            else {
+                gone.push(page);
+                continue;
+            };
+            let level = leaf.size.level();
+            let accessed = !Self::ad_by_hardware(p)
+                || matches!(
+                    format.decode(path.raw[level.index() as usize], level),
+                    Ok(Decoded::Leaf { attrs, .. }) if attrs.accessed
+                );
+            match Self::host_leaf(p, gva, &leaf)? {
+                Some(host) if accessed => {
+                    self.map(p, r, gva, &path, &leaf, host)?;
+                    self.stats.prefilled += 1;
+                }
+                _ => gone.push(page),
+            }
+        }
+        if let Some(set) = self.used.get_mut(&key) {
+            for page in gone {
+                set.remove(&page);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The access fault a guest gets for a translation to memory it does not have.
+fn access_fault(gva: Gva, access: Access, format: &crate::paging::Format) -> TranslationFault {
+    let f = WalkFault {
+        kind: FaultKind::AccessFault,
+        level: crate::addr::Level::L0,
+        perms: Perms::empty(),
+    };
+    TranslationFault::first_stage(gva, access, format, f)
+}
+
+impl Scheme for Hspt {
+    fn name(&self) -> &'static str {
+        self.org.name()
+    }
+
+    fn tlb_miss(&mut self, p: &mut Platform, gva: Gva, access: Access) -> Result<Hpa, Stop> {
+        let r = self.current_region(p)?;
+        if let Some(root) = self.pending_prefill.take() {
+            self.prefill(p, r, root)?;
+        }
+        // A host fault maps the page with every permission the access needs (the handler's
+        // walk set A and, for a store, D): the second host walk succeeds.
+        for _ in 0..3 {
+            let Some(tree) = self.regions.get(r).and_then(|g| self.tables.tree(g.tree)).copied()
+            else {
+                break;
+            };
+            let walked = p.mmu.walk_host_table(&mut p.host, &tree.table, &self.regime, gva, access);
+            p.account_walk();
+            match walked {
+                Ok(leaf) => {
+                    let allow = p.arch.guest_format.allow_mask(leaf.perms, true, &self.regime);
+                    p.fill_tlb(gva, leaf.size, leaf.base, false, allow)?;
+                    return Ok(leaf.output(gva));
+                }
+                Err(_) => self.host_fault(p, r, gva, access)?,
+            }
+        }
+        Err(Stop::Error(SimError::Internal {
+            scheme: self.org.name(),
+            detail: format!("host faults did not converge for {gva} ({access:?})"),
+        }))
+    }
+
+    fn guest_flush(&mut self, p: &mut Platform, op: FlushOp) -> Result<(), SimError> {
+        // The host TLB follows the host mappings the emulator changes below; entries are tagged
+        // by guest ASID (region), so the guest's own scope covers them.
+        p.mmu.flush(&op);
+        if matches!(op, FlushOp::HfenceGvma { .. }) {
+            return Ok(());
+        }
+        let Some(scope) = op.effect(p.mmu.vmid, p.mmu.asid).tlb else { return Ok(()) };
+        let covered: Vec<usize> = match (self.org, scope.asid) {
+            (Organization::Private, AsidScope::One(asid)) if !scope.globals => {
+                self.regions.iter().position(|g| g.asid == asid).into_iter().collect()
+            }
+            _ => (0..self.regions.len()).collect(),
+        };
+        for r in covered {
+            match scope.va {
+                Some(va) => {
+                    let Some(tree) = self.regions.get(r).map(|g| g.tree) else { continue };
+                    let edit = self.tables.invalidate(&mut p.host, tree, va);
+                    if edit.writes > 0 {
+                        self.stats.mprotects += 1;
+                        p.stats.cycles.emulator += p.costs.host_mprotect;
+                        Self::after_edit(p, edit);
+                    }
+                }
+                None => self.wipe(p, r),
+            }
+        }
+        Ok(())
+    }
+
+    fn guest_root_switch(&mut self, p: &mut Platform, root: GuestRoot) -> Result<(), SimError> {
+        p.root = Some(root);
+        p.mmu.asid = root.asid;
+        let r = self.region_for(p, root)?;
+        self.current = Some(r);
+        match self.org {
+            Organization::Shared => self.wipe(p, r),
+            Organization::Prefill => {
+                self.wipe(p, r);
+                self.pending_prefill = Some(root);
+            }
+            // Reloading the segment base: no host work at all.
+            Organization::Private => {}
+        }
+        Ok(())
+    }
+
+    fn guest_address_space_freed(
+        &mut self,
+        p: &mut Platform,
+        root: GuestRoot,
+    ) -> Result<(), SimError> {
+        let _ = p;
+        self.used.remove(&root.table.root().as_u64());
+        if self.pending_prefill.is_some_and(|g| g.table == root.table) {
+            self.pending_prefill = None;
+        }
+        Ok(())
+    }
+
+    fn counters(&self, out: &mut BTreeMap<&'static str, u64>) {
+        let s = &self.stats;
+        let t = &self.tables.stats;
+        for (k, v) in [
+            ("host_faults", s.host_faults),
+            ("host_fault_guest_faults", s.guest_faults),
+            ("host_maps", s.maps),
+            ("host_mprotects", s.mprotects),
+            ("region_wipes", s.region_wipes),
+            ("prefilled_pages", s.prefilled),
+            ("regions", self.regions.len() as u64),
+            ("regions_recycled", s.regions_recycled),
+            ("region_table_pages", t.pages),
+            ("region_table_pages_peak", t.peak_pages),
+        ] {
+            out.insert(k, v);
+        }
+    }
+}
