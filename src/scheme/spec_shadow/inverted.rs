@@ -2,7 +2,8 @@
 //! table in host memory mapping (ASID, guest virtual page) to a host frame.
 //!
 //! Each entry is 16 bytes, two words with real bits:
-//! - the tag: bit 63 valid, bits 62:47 the ASID, bits 46:0 the guest virtual page number (the
+//! - the tag: bit 63 valid, bits 62:47 the address-space tag (the ASID, or 16 bits folded from
+//!   the guest root's frame number: [`SpaceTag`]), bits 46:0 the guest virtual page number (the
 //!   address's bits below the format's width, so kernel and user pages stay distinct);
 //! - the translation: a level-0 leaf of the guest's own first-stage format (host frame,
 //!   permissions combined over the guest's levels, global, A set, D as the guest entry had it),
@@ -12,8 +13,10 @@
 //! 64-byte line. Replacement within a set is FIFO, its pointer kept beside the table (a few bits
 //! per set in the filling hardware; an assumption, as the paper's replacement is unpublished).
 
+pub use super::options::SpaceTag;
 use super::options::{InvertedHash, SpecShadowOptions};
-use crate::addr::{u64_to_usize, Asid, Gva, Hfn, Hpa, Level, PageSize};
+use crate::addr::{u64_to_usize, Gva, Hfn, Hpa, Level, PageSize};
+use crate::machine::GuestRoot;
 use crate::mem::{HostMemory, MemError};
 use crate::paging::walk::{Dim, WalkRef};
 use crate::paging::{Decoded, Format, LeafAttrs, Perms};
@@ -23,14 +26,14 @@ pub const ENTRY_BYTES: u64 = 16;
 /// Bytes a probe reads per memory reference.
 const LINE_BYTES: u64 = 64;
 const TAG_VALID: u64 = 1 << 63;
-const ASID_SHIFT: u32 = 47;
-const VPN_MASK: u64 = (1 << ASID_SHIFT) - 1;
+const SPACE_SHIFT: u32 = 47;
+const VPN_MASK: u64 = (1 << SPACE_SHIFT) - 1;
 
 /// What the table is keyed by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
-    /// The address space.
-    pub asid: Asid,
+    /// The address-space tag (16 bits).
+    pub space: u16,
     /// The guest virtual page number, truncated to the format's width.
     pub vpn: u64,
 }
@@ -55,6 +58,7 @@ pub struct InvertedTable {
     sets: u64,
     ways: u64,
     hash: InvertedHash,
+    tag: SpaceTag,
     format: Format,
     vpn_bits: u32,
     /// FIFO replacement pointer of each set.
@@ -76,8 +80,9 @@ impl InvertedTable {
             sets: opts.sets(),
             ways: opts.ways,
             hash: opts.hash,
+            tag: opts.tag,
             format,
-            vpn_bits: (format.input_bits() - PageSize::Size4K.shift()).min(ASID_SHIFT),
+            vpn_bits: (format.input_bits() - PageSize::Size4K.shift()).min(SPACE_SHIFT),
             next: vec![0; u64_to_usize(opts.sets())],
         })
     }
@@ -87,21 +92,32 @@ impl InvertedTable {
         self.sets * self.ways * ENTRY_BYTES
     }
 
-    /// The key of `gva` in address space `asid`.
+    /// The key of `gva` in the address space `root`.
     #[inline]
-    pub fn key(&self, asid: Asid, gva: Gva) -> Key {
+    pub fn key(&self, root: &GuestRoot, gva: Gva) -> Key {
+        let space = match self.tag {
+            SpaceTag::Asid => root.asid.0,
+            SpaceTag::Root => fold16(root.table.root().as_u64() >> PageSize::Size4K.shift()),
+        };
+        self.key_in(space, gva)
+    }
+
+    /// The key of `gva` in the address space tagged `space`.
+    #[inline]
+    pub fn key_in(&self, space: u16, gva: Gva) -> Key {
         let vpn = (gva.as_u64() >> PageSize::Size4K.shift()) & ((1 << self.vpn_bits) - 1);
-        Key { asid, vpn }
+        Key { space, vpn }
     }
 
     /// The set `key` lives in.
     #[inline]
     pub fn set_of(&self, key: Key) -> u64 {
-        let asid = u64::from(key.asid.0);
+        let space = u64::from(key.space);
         let h = match self.hash {
-            InvertedHash::Xor => key.vpn ^ asid,
+            InvertedHash::Xor => key.vpn ^ mix(space),
+            InvertedHash::Clustered => (key.vpn / self.ways) ^ mix(space),
             InvertedHash::LowBits => key.vpn,
-            InvertedHash::Mix => mix(asid << 48 | key.vpn),
+            InvertedHash::Mix => mix(space << 48 | key.vpn),
         };
         h % self.sets
     }
@@ -123,7 +139,7 @@ impl InvertedTable {
     }
 
     fn tag(key: Key) -> u64 {
-        TAG_VALID | u64::from(key.asid.0) << ASID_SHIFT | (key.vpn & VPN_MASK)
+        TAG_VALID | u64::from(key.space) << SPACE_SHIFT | (key.vpn & VPN_MASK)
     }
 
     /// The way of `key`'s set holding `key`, with its translation (the functional content of a
@@ -195,6 +211,13 @@ impl InvertedTable {
     }
 }
 
+/// 16 bits of `x`: the XOR of its four 16-bit pieces.
+#[inline]
+fn fold16(x: u64) -> u16 {
+    let folded = x ^ (x >> 16) ^ (x >> 32) ^ (x >> 48);
+    u16::try_from(folded & 0xffff).unwrap_or(0)
+}
+
 /// SplitMix64's finalizer (the same mixing `src/rng.rs` uses).
 #[inline]
 fn mix(mut z: u64) -> u64 {
@@ -225,11 +248,11 @@ mod tests {
     #[test]
     fn a_stored_translation_is_found_under_its_own_key_only() {
         let (mut host, mut t) = table(SpecShadowOptions::default());
-        let key = t.key(Asid(3), Gva::new(0x1234_5000));
+        let key = t.key_in(3, Gva::new(0x1234_5000));
         t.store(&mut host, key, spec(77));
         assert_eq!(t.lookup(&host, key).map(|(_, s)| s), Some(spec(77)));
-        assert_eq!(t.lookup(&host, Key { asid: Asid(4), ..key }), None);
-        assert_eq!(t.lookup(&host, t.key(Asid(3), Gva::new(0x1234_6000))), None);
+        assert_eq!(t.lookup(&host, Key { space: 4, ..key }), None);
+        assert_eq!(t.lookup(&host, t.key_in(3, Gva::new(0x1234_6000))), None);
         t.store(&mut host, key, spec(78));
         assert_eq!(t.lookup(&host, key).map(|(_, s)| s), Some(spec(78)), "replaced in place");
         t.invalidate(&mut host, key);
@@ -238,16 +261,47 @@ mod tests {
 
     #[test]
     fn the_fifth_page_of_a_four_way_set_evicts_the_first() {
-        let opts = SpecShadowOptions { entries: 8, ways: 4, ..SpecShadowOptions::default() };
+        let opts = SpecShadowOptions {
+            entries: 8,
+            ways: 4,
+            hash: InvertedHash::Xor,
+            ..SpecShadowOptions::default()
+        };
         let (mut host, mut t) = table(opts);
         // Two sets: even pages of ASID 0 all land in set 0 under the XOR hash.
-        let keys: Vec<Key> = (0..5).map(|i| t.key(Asid(0), Gva::new(i * 2 * 4096))).collect();
+        let keys: Vec<Key> = (0..5).map(|i| t.key_in(0, Gva::new(i * 2 * 4096))).collect();
         assert!(keys.iter().all(|&k| t.set_of(k) == 0));
         for (i, &k) in keys.iter().enumerate() {
             t.store(&mut host, k, spec(i as u64 + 1));
         }
         assert_eq!(t.lookup(&host, keys[0]), None, "FIFO victim");
         assert!(keys[1..].iter().all(|&k| t.lookup(&host, k).is_some()));
+    }
+
+    #[test]
+    fn a_root_tag_follows_the_address_space_whatever_its_asid() {
+        use crate::addr::{Asid, Gpa};
+        use crate::paging::PageTable;
+        let root = |asid, frame: u64| GuestRoot {
+            table: PageTable::new(Gpa::new(frame * 4096), Format::SV39),
+            asid: Asid(asid),
+        };
+        let va = Gva::new(0x4000_0000);
+        let (_, by_asid) = table(SpecShadowOptions::default());
+        assert_ne!(by_asid.key(&root(1, 7), va), by_asid.key(&root(2, 7), va));
+        let opts = SpecShadowOptions { tag: SpaceTag::Root, ..SpecShadowOptions::default() };
+        let (_, by_root) = table(opts);
+        assert_eq!(by_root.key(&root(1, 7), va), by_root.key(&root(2, 7), va));
+        assert_ne!(by_root.key(&root(1, 7), va), by_root.key(&root(1, 8), va));
+    }
+
+    #[test]
+    fn the_clustered_hash_puts_four_neighbouring_pages_in_one_line() {
+        let (_, t) = table(SpecShadowOptions::default());
+        let set = |page: u64| t.set_of(t.key_in(1, Gva::new(page * 4096)));
+        assert_eq!([set(8), set(9), set(10), set(11)], [set(8); 4]);
+        assert_ne!(set(12), set(8));
+        assert_ne!(t.set_of(t.key_in(2, Gva::new(8 * 4096))), set(8), "another address space");
     }
 
     #[test]
@@ -264,8 +318,8 @@ mod tests {
     #[test]
     fn kernel_and_user_pages_keep_distinct_keys() {
         let (_, t) = table(SpecShadowOptions::default());
-        let user = t.key(Asid(1), Gva::new(0x0000_0000_4000_0000));
-        let kernel = t.key(Asid(1), Gva::new(0xffff_ffc0_4000_0000));
+        let user = t.key_in(1, Gva::new(0x0000_0000_4000_0000));
+        let kernel = t.key_in(1, Gva::new(0xffff_ffc0_4000_0000));
         assert_ne!(user, kernel);
         assert!(kernel.vpn < 1 << 27, "Sv39: 27 bits of page number");
     }

@@ -2,7 +2,9 @@
 //!
 //! The hypervisor keeps no shadow tables in sync and write-protects nothing. Instead one
 //! per-VM inverted (hashed) shadow table in host memory ([`inverted::InvertedTable`]) maps
-//! (ASID, guest virtual page) to a host frame, and may be stale. On a TLB miss the hardware:
+//! (ASID, guest virtual page) to a host frame, and may be stale (`tag = "root"` tags address
+//! spaces by their root table instead, which survives ASID recycling). On a TLB miss the
+//! hardware:
 //!
 //! 1. **probes** the inverted table once (one memory reference with the default geometry) and,
 //!    if it holds a translation that permits the access, lets the access proceed with it
@@ -33,7 +35,7 @@ pub mod options;
 use std::collections::BTreeMap;
 
 use inverted::{InvertedTable, Speculation};
-pub use options::{InvertedHash, SpecShadowOptions};
+pub use options::{InvertedHash, SpaceTag, SpecShadowOptions};
 
 use super::flat_nested::FlatNestedMap;
 use crate::addr::{Gfn, Gpa, Gva, Hpa};
@@ -118,7 +120,7 @@ impl Scheme for SpecShadow {
 
     fn tlb_miss(&mut self, p: &mut Platform, gva: Gva, access: Access) -> Result<Hpa, Stop> {
         let latency = p.costs.pt_latency();
-        let key = self.inverted.key(p.current_root()?.asid, gva);
+        let key = self.inverted.key(&p.current_root()?, gva);
 
         // 1. One probe, always on the critical path.
         self.probe.clear();
