@@ -7,11 +7,11 @@
 //! `memvirt record` can write every process as it runs. The header is written last: a writer
 //! that did not finish leaves a directory offset of 0, which readers refuse.
 //!
-//! A block is one zstd frame (with its checksum) of records encoded back to back: an op byte
-//! (kind in bits 0-1, a size code in bits 2-4, the instruction gap in bits 5-7, code 7 meaning
-//! "a varint follows"), the escaped gap and size if any, then the address as a zigzag varint
-//! delta from the previous address of its class (data or fetch) in the block. Blocks are
-//! independent, so a reader can skip whole blocks without decoding them.
+//! A block is one zstd frame (with its checksum) of records encoded back to back
+//! ([`encode_records`]): an op byte (kind, size code, gap code), the escaped gap and size if
+//! any, then the address as a zigzag varint delta from the previous address of its class (data
+//! or fetch) in the block. Blocks are independent, so a reader can skip whole blocks without
+//! decoding them.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -40,8 +40,6 @@ pub(crate) const BLOCK_HEADER_LEN: usize = 28;
 pub(crate) const MAX_RECORD_BYTES: usize = 1 + 5 + 3 + 10;
 /// The largest directory a reader accepts (decompressed).
 pub(crate) const MAX_DIR_BYTES: usize = 1 << 30;
-/// Sizes of the inline size codes 0-6 (7: a varint follows).
-const SIZES: [u16; 7] = [0, 1, 2, 4, 8, 16, 32];
 
 /// The file header.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -149,6 +147,30 @@ pub(crate) fn get_varint(raw: &[u8], i: &mut usize) -> Option<u64> {
     None
 }
 
+/// [`get_varint`] reading a whole word at once, without a branch on the length for values
+/// under 2^56: `raw` must hold 8 bytes from `*i`.
+#[inline(always)]
+fn get_varint_word(raw: &[u8], i: &mut usize) -> Option<u64> {
+    let w = u64::from_le_bytes(raw.get(*i..*i + 8)?.try_into().ok()?);
+    let stops = !w & 0x8080_8080_8080_8080;
+    if stops == 0 {
+        // 9 or 10 bytes.
+        return get_varint(raw, i);
+    }
+    let len = stops.trailing_zeros() / 8 + 1;
+    let w = w & (u64::MAX >> (64 - 8 * len));
+    let v = (w & 0x7F)
+        | ((w >> 1) & (0x7F << 7))
+        | ((w >> 2) & (0x7F << 14))
+        | ((w >> 3) & (0x7F << 21))
+        | ((w >> 4) & (0x7F << 28))
+        | ((w >> 5) & (0x7F << 35))
+        | ((w >> 6) & (0x7F << 42))
+        | ((w >> 7) & (0x7F << 49));
+    *i += len as usize;
+    Some(v)
+}
+
 /// The zigzag code of the two's-complement delta `v` (`a.wrapping_sub(b)`): small deltas of
 /// either sign become small codes.
 #[inline]
@@ -164,7 +186,17 @@ const fn unzigzag(v: u64) -> u64 {
 
 // ----- blocks ------------------------------------------------------------------------------------
 
+/// Sizes of the inline size codes 0-6 (7: a varint follows).
+const SIZES: [u16; 7] = [0, 1, 2, 4, 8, 16, 32];
+
 /// Appends `records` encoded (before compression) to `out`.
+///
+/// Each record is an op byte — kind (bits 0-1), size code (bits 2-4: 0, 1, 2, 4, 8, 16 or 32
+/// bytes, or 7: a varint follows), gap code (bits 5-7: 0 to 6, or 7: a varint of gap − 7
+/// follows) — then the escaped gap and size, then the zigzag varint of the address minus the
+/// previous address of its class (data or fetch) in the block. One predictor per class keeps
+/// the deltas of a loop identical from one iteration to the next, which zstd then matches: on
+/// recorded programs this compresses better than choosing among several predictors.
 pub fn encode_records(records: &[Record], out: &mut Vec<u8>) {
     let mut prev = [0u64; 2];
     for r in records {
@@ -183,41 +215,64 @@ pub fn encode_records(records: &[Record], out: &mut Vec<u8>) {
     }
 }
 
+/// The decoder's state between records.
+struct DecodeState {
+    prev: [u64; 2],
+    instructions: u64,
+}
+
+/// Decodes one record at `*i` with `varint` (which must be safe to use there).
+#[inline(always)]
+fn decode_one(
+    st: &mut DecodeState,
+    raw: &[u8],
+    i: &mut usize,
+    varint: impl Fn(&[u8], &mut usize) -> Option<u64>,
+) -> Result<Record, String> {
+    let bad = |i: usize, what: &str| format!("{what} at byte {i} of the decoded block");
+    let op = *raw.get(*i).ok_or_else(|| bad(*i, "records end early"))?;
+    *i += 1;
+    let kind = Kind::from_bits(op);
+    let gap = match op >> 5 {
+        7 => varint(raw, i)
+            .and_then(|g| u32::try_from(g).ok())
+            .and_then(|g| g.checked_add(7))
+            .ok_or_else(|| bad(*i, "bad gap"))?,
+        g => u32::from(g),
+    };
+    let size = match (op >> 2) & 7 {
+        7 => {
+            varint(raw, i).and_then(|s| u16::try_from(s).ok()).ok_or_else(|| bad(*i, "bad size"))?
+        }
+        c => SIZES[usize::from(c)],
+    };
+    let delta = varint(raw, i).ok_or_else(|| bad(*i, "bad address"))?;
+    let prev = &mut st.prev[usize::from(kind == Kind::Fetch)];
+    let addr = prev.wrapping_add(unzigzag(delta));
+    *prev = addr;
+    st.instructions += u64::from(gap);
+    Ok(Record { addr, gap, size, kind })
+}
+
 /// Decodes exactly `n` records from `raw` (all of it) onto `out`; returns the sum of their gaps.
 pub fn decode_records(raw: &[u8], n: usize, out: &mut Vec<Record>) -> Result<u64, String> {
-    let mut prev = [0u64; 2];
+    let mut st = DecodeState { prev: [0; 2], instructions: 0 };
     let mut i = 0;
-    let mut instructions = 0u64;
     out.reserve(n);
-    let bad = |i: usize, what: &str| format!("{what} at byte {i} of the decoded block");
-    for _ in 0..n {
-        let op = *raw.get(i).ok_or_else(|| bad(i, "records end early"))?;
-        i += 1;
-        let kind = Kind::from_bits(op);
-        let gap = match op >> 5 {
-            7 => get_varint(raw, &mut i)
-                .and_then(|g| u32::try_from(g).ok())
-                .and_then(|g| g.checked_add(7))
-                .ok_or_else(|| bad(i, "bad gap"))?,
-            g => u32::from(g),
-        };
-        let size = match (op >> 2) & 7 {
-            7 => get_varint(raw, &mut i)
-                .and_then(|s| u16::try_from(s).ok())
-                .ok_or_else(|| bad(i, "bad size"))?,
-            c => SIZES[usize::from(c)],
-        };
-        let delta = get_varint(raw, &mut i).ok_or_else(|| bad(i, "bad address"))?;
-        let class = usize::from(kind == Kind::Fetch);
-        let addr = prev[class].wrapping_add(unzigzag(delta));
-        prev[class] = addr;
-        instructions += u64::from(gap);
-        out.push(Record { addr, gap, size, kind });
+    let mut left = n;
+    // Far from the end, every varint is read a word at a time.
+    while left > 0 && i + MAX_RECORD_BYTES + 8 <= raw.len() {
+        out.push(decode_one(&mut st, raw, &mut i, get_varint_word)?);
+        left -= 1;
+    }
+    while left > 0 {
+        out.push(decode_one(&mut st, raw, &mut i, get_varint)?);
+        left -= 1;
     }
     if i != raw.len() {
         return Err(format!("{} bytes left over after {n} records", raw.len() - i));
     }
-    Ok(instructions)
+    Ok(st.instructions)
 }
 
 // ----- writing -----------------------------------------------------------------------------------
@@ -546,6 +601,16 @@ mod tests {
             let mut i = 0;
             assert_eq!(get_varint(&b, &mut i), Some(v));
             assert_eq!(i, b.len());
+        }
+        // The word-at-a-time reader agrees, padded as the decoder guarantees.
+        for v in (0..64).map(|b| 1u64 << b).chain([0, 0x7F, u64::MAX]) {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            let len = b.len();
+            b.resize(len + 16, 0xFF);
+            let mut i = 0;
+            assert_eq!(get_varint_word(&b, &mut i), Some(v));
+            assert_eq!(i, len);
         }
         // An eleventh byte, or a tenth above 1, is refused.
         let mut i = 0;
