@@ -438,3 +438,22 @@ fn footprint_runs_become_vmas_with_their_permissions() {
         ]
     );
 }
+
+#[test]
+fn an_access_crossing_into_a_region_moved_elsewhere_follows_it(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = Dir::new("crossing");
+    // 254 GiB fits Sv39 and stays, so the two regions either side of 1 TiB move apart: to
+    // 253 GiB and 255 GiB. The store's last 4 bytes are in the second.
+    let text = "I  00401000,4\n L 3f80000000,8\n S fffffffffc,8\n";
+    let path = dir.file("x.lackey", text.as_bytes());
+    let set = TraceSet::prepare(&[path], opts(InputFormat::Lackey))?;
+    let r = run::run(&trace_spec(SchemeKind::Nested, "riscv-sv39", set, &[]), &mut |_, _| {})?;
+    assert_eq!(r.guest.killed, 0, "{:?}", r.guest.kill_log);
+    let s = &r.trace.as_ref().ok_or("no trace section")?.streams[0];
+    let moved: Vec<(&str, &str)> =
+        s.relocation.moved.iter().map(|m| (m.from.as_str(), m.to.as_str())).collect();
+    assert_eq!(moved, [("0xffc0000000", "0x3f40000000"), ("0x10000000000", "0x3fc0000000")]);
+    assert_eq!(s.footprint_pages, 4);
+    Ok(())
+}

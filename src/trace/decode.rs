@@ -504,7 +504,9 @@ impl std::fmt::Debug for Msg {
 impl Prefetch {
     /// Starts decoding `dec` on a new thread.
     pub fn spawn(mut dec: StreamDecoder) -> Result<Prefetch, TraceError> {
-        let (tx, rx): (SyncSender<Msg>, _) = mpsc::sync_channel(1);
+        // A rendezvous channel: the thread decodes the next batch, then waits for the consumer
+        // to take it, so a stream holds at most two batches (about 1 MiB).
+        let (tx, rx): (SyncSender<Msg>, _) = mpsc::sync_channel(0);
         let (back, back_rx) = mpsc::channel::<Vec<Record>>();
         let handle = std::thread::Builder::new()
             .name(format!("memvirt-decode-{}", dec.stream))

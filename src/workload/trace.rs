@@ -401,8 +401,7 @@ impl TraceReplay {
             p.report.replayed += 1;
             p.report.instructions += u64::from(r.gap);
             self.seq += 1;
-            let va = p.report.relocation.apply(r.addr);
-            replay_one(os, va, r, self.seq)?;
+            replay_one(os, &p.report.relocation, r, self.seq)?;
         }
         Ok(Step::Preempted)
     }
@@ -456,16 +455,19 @@ fn stream_report(
     }
 }
 
-/// One record: its access, and again at the start of each further page it runs into.
+/// One record: its access, and again at the start of each further page it runs into (each page
+/// relocated on its own: the access may cross into a region that moved elsewhere).
 #[inline]
-fn replay_one<S: Scheme>(os: &mut Os<S>, va: u64, r: Record, seq: u64) -> Result<(), OsError> {
-    access(os, Gva::new(va), r.kind, seq)?;
+fn replay_one<S: Scheme>(
+    os: &mut Os<S>,
+    reloc: &Relocation,
+    r: Record,
+    seq: u64,
+) -> Result<(), OsError> {
+    access(os, Gva::new(reloc.apply(r.addr)), r.kind, seq)?;
     let (first, last) = r.pages();
-    if first != last {
-        let base = va - va % PAGE_BYTES;
-        for k in 1..=last - first {
-            access(os, Gva::new(base + k * PAGE_BYTES), r.kind, seq)?;
-        }
+    for page in first + 1..=last {
+        access(os, Gva::new(reloc.apply(page * PAGE_BYTES)), r.kind, seq)?;
     }
     Ok(())
 }
