@@ -21,12 +21,12 @@ fn synthetic() -> Reader {
         .expect("in memory");
     let id = w.begin_stream(StreamMeta::default()).expect("a stream");
     let (stack, heap) = (0x1f_feff_f000u64, 0x4a0_0000u64);
-    let (mut ip, mut array) = (0x10_8000u64, heap + (64 << 20));
+    let mut array = heap + (64 << 20);
     for _ in 0..RECORDS {
         let gap = u32::try_from(rng.below(4)).unwrap_or(0);
         let r = match rng.below(32) {
             0..=1 => {
-                ip = 0x10_8000 + rng.below(512) * 0x40;
+                let ip = 0x10_8000 + rng.below(512) * 0x40;
                 Record { addr: ip, gap, size: 4, kind: Kind::Fetch }
             }
             2..=13 => Record { addr: stack - 8 * rng.below(32), gap, size: 8, kind: Kind::Load },
