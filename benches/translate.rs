@@ -11,7 +11,10 @@ use memvirt::fixture::{self, Guest};
 use memvirt::machine::{Machine, Scheme};
 use memvirt::mmu::{FlushOp, MmuConfig};
 use memvirt::paging::{Access, Format};
-use memvirt::scheme::{Native, Nested, NestedOptions, Shadow, ShadowOptions};
+use memvirt::scheme::{
+    FlatNested, FlatNestedOptions, Native, Nested, NestedOptions, Shadow, ShadowOptions,
+    SpecShadow, SpecShadowOptions,
+};
 
 const BASE: Gva = Gva::new(0x4000_0000);
 const PAGE: u64 = 4096;
@@ -51,6 +54,24 @@ fn shadow(guest: Format, mmu: MmuConfig) -> Machine<Shadow> {
     for i in 0..PAGES {
         m.access(BASE.wrapping_add(i * PAGE), Access::USER_LOAD).unwrap();
     }
+    m
+}
+
+fn flat_nested(guest: Format, host: Format, mmu: MmuConfig) -> Machine<FlatNested> {
+    let mut p = fixture::platform(fixture::arch(guest, host), mmu).unwrap();
+    let scheme = FlatNested::new(&mut p, FlatNestedOptions { prepopulate: true }).unwrap();
+    let mut m = Machine::new(p, scheme);
+    let mut g = Guest::new(&mut m, Asid(1)).unwrap();
+    g.map_fresh(&mut m, BASE, PAGES).unwrap();
+    m
+}
+
+fn spec_shadow(guest: Format, host: Format, mmu: MmuConfig) -> Machine<SpecShadow> {
+    let mut p = fixture::platform(fixture::arch(guest, host), mmu).unwrap();
+    let scheme = SpecShadow::new(&mut p, SpecShadowOptions::default(), true).unwrap();
+    let mut m = Machine::new(p, scheme);
+    let mut g = Guest::new(&mut m, Asid(1)).unwrap();
+    g.map_fresh(&mut m, BASE, PAGES).unwrap();
     m
 }
 
@@ -94,6 +115,15 @@ fn bench(c: &mut Criterion) {
     let mut m = nested(Format::SV48, Format::SV48X4, MmuConfig::default().without_walk_caches());
     let mut i = 0;
     g.bench_function("nested_sv48x4_miss_no_walk_caches", |b| b.iter(|| miss_loop(&mut m, &mut i)));
+
+    let mut m = flat_nested(Format::SV48, Format::SV48X4, MmuConfig::default());
+    let mut i = 0;
+    g.bench_function("flat_nested_sv48_miss_warm_pwc", |b| b.iter(|| miss_loop(&mut m, &mut i)));
+
+    // After the first round every probe hits a right speculation: probe, then the verifying walk.
+    let mut m = spec_shadow(Format::SV48, Format::SV48X4, MmuConfig::default());
+    let mut i = 0;
+    g.bench_function("spec_shadow_sv48_miss_warm", |b| b.iter(|| miss_loop(&mut m, &mut i)));
 
     // Cold: every TLB, page-walk cache, the nested TLB and the page-table-read cache empty
     // before each miss (the reset is not timed).

@@ -54,7 +54,8 @@ pub struct SpecShadowOptions {
     /// How (address-space tag, page) picks the set. Default `clustered` (assumption): with 4
     /// ways, the four pages of an aligned group share one line, so a probe has the spatial
     /// locality of a radix leaf table (4 pages a line against 8 entries a line) instead of one
-    /// line per page; `xor` measures 10–35 % more cycles on TLB-miss-bound workloads (README).
+    /// line per page; `xor` takes 11–20 % more cycles on `stream`, `random` and `pointer-chase`
+    /// (README).
     pub hash: InvertedHash,
     /// What tags an address space. Default `asid` (the (ASID, page) key of the design).
     pub tag: SpaceTag,
