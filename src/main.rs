@@ -21,7 +21,7 @@ use memvirt::profile::{self, Profile};
 use memvirt::report::Report;
 use memvirt::run::{self, RunSpec};
 use memvirt::scheme::SchemeKind;
-use memvirt::workload::WorkloadKind;
+use memvirt::workload::{TraceParams, WorkloadKind};
 
 mod sweep_cmd;
 mod trace_cmd;
@@ -290,6 +290,15 @@ fn list(args: &ListArgs) -> Result<()> {
             for (key, value) in params {
                 out.push_str(&format!("      workload.{key} = {value}\n"));
             }
+        }
+    }
+    out.push_str(
+        "\ntraces (run/compare --trace FILE, repeatable; memvirt record -- CMD records one):\n  \
+         ChampSim input_instr or cloudsuite_instr, valgrind lackey text, memvirt compact format\n",
+    );
+    if let Ok(toml::Value::Table(params)) = toml::Value::try_from(TraceParams::default()) {
+        for (key, value) in params {
+            out.push_str(&format!("      workload.{key} = {value}\n"));
         }
     }
     out.push_str(

@@ -165,7 +165,7 @@ fn convert(a: &ConvertArgs) -> Result<()> {
     );
     if s.read.bytes > 0 {
         text.push_str(&format!(
-            ", {:.1}x smaller than the {} input bytes",
+            "; compression ratio {:.1} against the {} bytes of input",
             ratio(s.read.bytes, bytes),
             s.read.bytes
         ));
