@@ -268,6 +268,9 @@ fn partial_records_and_garbage_lines_are_errors() {
     let p = dir.file("g.lackey", text.as_bytes());
     let e = err_text(trace::convert(&p, &dir.path("o.mvt"), opts(InputFormat::Lackey), 1));
     assert!(e.contains("g.lackey: line 4") && e.contains("not a lackey line"), "{e}");
+    let p = dir.file("long.lackey", &[b'I'; 10_000]);
+    let e = err_text(trace::convert(&p, &dir.path("o.mvt"), opts(InputFormat::Lackey), 1));
+    assert!(e.contains("long.lackey: line 1: longer than 4096 bytes"), "{e}");
     let p = dir.file("t.lackey", b"I  0401000,3\n L 7ff0");
     let e = err_text(trace::convert(&p, &dir.path("o.mvt"), opts(InputFormat::Lackey), 1));
     assert!(e.contains("t.lackey: line 2") && e.contains("truncated"), "{e}");

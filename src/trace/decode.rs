@@ -244,7 +244,10 @@ fn read_meta(
     }
     let mut comp = vec![0u8; usize::try_from(comp_len).unwrap_or(usize::MAX)];
     read_at(r, name, at + 12, &mut comp)?;
-    let raw = zstd::bulk::decompress(&comp, raw_len)
+    // Streamed, so a corrupt length allocates no more than the data really holds.
+    let mut raw = Vec::new();
+    zstd::stream::read::Decoder::new(&comp[..])
+        .and_then(|d| d.take(raw_len as u64 + 1).read_to_end(&mut raw))
         .map_err(|e| format(name, at, format!("corrupt directory: {e}")))?;
     if raw.len() != raw_len {
         return Err(format(name, at, "corrupt directory: wrong length"));

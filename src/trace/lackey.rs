@@ -16,6 +16,10 @@ use std::io::BufRead;
 
 use super::{Fetches, GapCounter, Input, Kind, Record, RecordSink, StreamMeta, TraceError};
 
+/// The longest line accepted (lackey's are under 40 bytes; valgrind's messages a few hundred),
+/// so that a file without newlines is an error, not a line as large as the file.
+pub const MAX_LINE: u64 = 4096;
+
 /// Why a line is bad (the caller adds the file and line number).
 pub type LineError = String;
 
@@ -194,13 +198,18 @@ pub fn read(
     loop {
         line.clear();
         let offset = input.reader.count;
-        let n = input.reader.read_until(b'\n', &mut line).map_err(|source| TraceError::Read {
-            file: name.clone(),
-            offset,
-            source,
-        })?;
+        let n = std::io::Read::take(&mut input.reader, MAX_LINE + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|source| TraceError::Read { file: name.clone(), offset, source })?;
         if n == 0 {
             break;
+        }
+        if n as u64 > MAX_LINE {
+            return Err(TraceError::Line {
+                file: name.clone(),
+                line: parser.lines + 1,
+                detail: format!("longer than {MAX_LINE} bytes: {:?}", excerpt(&line)),
+            });
         }
         let Some(body) = line.strip_suffix(b"\n") else {
             return Err(TraceError::Line {

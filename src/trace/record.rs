@@ -108,6 +108,11 @@ impl Tail {
                 chunk = &chunk[nl + 1..];
             }
             self.partial.extend_from_slice(chunk);
+            if self.partial.len() as u64 > super::lackey::MAX_LINE {
+                let detail = format!("longer than {} bytes", super::lackey::MAX_LINE);
+                let line = self.parser.lines + 1;
+                return Err(TraceError::Line { file: self.name.clone(), line, detail });
+            }
             self.pos += n as u64;
             // Give the consumed text back to the file system (best effort: a file system
             // without hole punching keeps it until the directory is removed).
