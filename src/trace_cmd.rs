@@ -370,8 +370,9 @@ pub(super) fn record(a: &RecordArgs) -> Result<()> {
     emit(&text, None)
 }
 
-/// `run`/`compare` with `--trace`: every scheme in `schemes` on the traces (native runs too, as
-/// the overhead baseline); `only_first` prints only the first scheme's report (`run`).
+/// `run`/`compare` with `--trace` (`command` names which, for the title): every scheme in
+/// `schemes` on the traces, converted and checked once for all of them; native runs too, as the
+/// overhead baseline, and is reported only if it is among `schemes`.
 pub(super) fn run_traces(
     machine: &MachineArgs,
     schemes: &[SchemeKind],
