@@ -119,6 +119,17 @@ pub fn parse_assignment(s: &str) -> Result<(String, String), ConfigError> {
     }
 }
 
+/// Applies `KEY=VALUE` settings in order with [`set`] (options structs, workload parameters).
+pub fn set_all<T: Serialize + DeserializeOwned>(
+    mut value: T,
+    sets: &[(String, String)],
+) -> Result<T, ConfigError> {
+    for (key, raw) in sets {
+        value = set(&value, key, raw)?;
+    }
+    Ok(value)
+}
+
 /// `value` with the leaf `key` set from the text `raw`, parsed as the leaf's current type:
 /// integers (`_` separators and `0x`/`0o`/`0b` prefixes allowed), floats (an integer literal too),
 /// booleans (`true/false/on/off/yes/no/1/0`, any case), strings (the text as is), and for an empty

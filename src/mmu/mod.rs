@@ -160,6 +160,23 @@ impl TranslationFault {
         }
     }
 
+    /// What the guest sees when a nested fault names a GPA outside its memory: the hypervisor
+    /// reflects it as a first-stage access fault, encoded in the guest's `format`.
+    pub fn reflected(self, format: &Format) -> Self {
+        let site = crate::paging::entry::FaultSite {
+            kind: FaultKind::AccessFault,
+            access: self.access,
+            final_translation: self.final_translation,
+            perms: crate::paging::Perms::empty(),
+        };
+        TranslationFault {
+            kind: FaultKind::AccessFault,
+            stage: Stage::First,
+            cause: format.arch_cause(site),
+            ..self
+        }
+    }
+
     /// A fault in the nested dimension of a 2D walk (hardware or software).
     pub fn nested(gva: Gva, access: Access, format: &Format, f: NestedFault) -> Self {
         // RISC-V reports guest-page faults with the original access type; EPT qualifies the

@@ -21,8 +21,7 @@
 
 use crate::addr::{Gfn, Gpa, Gva, Hpa};
 use crate::machine::{HostTableStore, Platform, Scheme, SimError, Stop};
-use crate::mmu::{Combined, TranslationFault};
-use crate::paging::entry::FaultSite;
+use crate::mmu::Combined;
 use crate::paging::mapper::MapError;
 use crate::paging::{Access, FaultKind, FlatTable, LeafAttrs, NestedTable, Perms, Stage};
 use crate::stats::ExitCause;
@@ -131,19 +130,7 @@ impl FlatNestedMap {
                         // The guest pointed outside its memory: the hypervisor reflects an
                         // access fault to the guest.
                         p.stats.guest_faults += 1;
-                        let site = FaultSite {
-                            kind: FaultKind::AccessFault,
-                            access,
-                            final_translation: f.final_translation,
-                            perms: Perms::empty(),
-                        };
-                        let cause = root.table.format().arch_cause(site);
-                        return Err(Stop::GuestFault(TranslationFault {
-                            kind: FaultKind::AccessFault,
-                            stage: Stage::First,
-                            cause,
-                            ..f
-                        }));
+                        return Err(Stop::GuestFault(f.reflected(root.table.format())));
                     }
                 }
                 Err(f) if f.stage == Stage::Nested => {

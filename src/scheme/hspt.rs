@@ -90,9 +90,7 @@ impl Default for HsptOptions {
 impl HsptOptions {
     /// Applies `scheme.KEY=VALUE` settings (without the prefix) and validates the result.
     pub fn with_sets(mut self, sets: &[(String, String)]) -> Result<Self, ConfigError> {
-        for (key, value) in sets {
-            self = crate::config::set(&self, key, value)?;
-        }
+        self = crate::config::set_all(self, sets)?;
         if !(1..=MAX_REGIONS).contains(&self.regions) {
             return Err(ConfigError::Invalid(format!(
                 "scheme.regions = {} must be between 1 and {MAX_REGIONS}",

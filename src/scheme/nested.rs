@@ -7,8 +7,6 @@
 use super::flat_nested::FlatNestedMap;
 use crate::addr::{u64_to_usize, Gfn, Gpa, GuestPhys, Gva, HostPhys, Hpa, PageSize};
 use crate::machine::{HostTableStore, Platform, Refill, Scheme, SimError, Stop};
-use crate::mmu::TranslationFault;
-use crate::paging::entry::FaultSite;
 use crate::paging::flat::NestedTable;
 use crate::paging::mapper::{self, MapError};
 use crate::paging::walk::PageTable;
@@ -219,19 +217,7 @@ impl Scheme for Nested {
                         // The guest pointed outside its memory: the hypervisor reflects an
                         // access fault to the guest.
                         p.stats.guest_faults += 1;
-                        let site = FaultSite {
-                            kind: FaultKind::AccessFault,
-                            access,
-                            final_translation: f.final_translation,
-                            perms: Perms::empty(),
-                        };
-                        let cause = root.table.format().arch_cause(site);
-                        return Err(Stop::GuestFault(TranslationFault {
-                            kind: FaultKind::AccessFault,
-                            stage: Stage::First,
-                            cause,
-                            ..f
-                        }));
+                        return Err(Stop::GuestFault(f.reflected(root.table.format())));
                     }
                 }
                 Err(f) if f.stage == Stage::Nested => {

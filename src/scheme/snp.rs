@@ -40,9 +40,7 @@ pub struct SnpOptions {
 impl SnpOptions {
     /// Applies `scheme.KEY=VALUE` settings (prefix stripped).
     pub fn with_sets(mut self, sets: &[(String, String)]) -> Result<Self, ConfigError> {
-        for (key, value) in sets {
-            self = crate::config::set(&self, key, value)?;
-        }
+        self = crate::config::set_all(self, sets)?;
         Ok(self)
     }
 }

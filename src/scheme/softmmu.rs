@@ -65,9 +65,7 @@ impl Default for SoftmmuOptions {
 impl SoftmmuOptions {
     /// Applies `scheme.KEY=VALUE` settings (without the prefix) and validates the result.
     pub fn with_sets(mut self, sets: &[(String, String)]) -> Result<Self, ConfigError> {
-        for (key, value) in sets {
-            self = crate::config::set(&self, key, value)?;
-        }
+        self = crate::config::set_all(self, sets)?;
         if !(1..=MAX_TLB_BITS).contains(&self.tlb_bits) {
             return Err(ConfigError::Invalid(format!(
                 "scheme.tlb_bits = {} must be between 1 and {MAX_TLB_BITS}",

@@ -164,10 +164,7 @@ impl WorkloadKind {
         fn params<T: Serialize + for<'de> Deserialize<'de> + Default + Validate>(
             sets: &[(String, String)],
         ) -> Result<T, ConfigError> {
-            let mut p = T::default();
-            for (k, v) in sets {
-                p = config::set(&p, k, v)?;
-            }
+            let p = config::set_all(T::default(), sets)?;
             p.validate()?;
             Ok(p)
         }

@@ -62,10 +62,7 @@ impl Validate for TraceParams {
 impl TraceParams {
     /// The defaults with `sets` (`KEY`, `VALUE` pairs) applied.
     pub fn with_sets(sets: &[(String, String)]) -> Result<Self, ConfigError> {
-        let mut p = TraceParams::default();
-        for (k, v) in sets {
-            p = config::set(&p, k, v)?;
-        }
+        let p = config::set_all(TraceParams::default(), sets)?;
         p.validate()?;
         Ok(p)
     }

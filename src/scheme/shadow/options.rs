@@ -151,9 +151,7 @@ impl ShadowOptions {
 
     /// Applies `scheme.KEY=VALUE` settings (without the prefix) and validates the result.
     pub fn with_sets(mut self, sets: &[(String, String)]) -> Result<Self, ConfigError> {
-        for (key, value) in sets {
-            self = crate::config::set(&self, key, value)?;
-        }
+        self = crate::config::set_all(self, sets)?;
         self.validate()?;
         Ok(self)
     }
