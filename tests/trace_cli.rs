@@ -103,8 +103,83 @@ fn record_without_valgrind_names_the_package() {
     );
 }
 
+/// Whether valgrind runs; without it a recording test is skipped, unless
+/// `MEMVIRT_REQUIRE_VALGRIND` is set.
 fn have_valgrind() -> bool {
-    Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success())
+    if Command::new("valgrind").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    assert!(
+        std::env::var("MEMVIRT_REQUIRE_VALGRIND").is_err(),
+        "valgrind is required (MEMVIRT_REQUIRE_VALGRIND is set) but does not run"
+    );
+    eprintln!("skipped: valgrind is not installed (Debian package `valgrind`)");
+    false
+}
+
+/// Valgrind's `%n` restarts at every exec, so each image of one process used to reopen (and
+/// truncate) the same log: a process that execs twice must still give three streams, in order.
+#[test]
+fn record_keeps_every_image_of_an_exec_chain_in_order() {
+    if !have_valgrind() {
+        return;
+    }
+    let dir = Dir::new("cli-record-exec");
+    let trace = dir.path("chain.mvt");
+    let chain = "exec /bin/sh -c 'exec /bin/true'";
+    let out = ok(&memvirt(&["record", "--output", p(&trace), "--", "/bin/sh", "-c", chain]));
+    assert!(out.contains("3 process images"), "{out}");
+    let info = ok(&memvirt(&["trace", "info", p(&trace)]));
+    // Stream rows: stream, pid, ppid, asid, records, instructions, pages, lowest, highest, name.
+    let rows: Vec<Vec<&str>> = info
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("stream "))
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{info}");
+    let name = |r: &[&str]| r[9..].join(" ");
+    assert!(name(&rows[0]).starts_with("/bin/sh -c exec"), "{info}");
+    assert!(name(&rows[1]).contains("exec") && name(&rows[1]).contains("true"), "{info}");
+    assert_eq!(name(&rows[2]), "/bin/true", "{info}");
+    assert!(rows.iter().all(|r| r[1] == rows[0][1]), "one process: {info}");
+    assert!(rows.iter().all(|r| r[4].parse::<u64>().unwrap_or(0) > 1000), "{info}");
+}
+
+/// SIGTERM stops valgrind, writes no trace and removes the log directory.
+#[test]
+fn an_interrupted_recording_leaves_nothing_behind() {
+    if !have_valgrind() {
+        return;
+    }
+    let dir = Dir::new("cli-record-stop");
+    let trace = dir.path("never.mvt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memvirt"))
+        .args(["record", "--output", p(&trace), "--", "/bin/sh", "-c", "while :; do :; done"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    // The log directory exists once the signal handlers are in place and valgrind starts.
+    let logs = format!("memvirt-record-{}-", child.id());
+    let started = std::time::Instant::now();
+    let logs_exist = || {
+        std::fs::read_dir(std::env::temp_dir())
+            .expect("temp dir")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&logs))
+    };
+    while !logs_exist() {
+        assert!(started.elapsed().as_secs() < 30, "no log directory {logs}*");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(killed.is_ok_and(|s| s.success()));
+    let out = child.wait_with_output().expect("memvirt ends");
+    let err = fails(&out);
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(!trace.exists(), "a trace was written");
+    assert!(!logs_exist(), "the log directory {logs}* is left behind");
 }
 
 /// A program that forks: the parent and the child write a heap array, the parent waits.
@@ -125,11 +200,6 @@ int main(void) {
 #[test]
 fn record_a_real_program_and_replay_it_under_every_scheme_verified() {
     if !have_valgrind() {
-        assert!(
-            std::env::var("MEMVIRT_REQUIRE_VALGRIND").is_err(),
-            "valgrind is required (MEMVIRT_REQUIRE_VALGRIND is set) but does not run"
-        );
-        eprintln!("skipped: valgrind is not installed (Debian package `valgrind`)");
         return;
     }
     let dir = Dir::new("cli-record");

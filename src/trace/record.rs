@@ -8,15 +8,27 @@
 //! shares its parent's connection and their output interleaves mid-line, so the files are
 //! followed instead, as they grow: each new line is parsed into the compact writer at once and
 //! the bytes consumed are punched out of the file (`fallocate(PUNCH_HOLE)`), so the text never
-//! accumulates. The directory is removed at the end, whatever happens.
+//! accumulates. Each log is moved aside the moment it appears ([`Watcher`]), because valgrind
+//! would reuse its name after an `exec`. The directory is removed at the end, whatever happens,
+//! also when the recording is interrupted (SIGINT, SIGTERM, SIGHUP: valgrind is stopped and no
+//! trace is written).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustix::fs::inotify;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use super::compact::{FileOutput, Header, StreamInfo};
 use super::lackey::Parser;
@@ -176,7 +188,13 @@ pub fn record(cmd: &[OsString], opts: &RecordOptions) -> Result<RecordSummary, T
         ));
     }
     check_valgrind(&opts.valgrind)?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        signal_hook::flag::register(signal, Arc::clone(&interrupted))
+            .map_err(|e| TraceError::Other(format!("cannot handle signal {signal}: {e}")))?;
+    }
     let dir = make_dir()?;
+    let logs = Watcher::start(&dir.0)?;
     let (out, mut writer) = FileOutput::create(&opts.output, Source::Record, opts.level)?;
     let mut child = Command::new(&opts.valgrind)
         .arg("--tool=lackey")
@@ -184,31 +202,39 @@ pub fn record(cmd: &[OsString], opts: &RecordOptions) -> Result<RecordSummary, T
         .arg("--trace-children=yes")
         .arg({
             let mut a = OsString::from("--log-file=");
-            a.push(dir.0.join("lackey.%p.%n"));
+            a.push(dir.0.join(format!("{LOG_PREFIX}%p.%n")));
             a
         })
         .args(cmd)
         .spawn()
         .map_err(|e| TraceError::Other(format!("cannot start valgrind: {e}")))?;
-    let mut tails: BTreeMap<String, Tail> = BTreeMap::new();
+    // By image number, that is in creation order: an image before the one its process execs.
+    let mut tails: BTreeMap<u64, Tail> = BTreeMap::new();
     let mut buf = vec![0u8; CHUNK];
     let mut text_bytes = 0;
     let result = (|| -> Result<ExitStatus, TraceError> {
         loop {
+            if interrupted.load(Ordering::Relaxed) {
+                return Err(TraceError::Other(
+                    "interrupted: the recording was stopped, nothing written".into(),
+                ));
+            }
             let status = child
                 .try_wait()
                 .map_err(|e| TraceError::Other(format!("cannot wait for valgrind: {e}")))?;
-            discover(&dir.0, opts.fetches, &mut tails)?;
+            if status.is_some() {
+                // Every log exists now; the watcher reports them all before the end marker.
+                logs.end(&dir.0)?;
+            }
+            let ended = logs.collect(opts.fetches, &mut tails, status.is_some())?;
             let mut read = 0;
             for t in tails.values_mut() {
                 read += t.pump(&mut writer, &mut buf)?;
             }
             text_bytes += read;
             if let Some(status) = status {
-                // A last pass: files created or written just before the exit.
-                discover(&dir.0, opts.fetches, &mut tails)?;
+                debug_assert!(ended);
                 for t in tails.values_mut() {
-                    text_bytes += t.pump(&mut writer, &mut buf)?;
                     t.finish(&mut writer)?;
                 }
                 return Ok(status);
@@ -254,35 +280,160 @@ fn make_dir() -> Result<TempDir, TraceError> {
     Err(TraceError::Other("cannot create a temporary directory for valgrind's logs".into()))
 }
 
-/// Starts following log files not yet followed, in name order.
-fn discover(
-    dir: &Path,
-    fetches: Fetches,
-    tails: &mut BTreeMap<String, Tail>,
-) -> Result<(), TraceError> {
-    let entries = fs::read_dir(dir)
-        .map_err(|e| TraceError::Other(format!("cannot list {}: {e}", dir.display())))?;
-    let mut new: Vec<(u64, u64, String, PathBuf)> = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if tails.contains_key(&name) {
-            continue;
+/// Valgrind's log files are `lackey.PID.N`.
+const LOG_PREFIX: &str = "lackey.";
+/// The file `record` creates once valgrind has exited: the watcher has reported every log.
+const END_MARKER: &str = "end";
+
+/// What the watcher reports, in the order it happened.
+#[derive(Debug)]
+enum Logged {
+    /// A new log, already moved to a name of its own.
+    Log {
+        path: PathBuf,
+        pid: u64,
+        image: u64,
+    },
+    /// The end marker: no log comes after.
+    End,
+    Failed(TraceError),
+}
+
+/// Moves each log valgrind creates out of valgrind's way the moment it appears.
+///
+/// Valgrind's `%n` counts log files per process, but an `exec`ed image starts counting again, so
+/// a process that execs twice (or a first process that execs once) reopens, and truncates, the
+/// log of an earlier image of itself: `lackey.PID.1` is used again. The watcher thread renames
+/// every new `lackey.*` file to `image.K` (K in creation order) as soon as inotify reports it,
+/// long before the image can exec (valgrind's own start-up alone takes milliseconds); an
+/// `exec` then creates a fresh file. Should a second open of the same name still come first,
+/// the recording stops with an error instead of mixing two images' text.
+struct Watcher {
+    rx: Receiver<Logged>,
+}
+
+impl Watcher {
+    fn start(dir: &Path) -> Result<Watcher, TraceError> {
+        let fail = |what: &str, e: rustix::io::Errno| {
+            TraceError::Other(format!("cannot watch {} ({what}): {e}", dir.display()))
+        };
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC).map_err(|e| fail("inotify", e))?;
+        let mask = inotify::WatchFlags::CREATE
+            | inotify::WatchFlags::OPEN
+            | inotify::WatchFlags::MOVED_FROM;
+        inotify::add_watch(&fd, dir, mask).map_err(|e| fail("inotify watch", e))?;
+        let (tx, rx) = mpsc::channel();
+        let dir = dir.to_path_buf();
+        std::thread::Builder::new()
+            .name("lackey-logs".into())
+            .spawn(move || {
+                if let Err(e) = watch(&dir, &fd, &tx) {
+                    let _ = tx.send(Logged::Failed(e));
+                }
+            })
+            .map_err(|e| TraceError::Other(format!("cannot start the log watcher: {e}")))?;
+        Ok(Watcher { rx })
+    }
+
+    /// Creates the end marker.
+    fn end(&self, dir: &Path) -> Result<(), TraceError> {
+        let path = dir.join(END_MARKER);
+        File::create(&path)
+            .map(drop)
+            .map_err(|e| TraceError::Other(format!("cannot create {}: {e}", path.display())))
+    }
+
+    /// Starts following the logs reported since the last call; with `until_end`, waits for the
+    /// end marker. Returns whether the end was seen.
+    fn collect(
+        &self,
+        fetches: Fetches,
+        tails: &mut BTreeMap<u64, Tail>,
+        until_end: bool,
+    ) -> Result<bool, TraceError> {
+        loop {
+            let next = if until_end {
+                self.rx.recv().map_err(|_| TryRecvError::Disconnected)
+            } else {
+                self.rx.try_recv()
+            };
+            match next {
+                Ok(Logged::Log { path, pid, image }) => {
+                    let file = fs::OpenOptions::new().read(true).write(true).open(&path).map_err(
+                        |source| TraceError::Open { file: path.display().to_string(), source },
+                    )?;
+                    let name = format!("lackey log of process {pid} (image {image})");
+                    let parser = Parser::new(fetches, &format!("pid {pid}"));
+                    let tail = Tail { file, name, pos: 0, partial: Vec::new(), parser };
+                    tails.insert(image, tail);
+                }
+                Ok(Logged::End) => return Ok(true),
+                Ok(Logged::Failed(e)) => return Err(e),
+                Err(TryRecvError::Empty) => return Ok(false),
+                Err(TryRecvError::Disconnected) => {
+                    return Err(TraceError::Other("the log watcher stopped unexpectedly".into()))
+                }
+            }
         }
-        // lackey.PID.N: in process order, then image order.
-        let mut parts = name.split('.').skip(1).map(|p| p.parse::<u64>().unwrap_or(0));
-        let (pid, seq) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        new.push((pid, seq, name, entry.path()));
     }
-    new.sort();
-    for (pid, seq, name, path) in new {
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|source| TraceError::Open { file: path.display().to_string(), source })?;
-        let label = format!("lackey log of process {pid} (image {seq})");
-        let parser = Parser::new(fetches, &format!("pid {pid}"));
-        tails.insert(name, Tail { file, name: label, pos: 0, partial: Vec::new(), parser });
+}
+
+/// The watcher thread: see [`Watcher`]. Ends at the end marker, or when the directory goes.
+fn watch(dir: &Path, fd: &OwnedFd, tx: &Sender<Logged>) -> Result<(), TraceError> {
+    let mut buf = [MaybeUninit::uninit(); 16 * 1024];
+    let mut events = inotify::Reader::new(fd, &mut buf);
+    // Logs created and not yet seen moved away, with the opens seen of each.
+    let mut fresh: HashMap<Vec<u8>, u32> = HashMap::new();
+    let mut images = 0u64;
+    loop {
+        let event = match events.next() {
+            Ok(e) => e,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(TraceError::Other(format!("cannot read inotify events: {e}"))),
+        };
+        let flags = event.events();
+        if flags.contains(inotify::ReadFlags::QUEUE_OVERFLOW) {
+            return Err(TraceError::Other("too many log files at once (inotify overflow)".into()));
+        }
+        if flags.intersects(inotify::ReadFlags::IGNORED | inotify::ReadFlags::DELETE_SELF) {
+            return Ok(());
+        }
+        let Some(name) = event.file_name().map(|n| n.to_bytes().to_vec()) else { continue };
+        if name == END_MARKER.as_bytes() && flags.contains(inotify::ReadFlags::CREATE) {
+            let _ = tx.send(Logged::End);
+            return Ok(());
+        }
+        let Some(rest) = name.strip_prefix(LOG_PREFIX.as_bytes()) else { continue };
+        if flags.contains(inotify::ReadFlags::CREATE) {
+            let from = dir.join(std::ffi::OsStr::from_bytes(&name));
+            let to = dir.join(format!("image.{images}"));
+            fs::rename(&from, &to).map_err(|e| {
+                TraceError::Other(format!("cannot move {} aside: {e}", from.display()))
+            })?;
+            fresh.insert(name.clone(), 0);
+            let pid = std::str::from_utf8(rest)
+                .ok()
+                .and_then(|r| r.split('.').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            if tx.send(Logged::Log { path: to, pid, image: images }).is_err() {
+                return Ok(());
+            }
+            images += 1;
+        } else if flags.contains(inotify::ReadFlags::OPEN) {
+            if let Some(opens) = fresh.get_mut(&name) {
+                *opens += 1;
+                if *opens > 1 {
+                    return Err(TraceError::Other(format!(
+                        "valgrind reopened its log {} before memvirt could move the first one \
+                         aside (a process exec'd again at once): the earlier image's trace is \
+                         lost; please record again",
+                        String::from_utf8_lossy(&name)
+                    )));
+                }
+            }
+        } else if flags.contains(inotify::ReadFlags::MOVED_FROM) {
+            fresh.remove(&name);
+        }
     }
-    Ok(())
 }
