@@ -154,7 +154,7 @@ fn an_interrupted_recording_leaves_nothing_behind() {
     }
     let dir = Dir::new("cli-record-stop");
     let trace = dir.path("never.mvt");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_memvirt"))
+    let child = Command::new(env!("CARGO_BIN_EXE_memvirt"))
         .args(["record", "--output", p(&trace), "--", "/bin/sh", "-c", "while :; do :; done"])
         .stderr(std::process::Stdio::piped())
         .spawn()
