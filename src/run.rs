@@ -128,13 +128,10 @@ pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report,
         SchemeKind::HsptShared | SchemeKind::HsptPrefill | SchemeKind::HsptPrivate => {
             let org =
                 spec.scheme.hspt_organization().unwrap_or(crate::scheme::Organization::Shared);
-            let opts = match org {
-                crate::scheme::Organization::Private => {
-                    HsptOptions::default().with_sets(&spec.scheme.own_sets(&spec.scheme_sets)?)?
-                }
-                _ => HsptOptions::default(),
-            };
-            let scheme = Hspt::new(&platform, org, opts);
+            let opts =
+                HsptOptions::default().with_sets(&spec.scheme.own_sets(&spec.scheme_sets)?)?;
+            let scheme =
+                Hspt::new(&mut platform, org, opts, spec.profile.walk_caches).map_err(sim)?;
             execute(Machine::new(platform, scheme), spec, workload, progress)
         }
         SchemeKind::FlatNested => {

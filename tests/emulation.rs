@@ -28,7 +28,7 @@ fn boot<S: Scheme>(make: impl FnOnce(&mut Platform) -> S) -> Os<S> {
 }
 
 fn hspt(org: Organization, regions: u64) -> Os<Hspt> {
-    boot(|p| Hspt::new(p, org, HsptOptions { regions }))
+    boot(|p| Hspt::new(p, org, HsptOptions { regions, ..HsptOptions::default() }, true).unwrap())
 }
 
 fn softmmu_with(opts: SoftmmuOptions) -> Os<Softmmu> {

@@ -235,6 +235,11 @@ pub struct Mmu {
 }
 
 impl Mmu {
+    /// The geometry it was built with.
+    pub fn config(&self) -> &MmuConfig {
+        &self.cfg
+    }
+
     /// Empties every structure (keeping the context and the counters), as after a cold start.
     pub fn reset(&mut self) {
         if let Ok(fresh) = Mmu::new(&self.cfg) {

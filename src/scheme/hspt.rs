@@ -2,10 +2,10 @@
 //! cross-ISA emulator (HSPT, VEE 2015; papers.md, "Paper 5").
 //!
 //! Translated code accesses guest virtual address `x` as host virtual address `base + x`, so the
-//! *host* MMU translates guest accesses directly, with no software-TLB lookup. The host page
-//! table behind a region is the embedded shadow table: here a [`ShadowTables`] tree per region
-//! (GVA→HPA, in host memory, in the guest's format), walked by the machine's MMU — the host MMU,
-//! with the profile's TLBs and page-walk caches — as the host TLB-miss path.
+//! *host* MMU translates guest accesses directly, with no software-TLB lookup. The embedded
+//! shadow table is the emulator process's own page table ([`HostProcess`]): in the host
+//! profile's format (`scheme.host`, x86-64 by default), in host memory, walked on a host TLB
+//! miss by the host profile's MMU, which replaces the platform's.
 //!
 //! - A host walk that finds no usable entry is a host page fault delivered to the emulator as
 //!   SIGSEGV (`costs.host_signal`). Its handler walks the guest table in software, setting A/D as
@@ -29,16 +29,18 @@
 //!   switched by reloading the segment base, with no invalidation. When every region is taken the
 //!   least recently used is emptied and given to the new ASID (HSPT's `ASID_MANAGE` variant).
 //!
-//! The host TLB is tagged with the guest ASID, which stands for the region's distinct host
-//! addresses; every host entry is filled non-global.
+//! Host TLB entries are keyed by guest virtual address and tagged with the guest ASID, which
+//! stands for the region's distinct host addresses: a region holds one ASID at a time and a
+//! recycled region is flushed, and regions are aligned to their size, so the TLB's set index
+//! and reach are those of the Hva. Every host entry is filled non-global. The page-walk caches
+//! see the Hva itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::shadow::tables::{
-    Edit, GuestPath, HvGuestMemory, HvMemError, ShadowLeaf, ShadowTables, TreeId,
-};
+use super::host::{HostProcess, AUTO_HOST};
+use super::shadow::tables::{Edit, GuestPath, HvGuestMemory, HvMemError};
 use crate::addr::{Asid, Gva, Hpa, PageSize};
 use crate::config::ConfigError;
 use crate::machine::{GuestRoot, Platform, Scheme, SimError, Stop};
@@ -46,7 +48,7 @@ use crate::mem::backing::CHUNK_SIZE;
 use crate::mmu::flush::{AsidScope, TlbScope};
 use crate::mmu::{FlushOp, TranslationFault};
 use crate::paging::walk::{walk, NoWalkCache, PageTable, WalkError, WalkFault};
-use crate::paging::{Access, AdPolicy, Decoded, FaultKind, Leaf, Perms, Privilege, Regime};
+use crate::paging::{Access, AdPolicy, Decoded, FaultKind, Leaf, Perms, Privilege};
 
 /// Most regions `hspt-private` accepts.
 pub const MAX_REGIONS: u64 = 4096;
@@ -73,17 +75,20 @@ impl Organization {
     }
 }
 
-/// Options of `hspt-private` (`--set scheme.KEY=VALUE`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Options of the HSPT schemes (`--set scheme.KEY=VALUE`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HsptOptions {
-    /// Regions (HSPT code: `asid_count` = 256, one 4 GiB region per ARM ASID).
+    /// `hspt-private`'s regions (HSPT code: `asid_count` = 256, one 4 GiB region per ARM ASID).
     pub regions: u64,
+    /// The host: a built-in profile, a profile file, or `auto` (`x86-64`, HSPT's host, if the
+    /// guest's address space fits its user half `regions` times, else `x86-64-la57`).
+    pub host: String,
 }
 
 impl Default for HsptOptions {
     fn default() -> Self {
-        HsptOptions { regions: 256 }
+        HsptOptions { regions: 256, host: AUTO_HOST.to_owned() }
     }
 }
 
@@ -120,10 +125,10 @@ pub struct HsptStats {
     pub regions_recycled: u64,
 }
 
-/// One host region and the guest address space it holds.
+/// One host region (region `i` of the host process, at index `i`) and the guest address space
+/// it holds.
 #[derive(Clone, Copy, Debug)]
 struct Region {
-    tree: TreeId,
     asid: Asid,
     last_used: u64,
     /// Pages mapped since it was last emptied (HSPT's per-SPT `map_count`/dirty flag).
@@ -142,7 +147,7 @@ enum GuestWalk {
 pub struct Hspt {
     org: Organization,
     opts: HsptOptions,
-    tables: ShadowTables,
+    host: HostProcess,
     regions: Vec<Region>,
     /// Index in `regions` of the region the host walks now.
     current: Option<usize>,
@@ -153,27 +158,38 @@ pub struct Hspt {
     pending_prefill: Option<GuestRoot>,
     /// Logical clock for LRU.
     clock: u64,
-    /// The regime the host walks regions with: A/D set in every entry.
-    regime: Regime,
     /// Counters.
     pub stats: HsptStats,
 }
 
 impl Hspt {
-    /// An HSPT scheme of organization `org` (`opts` matter to `Private` only).
-    pub fn new(p: &Platform, org: Organization, opts: HsptOptions) -> Self {
-        Hspt {
+    /// An HSPT scheme of organization `org` (`opts.regions` matters to `Private` only) on the
+    /// host `opts.host`, whose MMU replaces the platform's (walk caches off when the run's
+    /// profile turns them off).
+    pub fn new(
+        p: &mut Platform,
+        org: Organization,
+        opts: HsptOptions,
+        walk_caches: bool,
+    ) -> Result<Self, SimError> {
+        let regions = if org == Organization::Private { opts.regions } else { 1 };
+        let host = HostProcess::new(p, &opts.host, regions, walk_caches)?;
+        Ok(Hspt {
             org,
             opts,
-            tables: ShadowTables::new(p.arch.guest_format, false),
+            host,
             regions: Vec::new(),
             current: None,
             used: BTreeMap::new(),
             pending_prefill: None,
             clock: 0,
-            regime: Regime { ad: AdPolicy::Ignore, ..p.arch.guest_regime },
             stats: HsptStats::default(),
-        }
+        })
+    }
+
+    /// The host process.
+    pub fn host(&self) -> &HostProcess {
+        &self.host
     }
 
     /// The organization.
@@ -229,36 +245,40 @@ impl Hspt {
         })
     }
 
-    /// The host mapping for a guest translation of `gva`, or `None` outside guest memory.
+    /// The host mapping for a guest translation of `gva`, or `None` outside guest memory: the
+    /// guest page (at most a backing chunk, and a size the host format maps) and its
+    /// permissions, writable only once the guest entry is dirty.
     fn host_leaf(
+        &self,
         p: &mut Platform,
         gva: Gva,
         leaf: &Leaf<crate::addr::GuestPhys>,
-    ) -> Result<Option<ShadowLeaf>, SimError> {
-        let size = leaf.size.min(CHUNK_SIZE);
+    ) -> Result<Option<HostLeaf>, SimError> {
+        let mut size = leaf.size.min(CHUNK_SIZE);
+        if !self.host.format().leaf_allowed(size.level()) {
+            size = PageSize::Size4K;
+        }
         let gpa = leaf.output(gva).align_down(size);
         let Some(hfn) = p.back(gpa.page())? else { return Ok(None) };
         let mut perms = leaf.perms;
         if !leaf.dirty && Self::ad_by_hardware(p) {
             perms.remove(Perms::W);
         }
-        Ok(Some(ShadowLeaf { base: hfn.addr(), size, perms, global: false }))
+        Ok(Some(HostLeaf { base: hfn.addr(), size, perms }))
     }
 
-    /// Maps `gva` in region `r` from a guest walk: one `mmap`.
+    /// Maps `gva` in region `r`: one `mmap`.
     fn map(
         &mut self,
         p: &mut Platform,
         r: usize,
         gva: Gva,
-        path: &GuestPath,
-        leaf: &Leaf<crate::addr::GuestPhys>,
-        host: ShadowLeaf,
+        leaf: HostLeaf,
     ) -> Result<(), SimError> {
         let Some(region) = self.regions.get_mut(r) else { return Ok(()) };
-        let tree = region.tree;
         region.mapped += 1;
-        let edit = self.tables.install(&mut p.host, tree, gva, path, leaf.size.level(), host)?;
+        let hva = self.host.hva(r, gva.align_down(leaf.size));
+        let edit = self.host.map(&mut p.host, hva, leaf.base, leaf.size, leaf.perms)?;
         Self::after_edit(p, edit);
         self.stats.maps += 1;
         p.stats.cycles.emulator += p.costs.host_mmap;
@@ -288,11 +308,11 @@ impl Hspt {
                 guest_fault(self, p, TranslationFault::first_stage(gva, access, format, fault))
             }
             GuestWalk::Unbacked => guest_fault(self, p, access_fault(gva, access, format)),
-            GuestWalk::Leaf { leaf, path } => {
-                let Some(host) = Self::host_leaf(p, gva, &leaf)? else {
+            GuestWalk::Leaf { leaf, .. } => {
+                let Some(host) = self.host_leaf(p, gva, &leaf)? else {
                     return guest_fault(self, p, access_fault(gva, access, format));
                 };
-                self.map(p, r, gva, &path, &leaf, host)?;
+                self.map(p, r, gva, host)?;
                 if self.org == Organization::Prefill {
                     // The page, and in bit 0 whether the kernel used it (its prefill walk then
                     // checks kernel permissions).
@@ -309,9 +329,9 @@ impl Hspt {
     /// the host TLB entries of its addresses go.
     fn wipe(&mut self, p: &mut Platform, r: usize) {
         let Some(region) = self.regions.get_mut(r) else { return };
-        let (tree, asid, mapped) = (region.tree, region.asid, region.mapped);
+        let (asid, mapped) = (region.asid, region.mapped);
         region.mapped = 0;
-        let edit = self.tables.wipe(&mut p.host, tree);
+        let edit = self.host.wipe(&mut p.host, r);
         if edit.writes == 0 && mapped == 0 {
             return;
         }
@@ -340,8 +360,7 @@ impl Hspt {
         let r = match found {
             Some(r) => r,
             None if shared || (self.regions.len() as u64) < self.opts.regions => {
-                let tree = self.tables.create(&mut p.host, root.table, root.asid, now)?;
-                self.regions.push(Region { tree, asid: root.asid, last_used: now, mapped: 0 });
+                self.regions.push(Region { asid: root.asid, last_used: now, mapped: 0 });
                 self.regions.len() - 1
             }
             None => {
@@ -375,13 +394,12 @@ impl Hspt {
     fn prefill(&mut self, p: &mut Platform, r: usize, root: GuestRoot) -> Result<(), SimError> {
         let key = root.table.root().as_u64();
         let Some(pages) = self.used.get(&key).cloned() else { return Ok(()) };
-        let Some(tree) = self.regions.get(r).map(|g| g.tree) else { return Ok(()) };
         let format = root.table.format();
         let mut gone = Vec::new();
         for page in pages {
             let gva = Gva::new(page & !PageSize::Size4K.offset_mask());
             let read = if page & 1 == 0 { Access::USER_LOAD } else { Access::KERNEL_LOAD };
-            if self.tables.find_leaf(&p.host, tree, gva).is_some() {
+            if self.host.find(&p.host, self.host.hva(r, gva)).is_some() {
                 continue; // a superpage mapped for an earlier page of the record
             }
             let GuestWalk::Leaf { leaf, path } =
@@ -396,9 +414,9 @@ impl Hspt {
                     format.decode(path.raw[level.index() as usize], level),
                     Ok(Decoded::Leaf { attrs, .. }) if attrs.accessed
                 );
-            match Self::host_leaf(p, gva, &leaf)? {
+            match self.host_leaf(p, gva, &leaf)? {
                 Some(host) if accessed => {
-                    self.map(p, r, gva, &path, &leaf, host)?;
+                    self.map(p, r, gva, host)?;
                     self.stats.prefilled += 1;
                 }
                 _ => gone.push(page),
@@ -411,6 +429,14 @@ impl Hspt {
         }
         Ok(())
     }
+}
+
+/// A host page for a guest page: where, how large, with which permissions.
+#[derive(Clone, Copy, Debug)]
+struct HostLeaf {
+    base: Hpa,
+    size: PageSize,
+    perms: Perms,
 }
 
 /// The access fault a guest gets for a translation to memory it does not have.
@@ -435,18 +461,15 @@ impl Scheme for Hspt {
         }
         // A host fault maps the page with every permission the access needs (the handler's
         // walk set A and, for a store, D): the second host walk succeeds.
+        let hva = self.host.hva(r, gva);
         for _ in 0..3 {
-            let Some(tree) = self.regions.get(r).and_then(|g| self.tables.tree(g.tree)).copied()
-            else {
-                break;
-            };
-            let walked = p.mmu.walk_host_table(&mut p.host, &tree.table, &self.regime, gva, access);
+            let walked = self.host.walk(p, hva, access);
             p.account_walk();
             match walked {
                 Ok(leaf) => {
-                    let allow = p.arch.guest_format.allow_mask(leaf.perms, true, &self.regime);
+                    let allow = self.host.allow(leaf.perms);
                     p.fill_tlb(gva, leaf.size, leaf.base, false, allow)?;
-                    return Ok(leaf.output(gva));
+                    return Ok(leaf.output(hva));
                 }
                 Err(_) => self.host_fault(p, r, gva, access)?,
             }
@@ -474,9 +497,8 @@ impl Scheme for Hspt {
         for r in covered {
             match scope.va {
                 Some(va) => {
-                    let Some(tree) = self.regions.get(r).map(|g| g.tree) else { continue };
-                    let edit = self.tables.invalidate(&mut p.host, tree, va);
-                    if edit.writes > 0 {
+                    let hva = self.host.hva(r, va);
+                    if let Some(edit) = self.host.unmap(&mut p.host, hva) {
                         self.stats.mprotects += 1;
                         p.stats.cycles.emulator += p.costs.host_mprotect;
                         Self::after_edit(p, edit);
@@ -520,7 +542,7 @@ impl Scheme for Hspt {
 
     fn counters(&self, out: &mut BTreeMap<&'static str, u64>) {
         let s = &self.stats;
-        let t = &self.tables.stats;
+        let t = &self.host;
         for (k, v) in [
             ("host_faults", s.host_faults),
             ("host_fault_guest_faults", s.guest_faults),
@@ -530,6 +552,7 @@ impl Scheme for Hspt {
             ("prefilled_pages", s.prefilled),
             ("regions", self.regions.len() as u64),
             ("regions_recycled", s.regions_recycled),
+            ("host_table_levels", u64::from(t.format().levels)),
             ("region_table_pages", t.pages),
             ("region_table_pages_peak", t.peak_pages),
         ] {

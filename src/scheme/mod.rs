@@ -3,6 +3,7 @@
 //! type, so `dyn` appears only at the control plane.
 
 pub mod flat_nested;
+pub mod host;
 pub mod hspt;
 pub mod native;
 pub mod nested;

@@ -29,15 +29,15 @@ struct Options {
 }
 
 impl Options {
-    fn of<T: Serialize + Copy + 'static>(defaults: T, apply: Apply<T>) -> Self {
-        let text = match toml::Value::try_from(defaults) {
+    fn of<T: Serialize + Clone + 'static>(defaults: T, apply: Apply<T>) -> Self {
+        let text = match toml::Value::try_from(&defaults) {
             Ok(toml::Value::Table(t)) => t.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             _ => Vec::new(),
         };
         Options {
             keys: config::keys(&defaults),
             defaults: text,
-            check: Box::new(move |sets| apply(defaults, sets).map(drop)),
+            check: Box::new(move |sets| apply(defaults.clone(), sets).map(drop)),
         }
     }
 }
@@ -56,7 +56,7 @@ impl SchemeKind {
             SchemeKind::Softmmu => {
                 Some(Options::of(SoftmmuOptions::default(), SoftmmuOptions::with_sets))
             }
-            SchemeKind::HsptPrivate => {
+            SchemeKind::HsptShared | SchemeKind::HsptPrefill | SchemeKind::HsptPrivate => {
                 Some(Options::of(HsptOptions::default(), HsptOptions::with_sets))
             }
             _ => None,

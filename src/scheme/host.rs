@@ -1,0 +1,376 @@
+//! The host process of a cross-ISA emulator (HSPT): its virtual address space (Hva), its page
+//! table in the *host's* format, and the host MMU that walks it.
+//!
+//! The host is a profile of its own (`scheme.host`, default `auto`: `x86-64`, HSPT's host,
+//! when the guest's address space fits its 47-bit user half, else `x86-64-la57`). The guest
+//! profile still gives the guest's formats, the guest kernel and every cycle cost; the host
+//! profile gives the format of the emulator's page table and the geometry of the MMU that
+//! translates the emulator's accesses (its TLBs, page-walk caches and page-table-read cache).
+//!
+//! Region `r` (HSPT: a 4 GiB `mmap(PROT_NONE)` reservation per ARM guest) covers the whole
+//! guest virtual space at `Hva = r << W | (gva mod 2^W)`, `W` the guest format's input width, so
+//! an Sv39 guest's regions are 512 GiB each, 256 of them filling an x86-64 process's user half.
+//! A region is exactly the span of one host entry at some level (39 and 48 bits are x86 level
+//! 3 and 4 spans), so emptying it frees that entry's subtree, as `munmap`/`mmap(MAP_FIXED)` of
+//! the reservation frees its page tables.
+//!
+//! Mapping follows `mmap(MAP_FIXED)`: whatever the range held is replaced, a superpage over
+//! smaller pages or smaller pages under a superpage. Unmapping one page (`mprotect(PROT_NONE)`)
+//! clears its leaf; a superpage is cleared whole. Entries are written with A and D set and the
+//! host walks them with A/D maintenance off, like every hypervisor-owned table in memvirt.
+
+use crate::addr::{HostPhys, HostVirt, Hpa, Hva, Level, PageSize};
+use crate::config::ConfigError;
+use crate::machine::{Platform, SimError};
+use crate::mem::HostMemory;
+use crate::mmu::{Mmu, MmuConfig};
+use crate::paging::walk::{PageTable, WalkFault};
+use crate::paging::{Access, AdPolicy, Decoded, Format, Leaf, LeafAttrs, Perms, Regime};
+use crate::profile::Profile;
+
+use super::shadow::tables::Edit;
+
+/// `scheme.host`'s automatic choice.
+pub const AUTO_HOST: &str = "auto";
+
+/// The emulator process: its page table and the layout of its regions.
+#[derive(Debug)]
+pub struct HostProcess {
+    /// The host profile's name.
+    pub profile: String,
+    table: PageTable<HostVirt, HostPhys>,
+    /// The guest's input width: each region spans 2^`region_bits` bytes.
+    region_bits: u32,
+    /// How many regions fit in the host's user half.
+    max_regions: u64,
+    /// The host level one of whose entries spans a region.
+    region_level: Level,
+    /// The regime host walks use: the guest's SUM/MXR (translated code runs guest privilege
+    /// checks through them), A/D not maintained.
+    regime: Regime,
+    /// Host table pages in use now, and at most.
+    pub pages: u64,
+    /// Most host table pages in use at once.
+    pub peak_pages: u64,
+}
+
+impl HostProcess {
+    /// Builds the host named by `host` (a built-in profile, a profile file, or `auto`) for
+    /// `regions` regions of the guest format `guest`, and replaces the platform's MMU by the
+    /// host profile's (its walk caches off if the run's profile turns them off).
+    pub fn new(
+        p: &mut Platform,
+        host: &str,
+        regions: u64,
+        walk_caches: bool,
+    ) -> Result<HostProcess, SimError> {
+        let guest = p.arch.guest_format;
+        let region_bits = guest.input_bits();
+        let profile = resolve(host, region_bits, regions)?;
+        let format = profile.arch().map_err(config)?.guest_format;
+        let user_bits = format.input_bits() - 1;
+        let max_regions = 1u64 << (user_bits - region_bits);
+        let Some(region_level) = (0..u32::from(format.levels))
+            .filter_map(Level::from_index)
+            .find(|l| l.shift() == region_bits)
+        else {
+            return Err(SimError::Config(format!(
+                "the host format {format} has no level whose entries span a {region_bits}-bit region"
+            )));
+        };
+        let mmu_config: MmuConfig =
+            if walk_caches { profile.mmu } else { profile.mmu.without_walk_caches() };
+        let (vmid, asid) = (p.mmu.vmid, p.mmu.asid);
+        p.mmu = Mmu::new(&mmu_config)?;
+        p.mmu.vmid = vmid;
+        p.mmu.asid = asid;
+        let root = p.host.alloc_frame()?;
+        Ok(HostProcess {
+            profile: profile.name,
+            table: PageTable::new(root.addr(), format),
+            region_bits,
+            max_regions,
+            region_level,
+            regime: Regime { ad: AdPolicy::Ignore, ..p.arch.guest_regime },
+            pages: 1,
+            peak_pages: 1,
+        })
+    }
+
+    /// The host's page-table format.
+    pub fn format(&self) -> &Format {
+        self.table.format()
+    }
+
+    /// The most regions the host's user half holds.
+    pub fn max_regions(&self) -> u64 {
+        self.max_regions
+    }
+
+    /// Where region `region` puts guest virtual address `gva`.
+    pub fn hva(&self, region: usize, gva: crate::addr::Gva) -> Hva {
+        let offset = gva.as_u64() & ((1u64 << self.region_bits) - 1);
+        Hva::new((region as u64) << self.region_bits | offset)
+    }
+
+    /// The host MMU's walk of the emulator's table for `hva`, through its page-walk caches.
+    pub fn walk(
+        &self,
+        p: &mut Platform,
+        hva: Hva,
+        access: Access,
+    ) -> Result<Leaf<HostPhys>, WalkFault> {
+        p.mmu.walk_host_table(&mut p.host, &self.table, &self.regime, hva, access)
+    }
+
+    /// The permissions the host TLB grants for a host leaf.
+    pub fn allow(&self, perms: Perms) -> crate::paging::AllowMask {
+        self.format().allow_mask(perms, true, &self.regime)
+    }
+
+    /// `mmap(MAP_FIXED)`: maps `hva` to `hpa` with a `size` page (a size the host format has),
+    /// replacing whatever the range held.
+    pub fn map(
+        &mut self,
+        host: &mut HostMemory,
+        hva: Hva,
+        hpa: Hpa,
+        size: PageSize,
+        perms: Perms,
+    ) -> Result<Edit, SimError> {
+        let format = *self.format();
+        let target = size.level();
+        let mut edit = Edit::default();
+        let mut table = self.table.root();
+        let mut level = format.root_level();
+        while level > target {
+            let entry = self.table.entry_addr(table, hva, level);
+            let raw = host.read_u64(entry);
+            edit.reads += 1;
+            table = match format.decode(raw, level) {
+                Ok(Decoded::Table { next, .. }) => Hpa::new(next),
+                found => {
+                    // Nothing, or a superpage the new mapping replaces: a fresh table.
+                    let next = host.alloc_frame()?.addr();
+                    self.grew(1);
+                    host.write_u64(entry, format.encode_table(next.as_u64()));
+                    edit.writes += 1;
+                    edit.structural |= matches!(found, Ok(Decoded::Leaf { .. }));
+                    next
+                }
+            };
+            level = level.down().ok_or_else(|| internal("the host walk ran out of levels"))?;
+        }
+        let entry = self.table.entry_addr(table, hva, level);
+        if let Ok(Decoded::Table { next, .. }) = format.decode(host.read_u64(entry), level) {
+            // Smaller pages under the new superpage go, with their tables.
+            self.free_subtree(host, Hpa::new(next), level);
+            edit.structural = true;
+        }
+        let attrs = LeafAttrs { perms, global: false, accessed: true, dirty: true };
+        host.write_u64(entry, format.encode_leaf(hpa.as_u64(), level, attrs));
+        edit.writes += 1;
+        Ok(edit)
+    }
+
+    /// `mprotect(PROT_NONE)` of the page holding `hva`: clears its leaf (a superpage whole);
+    /// `None` if nothing mapped it.
+    pub fn unmap(&mut self, host: &mut HostMemory, hva: Hva) -> Option<Edit> {
+        let (entry, _) = self.find(host, hva)?;
+        host.write_u64(entry, 0);
+        Some(Edit { writes: 1, reads: 0, structural: false })
+    }
+
+    /// The leaf entry mapping `hva` and its page size, found without any walk being modelled.
+    pub fn find(&self, host: &HostMemory, hva: Hva) -> Option<(Hpa, PageSize)> {
+        let format = self.format();
+        let mut table = self.table.root();
+        let mut level = format.root_level();
+        loop {
+            let entry = self.table.entry_addr(table, hva, level);
+            match format.decode(host.read_u64(entry), level) {
+                Ok(Decoded::Table { next, .. }) => table = Hpa::new(next),
+                Ok(Decoded::Leaf { .. }) => return Some((entry, PageSize::at_level(level))),
+                _ => return None,
+            }
+            level = level.down()?;
+        }
+    }
+
+    /// Empties region `region` (the reservation re-made `PROT_NONE`): its entry is cleared and
+    /// the tables below freed.
+    pub fn wipe(&mut self, host: &mut HostMemory, region: usize) -> Edit {
+        let format = *self.format();
+        let hva = Hva::new((region as u64) << self.region_bits);
+        let mut edit = Edit::default();
+        let mut table = self.table.root();
+        let mut level = format.root_level();
+        while level > self.region_level {
+            let entry = self.table.entry_addr(table, hva, level);
+            edit.reads += 1;
+            match format.decode(host.read_u64(entry), level) {
+                Ok(Decoded::Table { next, .. }) => table = Hpa::new(next),
+                _ => return edit,
+            }
+            let Some(down) = level.down() else { return edit };
+            level = down;
+        }
+        let entry = self.table.entry_addr(table, hva, level);
+        match format.decode(host.read_u64(entry), level) {
+            Ok(Decoded::Table { next, .. }) => {
+                self.free_subtree(host, Hpa::new(next), level);
+                edit.structural = true;
+            }
+            Ok(Decoded::Invalid) => return edit,
+            _ => {}
+        }
+        host.write_u64(entry, 0);
+        edit.writes += 1;
+        edit
+    }
+
+    /// Frees the table at `table` (pointed to by an entry at `level`) and every table below it.
+    fn free_subtree(&mut self, host: &mut HostMemory, table: Hpa, level: Level) {
+        let format = *self.format();
+        if let Some(below) = level.down() {
+            for i in 0..512u64 {
+                let raw = host.read_u64(table.wrapping_add(i * 8));
+                if let Ok(Decoded::Table { next, .. }) = format.decode(raw, below) {
+                    self.free_subtree(host, Hpa::new(next), below);
+                }
+            }
+        }
+        host.free_frame(table.page());
+        self.pages -= 1;
+    }
+
+    fn grew(&mut self, pages: u64) {
+        self.pages += pages;
+        self.peak_pages = self.peak_pages.max(self.pages);
+    }
+}
+
+/// The host profile for `host`: `auto` takes the first of `x86-64` and `x86-64-la57` whose
+/// user half holds `regions` regions of 2^`region_bits` bytes.
+fn resolve(host: &str, region_bits: u32, regions: u64) -> Result<Profile, SimError> {
+    let fits = |p: &Profile| -> Result<bool, SimError> {
+        let format = p.arch().map_err(config)?.guest_format;
+        let user_bits = format.input_bits() - 1;
+        Ok(user_bits > region_bits && regions <= 1u64 << (user_bits - region_bits))
+    };
+    let candidates: Vec<Profile> = if host == AUTO_HOST {
+        ["x86-64", "x86-64-la57"].iter().map(|n| Profile::builtin(n)).collect::<Result<_, _>>()
+    } else {
+        vec![Profile::load(host)].into_iter().collect::<Result<_, _>>()
+    }
+    .map_err(|e| SimError::Config(format!("scheme.host = \"{host}\": {e}")))?;
+    for profile in &candidates {
+        if fits(profile)? {
+            return Ok(profile.clone());
+        }
+    }
+    let hosts: Vec<String> = candidates
+        .iter()
+        .map(|p| {
+            let bits = p.arch().map(|a| a.guest_format.input_bits() - 1).unwrap_or(0);
+            format!("{} ({bits}-bit user space)", p.name)
+        })
+        .collect();
+    Err(SimError::Config(format!(
+        "the emulator cannot embed {regions} region(s) of the guest's {region_bits}-bit address \
+         space in the host: tried {}; a guest this wide does not fit an x86-64 host process \
+         (HSPT embeds 32-bit guests); use a narrower guest profile or fewer scheme.regions",
+        hosts.join(", ")
+    )))
+}
+
+fn config(e: ConfigError) -> SimError {
+    SimError::Config(e.to_string())
+}
+
+fn internal(detail: &str) -> SimError {
+    SimError::Internal { scheme: "hspt", detail: detail.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::Gva;
+
+    fn platform(profile: &str) -> Platform {
+        let profile = Profile::builtin(profile).unwrap();
+        Platform::new(&profile.platform_config().unwrap(), profile.costs).unwrap()
+    }
+
+    #[test]
+    fn an_sv39_guest_gets_x86_64_regions_of_512_gib() {
+        // The guest profile's own TLB is small; the host's is x86-64's.
+        let mut guest = Profile::builtin("riscv-sv39").unwrap();
+        guest.set("mmu.tlb.l2.entries", "64").unwrap();
+        guest.set("mmu.tlb.l2.ways", "4").unwrap();
+        let mut p = Platform::new(&guest.platform_config().unwrap(), guest.costs).unwrap();
+        let host = HostProcess::new(&mut p, AUTO_HOST, 256, true).unwrap();
+        assert_eq!(host.profile, "x86-64");
+        assert_eq!(host.format().name, "x86-64 4-level");
+        assert_eq!(host.max_regions(), 256);
+        // A kernel address (sign-extended) keeps its low 39 bits inside its region.
+        let gva = Gva::new(0xffff_ffc0_0012_3456);
+        assert_eq!(host.hva(3, gva).as_u64(), 3 << 39 | 0x40_0012_3456);
+        let x86 = Profile::builtin("x86-64").unwrap();
+        assert_eq!(p.mmu.config().tlb.l2, x86.mmu.tlb.l2);
+        assert_eq!(p.mmu.config().tlb.l2.entries, 1536);
+    }
+
+    #[test]
+    fn wider_guests_move_to_a_five_level_host_or_are_refused() {
+        let mut p = platform("x86-64");
+        let host = HostProcess::new(&mut p, AUTO_HOST, 256, true).unwrap();
+        assert_eq!(host.profile, "x86-64-la57");
+        let mut p = platform("riscv-sv39");
+        let host = HostProcess::new(&mut p, AUTO_HOST, 257, true).unwrap();
+        assert_eq!(host.profile, "x86-64-la57", "257 Sv39 regions overflow a 4-level host");
+        let mut p = platform("riscv-sv39");
+        let err = HostProcess::new(&mut p, "x86-64", 257, true).unwrap_err().to_string();
+        assert!(err.contains("257 region(s)") && err.contains("x86-64 (47-bit"), "{err}");
+        let mut p = platform("x86-64-la57");
+        let err = HostProcess::new(&mut p, AUTO_HOST, 1, true).unwrap_err().to_string();
+        assert!(err.contains("57-bit address space"), "{err}");
+        let mut p = platform("riscv-sv39");
+        let err = HostProcess::new(&mut p, "no-such-host", 1, true).unwrap_err().to_string();
+        assert!(err.contains("scheme.host = \"no-such-host\""), "{err}");
+    }
+
+    #[test]
+    fn maps_walk_four_levels_and_wipes_free_the_region() {
+        let mut p = platform("riscv-sv39");
+        let mut host = HostProcess::new(&mut p, AUTO_HOST, 2, false).unwrap();
+        let frame = p.host.alloc_frame().unwrap().addr();
+        let hva = host.hva(1, Gva::new(0x1234_5000));
+        let edit = host
+            .map(&mut p.host, hva, frame, PageSize::Size4K, Perms::R | Perms::W | Perms::U)
+            .unwrap();
+        // Three new tables below the root (one write each) and the leaf.
+        assert_eq!((edit.writes, host.pages), (4, 4));
+        let leaf = host.walk(&mut p, hva.wrapping_add(0x10), Access::USER_LOAD).unwrap();
+        assert_eq!(leaf.output(hva.wrapping_add(0x10)), frame.wrapping_add(0x10));
+        assert_eq!(p.mmu.trace.total(), 4, "an x86-64 walk with no walk caches reads 4 entries");
+        assert_eq!(host.find(&p.host, hva).map(|(_, s)| s), Some(PageSize::Size4K));
+        // Region 0 is untouched; unmapping the page clears one leaf.
+        assert!(host.find(&p.host, host.hva(0, Gva::new(0x1234_5000))).is_none());
+        assert_eq!(host.unmap(&mut p.host, hva).map(|e| e.writes), Some(1));
+        assert!(host.walk(&mut p, hva, Access::USER_LOAD).is_err());
+        // A 2 MiB page over the (now empty) 4 KiB table replaces the table.
+        let big = p.host.alloc_contiguous(512, 512).unwrap().addr();
+        let hva2m = hva.align_down(PageSize::Size2M);
+        let edit =
+            host.map(&mut p.host, hva2m, big, PageSize::Size2M, Perms::R | Perms::U).unwrap();
+        assert!(edit.structural);
+        assert_eq!(host.pages, 3);
+        assert_eq!(host.find(&p.host, hva).map(|(_, s)| s), Some(PageSize::Size2M));
+        // Emptying region 1 frees its two tables and clears its root entry.
+        let edit = host.wipe(&mut p.host, 1);
+        assert_eq!((edit.writes, host.pages, host.peak_pages), (1, 1, 4));
+        assert!(host.find(&p.host, hva).is_none());
+        assert_eq!(host.wipe(&mut p.host, 1).writes, 0, "an empty region costs nothing");
+    }
+}
