@@ -262,6 +262,13 @@ pub trait Scheme {
     /// The scheme's name as the command line spells it.
     fn name(&self) -> &'static str;
 
+    /// `SOFTWARE_TLB` schemes only: the access the software TLB translated to `hpa` now goes to
+    /// memory through the host's own MMU. Called for every access that did not fault.
+    fn host_data_access(&mut self, p: &mut Platform, hpa: Hpa, access: Access) -> Result<(), Stop> {
+        let _ = (p, hpa, access);
+        Ok(())
+    }
+
     /// The TLB (both levels) missed, or hit without the needed permission: translate `gva` and
     /// fill the TLB, or report a guest fault.
     fn tlb_miss(&mut self, p: &mut Platform, gva: Gva, access: Access) -> Result<Hpa, Stop>;
@@ -343,9 +350,16 @@ impl<S: Scheme> Machine<S> {
         if let Some(hpa) = p.mmu.lookup_l1(gva, access) {
             p.stats.cycles.tlb +=
                 if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { p.costs.tlb_l1_hit };
+            if S::SOFTWARE_TLB {
+                self.scheme.host_data_access(&mut self.platform, hpa, access)?;
+            }
             return Ok(hpa);
         }
-        self.access_slow(gva, access)
+        let hpa = self.access_slow(gva, access)?;
+        if S::SOFTWARE_TLB {
+            self.scheme.host_data_access(&mut self.platform, hpa, access)?;
+        }
+        Ok(hpa)
     }
 
     #[cold]

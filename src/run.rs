@@ -122,7 +122,8 @@ pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report,
         SchemeKind::Softmmu => {
             let opts =
                 SoftmmuOptions::default().with_sets(&spec.scheme.own_sets(&spec.scheme_sets)?)?;
-            let scheme = Softmmu::new(&mut platform, &cfg.mmu, opts).map_err(sim)?;
+            let scheme = Softmmu::new(&mut platform, &cfg.mmu, opts, spec.profile.walk_caches)
+                .map_err(sim)?;
             execute(Machine::new(platform, scheme), spec, workload, progress)
         }
         SchemeKind::HsptShared | SchemeKind::HsptPrefill | SchemeKind::HsptPrivate => {

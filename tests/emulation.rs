@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use memvirt::addr::Gva;
 use memvirt::guest::{Os, Pid};
 use memvirt::machine::{Machine, Platform, Scheme};
+use memvirt::mmu::flush::{AsidScope, TlbScope};
 use memvirt::mmu::FlushOp;
-use memvirt::paging::Perms;
+use memvirt::paging::{Access, Perms};
 use memvirt::profile::Profile;
 use memvirt::scheme::{Hspt, HsptOptions, Organization, Softmmu, SoftmmuOptions};
 
@@ -33,7 +34,7 @@ fn hspt(org: Organization, regions: u64) -> Os<Hspt> {
 
 fn softmmu_with(opts: SoftmmuOptions) -> Os<Softmmu> {
     let mmu = profile().platform_config().unwrap().mmu;
-    boot(|p| Softmmu::new(p, &mmu, opts).unwrap())
+    boot(|p| Softmmu::new(p, &mmu, opts, true).unwrap())
 }
 
 fn softmmu() -> Os<Softmmu> {
@@ -231,4 +232,36 @@ fn softmmu_flushes_clear_exactly_the_right_entries() {
     assert_eq!(entries(&os), 0, "a satp write empties the software TLB");
     assert_eq!(grew(&os, &before, "soft_tlb_entries_flushed"), held as u64);
     assert_eq!(grew(&os, &before, "soft_tlb_full_flushes"), 1);
+}
+
+/// `softmmu`'s data accesses go through the host MMU at `ram_base + gpa`. With the host TLB
+/// emptied, reading back N pages misses it once per distinct host page: N with 4 KiB host
+/// pages, one per 2 MiB chunk of guest RAM with huge pages; the pages are mapped already, and a
+/// second pass hits.
+#[test]
+fn softmmu_data_accesses_miss_the_host_tlb_once_per_host_page() {
+    const N: u64 = 6;
+    for huge in [false, true] {
+        let mut os =
+            softmmu_with(SoftmmuOptions { ram_huge_pages: huge, ..SoftmmuOptions::default() });
+        let a = os.spawn().unwrap();
+        os.switch_to(a).unwrap();
+        let va = touched(&mut os, a, N);
+        let mut chunks = std::collections::BTreeSet::new();
+        for i in 0..N {
+            let hpa = os.machine.access(va.wrapping_add(i * PAGE), Access::USER_LOAD).unwrap();
+            chunks.insert(hpa.as_u64() >> 21);
+        }
+        let everything = TlbScope { vmid: None, va: None, asid: AsidScope::All, globals: true };
+        os.machine.scheme.host_mmu.tlb.flush(&everything);
+        let before = counters(&os);
+        reads_back(&mut os, va, N);
+        let want = if huge { chunks.len() as u64 } else { N };
+        assert_eq!(grew(&os, &before, "host_tlb_misses"), want, "huge pages {huge}");
+        assert_eq!(grew(&os, &before, "host_ram_maps"), 0, "huge pages {huge}");
+        let before = counters(&os);
+        reads_back(&mut os, va, N);
+        assert_eq!(grew(&os, &before, "host_tlb_misses"), 0, "huge pages {huge}");
+        assert_eq!(counters(&os)["host_table_levels"], 4, "an x86-64 host");
+    }
 }

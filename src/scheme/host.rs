@@ -1,5 +1,5 @@
-//! The host process of a cross-ISA emulator (HSPT): its virtual address space (Hva), its page
-//! table in the *host's* format, and the host MMU that walks it.
+//! The host process of a cross-ISA emulator (`softmmu`, HSPT): its virtual address space (Hva),
+//! its page table in the *host's* format, and the host MMU that walks it.
 //!
 //! The host is a profile of its own (`scheme.host`, default `auto`: `x86-64`, HSPT's host,
 //! when the guest's address space fits its 47-bit user half, else `x86-64-la57`). The guest
@@ -7,12 +7,13 @@
 //! profile gives the format of the emulator's page table and the geometry of the MMU that
 //! translates the emulator's accesses (its TLBs, page-walk caches and page-table-read cache).
 //!
-//! Region `r` (HSPT: a 4 GiB `mmap(PROT_NONE)` reservation per ARM guest) covers the whole
-//! guest virtual space at `Hva = r << W | (gva mod 2^W)`, `W` the guest format's input width, so
-//! an Sv39 guest's regions are 512 GiB each, 256 of them filling an x86-64 process's user half.
-//! A region is exactly the span of one host entry at some level (39 and 48 bits are x86 level
-//! 3 and 4 spans), so emptying it frees that entry's subtree, as `munmap`/`mmap(MAP_FIXED)` of
-//! the reservation frees its page tables.
+//! The process is laid out in regions of 2^`W` bytes, region `r` at `Hva = r << W`. HSPT's
+//! regions (a 4 GiB `mmap(PROT_NONE)` reservation per ARM guest) each cover the whole guest
+//! virtual space, `W` the guest format's input width, at `r << W | (gva mod 2^W)`: an Sv39
+//! guest's regions are 512 GiB, 256 of them filling an x86-64 process's user half. `softmmu`
+//! keeps guest RAM in one region (QEMU's RAM block). A region is exactly the span of one host
+//! entry at some level (21, 30, 39 and 48 bits are x86 level 1–4 spans), so emptying it frees
+//! that entry's subtree, as `munmap`/`mmap(MAP_FIXED)` of the reservation frees its page tables.
 //!
 //! Mapping follows `mmap(MAP_FIXED)`: whatever the range held is replaced, a superpage over
 //! smaller pages or smaller pages under a superpage. Unmapping one page (`mprotect(PROT_NONE)`)
@@ -21,7 +22,7 @@
 
 use crate::addr::{HostPhys, HostVirt, Hpa, Hva, Level, PageSize};
 use crate::config::ConfigError;
-use crate::machine::{Platform, SimError};
+use crate::machine::SimError;
 use crate::mem::HostMemory;
 use crate::mmu::{Mmu, MmuConfig};
 use crate::paging::walk::{PageTable, WalkFault};
@@ -55,17 +56,18 @@ pub struct HostProcess {
 }
 
 impl HostProcess {
-    /// Builds the host named by `host` (a built-in profile, a profile file, or `auto`) for
-    /// `regions` regions of the guest format `guest`, and replaces the platform's MMU by the
-    /// host profile's (its walk caches off if the run's profile turns them off).
+    /// Builds the host named by `host` (a built-in profile, a profile file, or `auto`) with
+    /// `regions` regions of 2^`region_bits` bytes, and the host profile's MMU (its walk caches
+    /// off if the run's profile turns them off) for the caller to install. Host walks check
+    /// permissions with the guest `regime`'s SUM and MXR.
     pub fn new(
-        p: &mut Platform,
+        memory: &mut HostMemory,
+        regime: Regime,
         host: &str,
+        region_bits: u32,
         regions: u64,
         walk_caches: bool,
-    ) -> Result<HostProcess, SimError> {
-        let guest = p.arch.guest_format;
-        let region_bits = guest.input_bits();
+    ) -> Result<(HostProcess, Mmu), SimError> {
         let profile = resolve(host, region_bits, regions)?;
         let format = profile.arch().map_err(config)?.guest_format;
         let user_bits = format.input_bits() - 1;
@@ -80,21 +82,28 @@ impl HostProcess {
         };
         let mmu_config: MmuConfig =
             if walk_caches { profile.mmu } else { profile.mmu.without_walk_caches() };
-        let (vmid, asid) = (p.mmu.vmid, p.mmu.asid);
-        p.mmu = Mmu::new(&mmu_config)?;
-        p.mmu.vmid = vmid;
-        p.mmu.asid = asid;
-        let root = p.host.alloc_frame()?;
-        Ok(HostProcess {
+        let mmu = Mmu::new(&mmu_config)?;
+        let root = memory.alloc_frame()?;
+        let process = HostProcess {
             profile: profile.name,
             table: PageTable::new(root.addr(), format),
             region_bits,
             max_regions,
             region_level,
-            regime: Regime { ad: AdPolicy::Ignore, ..p.arch.guest_regime },
+            regime: Regime { ad: AdPolicy::Ignore, ..regime },
             pages: 1,
             peak_pages: 1,
-        })
+        };
+        Ok((process, mmu))
+    }
+
+    /// The smallest region width (a host level's span, from 2 MiB up) that holds `bytes`.
+    pub fn region_bits_for(bytes: u64) -> u32 {
+        let mut bits = PageSize::Size2M.level().shift();
+        while bits < 63 && (1u64 << bits) < bytes {
+            bits += crate::paging::format::INDEX_BITS;
+        }
+        bits
     }
 
     /// The host's page-table format.
@@ -109,18 +118,24 @@ impl HostProcess {
 
     /// Where region `region` puts guest virtual address `gva`.
     pub fn hva(&self, region: usize, gva: crate::addr::Gva) -> Hva {
-        let offset = gva.as_u64() & ((1u64 << self.region_bits) - 1);
+        self.at(region, gva.as_u64())
+    }
+
+    /// The address `offset` bytes into region `region` (the offset taken modulo its size).
+    pub fn at(&self, region: usize, offset: u64) -> Hva {
+        let offset = offset & ((1u64 << self.region_bits) - 1);
         Hva::new((region as u64) << self.region_bits | offset)
     }
 
-    /// The host MMU's walk of the emulator's table for `hva`, through its page-walk caches.
+    /// The host `mmu`'s walk of the emulator's table for `hva`, through its page-walk caches.
     pub fn walk(
         &self,
-        p: &mut Platform,
+        mmu: &mut Mmu,
+        memory: &mut HostMemory,
         hva: Hva,
         access: Access,
     ) -> Result<Leaf<HostPhys>, WalkFault> {
-        p.mmu.walk_host_table(&mut p.host, &self.table, &self.regime, hva, access)
+        mmu.walk_host_table(memory, &self.table, &self.regime, hva, access)
     }
 
     /// The permissions the host TLB grants for a host leaf.
@@ -277,9 +292,10 @@ fn resolve(host: &str, region_bits: u32, regions: u64) -> Result<Profile, SimErr
         })
         .collect();
     Err(SimError::Config(format!(
-        "the emulator cannot embed {regions} region(s) of the guest's {region_bits}-bit address \
-         space in the host: tried {}; a guest this wide does not fit an x86-64 host process \
-         (HSPT embeds 32-bit guests); use a narrower guest profile or fewer scheme.regions",
+        "the emulator cannot place {regions} region(s) of 2^{region_bits} bytes (the guest's \
+         {region_bits}-bit address space each) in the host: tried {}; a guest this wide does not \
+         fit an x86-64 host process (HSPT embeds 32-bit guests); use a narrower guest profile or \
+         fewer scheme.regions",
         hosts.join(", ")
     )))
 }
@@ -296,6 +312,25 @@ fn internal(detail: &str) -> SimError {
 mod tests {
     use super::*;
     use crate::addr::Gva;
+    use crate::machine::Platform;
+
+    /// A host for HSPT regions of `p`'s guest.
+    fn make(
+        p: &mut Platform,
+        host: &str,
+        regions: u64,
+        walk_caches: bool,
+    ) -> Result<(HostProcess, Mmu), SimError> {
+        let bits = p.arch.guest_format.input_bits();
+        HostProcess::new(&mut p.host, p.arch.guest_regime, host, bits, regions, walk_caches)
+    }
+
+    #[test]
+    fn guest_ram_regions_are_the_smallest_level_span_that_holds_it() {
+        assert_eq!(HostProcess::region_bits_for(1 << 20), 21);
+        assert_eq!(HostProcess::region_bits_for(1 << 30), 30);
+        assert_eq!(HostProcess::region_bits_for((1 << 30) + 1), 39);
+    }
 
     fn platform(profile: &str) -> Platform {
         let profile = Profile::builtin(profile).unwrap();
@@ -309,7 +344,7 @@ mod tests {
         guest.set("mmu.tlb.l2.entries", "64").unwrap();
         guest.set("mmu.tlb.l2.ways", "4").unwrap();
         let mut p = Platform::new(&guest.platform_config().unwrap(), guest.costs).unwrap();
-        let host = HostProcess::new(&mut p, AUTO_HOST, 256, true).unwrap();
+        let (host, mmu) = make(&mut p, AUTO_HOST, 256, true).unwrap();
         assert_eq!(host.profile, "x86-64");
         assert_eq!(host.format().name, "x86-64 4-level");
         assert_eq!(host.max_regions(), 256);
@@ -317,33 +352,33 @@ mod tests {
         let gva = Gva::new(0xffff_ffc0_0012_3456);
         assert_eq!(host.hva(3, gva).as_u64(), 3 << 39 | 0x40_0012_3456);
         let x86 = Profile::builtin("x86-64").unwrap();
-        assert_eq!(p.mmu.config().tlb.l2, x86.mmu.tlb.l2);
-        assert_eq!(p.mmu.config().tlb.l2.entries, 1536);
+        assert_eq!(mmu.config().tlb.l2, x86.mmu.tlb.l2);
+        assert_eq!(mmu.config().tlb.l2.entries, 1536);
     }
 
     #[test]
     fn wider_guests_move_to_a_five_level_host_or_are_refused() {
         let mut p = platform("x86-64");
-        let host = HostProcess::new(&mut p, AUTO_HOST, 256, true).unwrap();
+        let (host, _) = make(&mut p, AUTO_HOST, 256, true).unwrap();
         assert_eq!(host.profile, "x86-64-la57");
         let mut p = platform("riscv-sv39");
-        let host = HostProcess::new(&mut p, AUTO_HOST, 257, true).unwrap();
+        let (host, _) = make(&mut p, AUTO_HOST, 257, true).unwrap();
         assert_eq!(host.profile, "x86-64-la57", "257 Sv39 regions overflow a 4-level host");
         let mut p = platform("riscv-sv39");
-        let err = HostProcess::new(&mut p, "x86-64", 257, true).unwrap_err().to_string();
+        let err = make(&mut p, "x86-64", 257, true).unwrap_err().to_string();
         assert!(err.contains("257 region(s)") && err.contains("x86-64 (47-bit"), "{err}");
         let mut p = platform("x86-64-la57");
-        let err = HostProcess::new(&mut p, AUTO_HOST, 1, true).unwrap_err().to_string();
+        let err = make(&mut p, AUTO_HOST, 1, true).unwrap_err().to_string();
         assert!(err.contains("57-bit address space"), "{err}");
         let mut p = platform("riscv-sv39");
-        let err = HostProcess::new(&mut p, "no-such-host", 1, true).unwrap_err().to_string();
+        let err = make(&mut p, "no-such-host", 1, true).unwrap_err().to_string();
         assert!(err.contains("scheme.host = \"no-such-host\""), "{err}");
     }
 
     #[test]
     fn maps_walk_four_levels_and_wipes_free_the_region() {
         let mut p = platform("riscv-sv39");
-        let mut host = HostProcess::new(&mut p, AUTO_HOST, 2, false).unwrap();
+        let (mut host, mut mmu) = make(&mut p, AUTO_HOST, 2, false).unwrap();
         let frame = p.host.alloc_frame().unwrap().addr();
         let hva = host.hva(1, Gva::new(0x1234_5000));
         let edit = host
@@ -351,14 +386,15 @@ mod tests {
             .unwrap();
         // Three new tables below the root (one write each) and the leaf.
         assert_eq!((edit.writes, host.pages), (4, 4));
-        let leaf = host.walk(&mut p, hva.wrapping_add(0x10), Access::USER_LOAD).unwrap();
+        let leaf =
+            host.walk(&mut mmu, &mut p.host, hva.wrapping_add(0x10), Access::USER_LOAD).unwrap();
         assert_eq!(leaf.output(hva.wrapping_add(0x10)), frame.wrapping_add(0x10));
-        assert_eq!(p.mmu.trace.total(), 4, "an x86-64 walk with no walk caches reads 4 entries");
+        assert_eq!(mmu.trace.total(), 4, "an x86-64 walk with no walk caches reads 4 entries");
         assert_eq!(host.find(&p.host, hva).map(|(_, s)| s), Some(PageSize::Size4K));
         // Region 0 is untouched; unmapping the page clears one leaf.
         assert!(host.find(&p.host, host.hva(0, Gva::new(0x1234_5000))).is_none());
         assert_eq!(host.unmap(&mut p.host, hva).map(|e| e.writes), Some(1));
-        assert!(host.walk(&mut p, hva, Access::USER_LOAD).is_err());
+        assert!(host.walk(&mut mmu, &mut p.host, hva, Access::USER_LOAD).is_err());
         // A 2 MiB page over the (now empty) 4 KiB table replaces the table.
         let big = p.host.alloc_contiguous(512, 512).unwrap().addr();
         let hva2m = hva.align_down(PageSize::Size2M);

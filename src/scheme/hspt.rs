@@ -173,7 +173,19 @@ impl Hspt {
         walk_caches: bool,
     ) -> Result<Self, SimError> {
         let regions = if org == Organization::Private { opts.regions } else { 1 };
-        let host = HostProcess::new(p, &opts.host, regions, walk_caches)?;
+        let bits = p.arch.guest_format.input_bits();
+        let (host, mut mmu) = HostProcess::new(
+            &mut p.host,
+            p.arch.guest_regime,
+            &opts.host,
+            bits,
+            regions,
+            walk_caches,
+        )?;
+        // The host MMU translates the guest's accesses: it replaces the platform's.
+        mmu.vmid = p.mmu.vmid;
+        mmu.asid = p.mmu.asid;
+        p.mmu = mmu;
         Ok(Hspt {
             org,
             opts,
@@ -463,7 +475,7 @@ impl Scheme for Hspt {
         // walk set A and, for a store, D): the second host walk succeeds.
         let hva = self.host.hva(r, gva);
         for _ in 0..3 {
-            let walked = self.host.walk(p, hva, access);
+            let walked = self.host.walk(&mut p.mmu, &mut p.host, hva, access);
             p.account_walk();
             match walked {
                 Ok(leaf) => {

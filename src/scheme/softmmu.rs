@@ -20,24 +20,36 @@
 //! (`sfence.vma va`, `invlpg`) drops that page whatever its ASID (`tlb_flush_page`), any other
 //! operation and every root switch (`satp`/CR3 write) drop everything (`tlb_flush`).
 //!
+//! The data access itself goes to guest RAM through the host: the software TLB yields a host
+//! virtual address in QEMU's RAM block (`Hva = ram_base + gpa`), which the host MMU translates
+//! ([`Scheme::host_data_access`]). The host is a [`HostProcess`] (`scheme.host`, default
+//! x86-64) whose page table maps guest RAM with 2 MiB pages (`scheme.ram_huge_pages`: QEMU
+//! advises transparent huge pages for guest RAM) or 4 KiB pages, mapped on first use at no cost
+//! (assumption: RAM preallocated, QEMU's `-mem-prealloc`). A host L1 TLB hit is folded into the
+//! inline lookup's cost; an L2 hit costs `costs.tlb_l2_hit`, a miss that and the host walk.
+//!
 //! Simplifications (DESIGN.md, "Cross-ISA emulation"): one software TLB for every privilege
 //! (QEMU keeps one per MMU index); no dynamic resizing (QEMU grows and shrinks the table with
-//! its use rate); the host TLB behind the data access is assumed to hit (guest RAM in host huge
-//! pages) and is folded into the lookup cost.
+//! its use rate); the emulator's own code and data do not occupy the host TLB.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::addr::{Gva, Hpa, PageSize};
+use super::host::{HostProcess, AUTO_HOST};
+use crate::addr::{u64_to_usize, Gva, Hpa, PageSize};
 use crate::config::ConfigError;
 use crate::machine::{GuestRoot, Platform, Scheme, SimError, Stop};
+use crate::mem::backing::{CHUNK_FRAMES, CHUNK_SIZE};
 use crate::mem::OutsideGuestMemory;
 use crate::mmu::flush::{AsidScope, TlbScope};
 use crate::mmu::tlb::{Geometry, TlbConfig};
 use crate::mmu::{FlushOp, Mmu, MmuConfig, TranslationFault};
 use crate::paging::walk::{WalkError, WalkFault};
-use crate::paging::{Access, FaultKind};
+use crate::paging::{Access, AccessKind, FaultKind, Perms, Privilege};
+
+/// log2 of a backing chunk's bytes.
+const CHUNK_SHIFT: u32 = 21;
 
 /// Largest `tlb_bits` accepted (QEMU's dynamic TLB grows to 2^22 entries; memvirt stops at
 /// 2^16 to keep the table small).
@@ -45,8 +57,11 @@ pub const MAX_TLB_BITS: u32 = 16;
 /// Largest victim TLB accepted.
 pub const MAX_VICTIM: usize = 64;
 
+/// The host region holding guest RAM (region 0 is left unused, as address 0 is in a process).
+const RAM_REGION: usize = 1;
+
 /// Options of `softmmu` (`--set scheme.KEY=VALUE`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SoftmmuOptions {
     /// log2 of the software TLB's entries (QEMU: `CPU_TLB_DYN_DEFAULT_BITS` = 8, 256 entries).
@@ -54,11 +69,16 @@ pub struct SoftmmuOptions {
     /// Entries of the fully associative victim TLB probed out of line after a miss (QEMU:
     /// `CPU_VTLB_SIZE` = 8); 0 turns it off.
     pub victim: usize,
+    /// The host: a built-in profile, a profile file, or `auto` (x86-64).
+    pub host: String,
+    /// Guest RAM in host 2 MiB pages (QEMU's `madvise(MADV_HUGEPAGE)` on RAM blocks; assumption:
+    /// transparent huge pages are granted), else 4 KiB pages.
+    pub ram_huge_pages: bool,
 }
 
 impl Default for SoftmmuOptions {
     fn default() -> Self {
-        SoftmmuOptions { tlb_bits: 8, victim: 8 }
+        SoftmmuOptions { tlb_bits: 8, victim: 8, host: AUTO_HOST.to_owned(), ram_huge_pages: true }
     }
 }
 
@@ -110,24 +130,58 @@ pub struct SoftmmuStats {
     pub full_flushes: u64,
     /// Software-TLB entries those flushes dropped.
     pub entries_flushed: u64,
+    /// Host TLB misses of data accesses (host walks).
+    pub host_tlb_misses: u64,
+    /// Guest RAM pages mapped in the host table (first use).
+    pub host_ram_maps: u64,
 }
 
 /// The QEMU-like software MMU.
 #[derive(Debug)]
 pub struct Softmmu {
     opts: SoftmmuOptions,
+    /// The emulator process, guest RAM in its region [`RAM_REGION`].
+    host: HostProcess,
+    /// The host MMU the data accesses go through (the platform's MMU is the software TLB).
+    pub host_mmu: Mmu,
+    /// For each 2 MiB chunk of host memory, the guest chunk it backs plus one (0: none seen):
+    /// the host address the software TLB holds is turned back into the RAM block's Hva.
+    ram_chunks: Vec<u64>,
     /// Counters.
     pub stats: SoftmmuStats,
 }
 
 impl Softmmu {
     /// Replaces the platform's MMU by the software TLB of `opts` (keeping `mmu`'s page-table
-    /// read cache and the platform's VMID).
-    pub fn new(p: &mut Platform, mmu: &MmuConfig, opts: SoftmmuOptions) -> Result<Self, SimError> {
+    /// read cache and the platform's VMID), and builds the host process (its walk caches off
+    /// if `walk_caches` is false).
+    pub fn new(
+        p: &mut Platform,
+        mmu: &MmuConfig,
+        opts: SoftmmuOptions,
+        walk_caches: bool,
+    ) -> Result<Self, SimError> {
         let vmid = p.mmu.vmid;
         p.mmu = Mmu::new(&opts.mmu_config(mmu))?;
         p.mmu.vmid = vmid;
-        Ok(Softmmu { opts, stats: SoftmmuStats::default() })
+        let ram_bits =
+            HostProcess::region_bits_for(p.guest_mem.frames() * PageSize::Size4K.bytes());
+        let regions = RAM_REGION as u64 + 1;
+        let (host, host_mmu) = HostProcess::new(
+            &mut p.host,
+            p.arch.guest_regime,
+            &opts.host,
+            ram_bits,
+            regions,
+            walk_caches,
+        )?;
+        let ram_chunks = vec![0; u64_to_usize(p.host.limit().div_ceil(CHUNK_FRAMES))];
+        Ok(Softmmu { opts, host, host_mmu, ram_chunks, stats: SoftmmuStats::default() })
+    }
+
+    /// The host process.
+    pub fn host(&self) -> &HostProcess {
+        &self.host
     }
 
     /// The options.
@@ -188,11 +242,72 @@ impl Scheme for Softmmu {
             p.stats.guest_faults += 1;
             return Err(fault(FaultKind::AccessFault));
         };
+        let gpa = leaf.output(gva);
+        if let Some(chunk) = self.ram_chunks.get_mut(u64_to_usize(hpa.as_u64() >> CHUNK_SHIFT)) {
+            *chunk = (gpa.as_u64() >> CHUNK_SHIFT) + 1;
+        }
         let allow = format.allow_mask(leaf.perms, leaf.dirty, &regime);
         // QEMU's TLB holds target pages: a superpage is cached one 4 KiB page at a time.
         p.fill_tlb(gva, PageSize::Size4K, hpa, leaf.global, allow)?;
         self.stats.refills += 1;
         Ok(hpa)
+    }
+
+    fn host_data_access(&mut self, p: &mut Platform, hpa: Hpa, access: Access) -> Result<(), Stop> {
+        let chunk = self.ram_chunks.get(u64_to_usize(hpa.as_u64() >> CHUNK_SHIFT)).copied();
+        let Some(guest_chunk) = chunk.and_then(|c| c.checked_sub(1)) else {
+            return Err(Stop::Error(SimError::Internal {
+                scheme: "softmmu",
+                detail: format!("{hpa} was never handed to the software TLB"),
+            }));
+        };
+        let offset = guest_chunk << CHUNK_SHIFT | hpa.as_u64() & ((1 << CHUNK_SHIFT) - 1);
+        let hva = self.host.at(RAM_REGION, offset);
+        // The emulator's own load or store, in user mode.
+        let kind =
+            if access.kind == AccessKind::Store { AccessKind::Store } else { AccessKind::Load };
+        let host_access = Access { kind, privilege: Privilege::User };
+        // The host TLB is keyed by the host virtual address.
+        let key = Gva::new(hva.as_u64());
+        if self.host_mmu.lookup_l1(key, host_access).is_some() {
+            return Ok(());
+        }
+        p.stats.cycles.tlb += p.costs.tlb_l2_hit;
+        if self.host_mmu.lookup_l2(key, host_access).is_some() {
+            return Ok(());
+        }
+        self.stats.host_tlb_misses += 1;
+        let lat = p.costs.pt_latency();
+        for _ in 0..2 {
+            let walked = self.host.walk(&mut self.host_mmu, &mut p.host, hva, host_access);
+            p.stats.cycles.walk += self.host_mmu.account_walk(&lat);
+            if let Ok(leaf) = walked {
+                let allow = self.host.allow(leaf.perms);
+                self.host_mmu.fill(key, leaf.size, leaf.base, false, allow);
+                return Ok(());
+            }
+            // First use of this part of guest RAM: map it.
+            let size = if self.opts.ram_huge_pages
+                && self.host.format().leaf_allowed(CHUNK_SIZE.level())
+            {
+                CHUNK_SIZE
+            } else {
+                PageSize::Size4K
+            };
+            let page = hva.align_down(size);
+            let base = Hpa::new(hpa.as_u64() & !size.offset_mask());
+            let edit =
+                self.host.map(&mut p.host, page, base, size, Perms::R | Perms::W | Perms::U)?;
+            if edit.structural {
+                let all = TlbScope { vmid: None, va: None, asid: AsidScope::All, globals: true };
+                self.host_mmu.pwc.flush(&all);
+            }
+            self.stats.host_ram_maps += 1;
+        }
+        Err(Stop::Error(SimError::Internal {
+            scheme: "softmmu",
+            detail: format!("the host walk of {hva} failed after mapping it"),
+        }))
     }
 
     fn guest_flush(&mut self, p: &mut Platform, op: FlushOp) -> Result<(), SimError> {
@@ -226,6 +341,10 @@ impl Scheme for Softmmu {
             ("soft_tlb_page_flushes", s.page_flushes),
             ("soft_tlb_full_flushes", s.full_flushes),
             ("soft_tlb_entries_flushed", s.entries_flushed),
+            ("host_tlb_misses", s.host_tlb_misses),
+            ("host_ram_maps", s.host_ram_maps),
+            ("host_table_levels", u64::from(self.host.format().levels)),
+            ("host_table_pages", self.host.pages),
         ] {
             out.insert(k, v);
         }
