@@ -104,6 +104,27 @@ fn hspt_prefill_maps_earlier_pages_eagerly_at_switch_in() {
     assert_eq!(grew(&os, &before, "host_maps"), N + 1);
 }
 
+/// With `scheme.prefill_limit = L`, only the L pages mapped last (the last of the N touched) are
+/// mapped eagerly; reading all N back faults on the other N - L, and on the kernel stack, which
+/// was mapped before them.
+#[test]
+fn hspt_prefill_limit_keeps_the_newest_pages() {
+    const N: u64 = 5;
+    const L: u64 = 2;
+    let opts = HsptOptions { prefill_limit: L, ..HsptOptions::default() };
+    let mut os = boot(|p| Hspt::new(p, Organization::Prefill, opts, true).unwrap());
+    let (a, b) = (os.spawn().unwrap(), os.spawn().unwrap());
+    os.switch_to(a).unwrap();
+    let va = touched(&mut os, a, N);
+    os.switch_to(b).unwrap();
+    let before = counters(&os);
+    os.switch_to(a).unwrap();
+    reads_back(&mut os, va, N);
+    assert_eq!(grew(&os, &before, "prefilled_pages"), L);
+    assert_eq!(grew(&os, &before, "host_faults"), N - L + 1);
+    assert_eq!(grew(&os, &before, "host_maps"), N + 1);
+}
+
 /// hspt-private with two regions: once both processes have their region, switching between
 /// them costs no invalidation and no host fault.
 #[test]

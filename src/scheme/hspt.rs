@@ -35,7 +35,7 @@
 //! and reach are those of the Hva. Every host entry is filled non-global. The page-walk caches
 //! see the Hva itself.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -84,11 +84,15 @@ pub struct HsptOptions {
     /// The host: a built-in profile, a profile file, or `auto` (`x86-64`, HSPT's host, if the
     /// guest's address space fits its user half `regions` times, else `x86-64-la57`).
     pub host: String,
+    /// `hspt-prefill`: the most pages mapped eagerly at a switch-in, the ones the process mapped
+    /// most recently; 0 maps every page on record (HSPT's bitmap per process keeps them all; its
+    /// code also has a `FILL_SPT_WINDOW_SIZE` profiling knob whose effect was not retrieved).
+    pub prefill_limit: u64,
 }
 
 impl Default for HsptOptions {
     fn default() -> Self {
-        HsptOptions { regions: 256, host: AUTO_HOST.to_owned() }
+        HsptOptions { regions: 256, host: AUTO_HOST.to_owned(), prefill_limit: 0 }
     }
 }
 
@@ -135,6 +139,41 @@ struct Region {
     mapped: u64,
 }
 
+/// `hspt-prefill`'s record of one process (HSPT: a bitmap per guest page-table base): the pages
+/// it had mapped (bit 0 set if the kernel used the page), each with when it was last mapped, so
+/// that a limit keeps the newest.
+#[derive(Clone, Debug, Default)]
+struct PrefillRecord {
+    stamps: BTreeMap<u64, u64>,
+    /// The same pages by stamp, oldest first.
+    by_age: BTreeMap<u64, u64>,
+}
+
+impl PrefillRecord {
+    /// Records `page` as mapped at `stamp`, dropping the oldest pages beyond `limit` (0: none).
+    fn record(&mut self, page: u64, stamp: u64, limit: u64) {
+        if let Some(old) = self.stamps.insert(page, stamp) {
+            self.by_age.remove(&old);
+        }
+        self.by_age.insert(stamp, page);
+        while limit > 0 && self.stamps.len() as u64 > limit {
+            let Some((_, oldest)) = self.by_age.pop_first() else { break };
+            self.stamps.remove(&oldest);
+        }
+    }
+
+    fn forget(&mut self, page: u64) {
+        if let Some(stamp) = self.stamps.remove(&page) {
+            self.by_age.remove(&stamp);
+        }
+    }
+
+    /// The pages on record, in address order.
+    fn pages(&self) -> Vec<u64> {
+        self.stamps.keys().copied().collect()
+    }
+}
+
 /// A software walk of the guest table by the emulator.
 enum GuestWalk {
     Leaf { leaf: Leaf<crate::addr::GuestPhys>, path: GuestPath },
@@ -151,9 +190,10 @@ pub struct Hspt {
     regions: Vec<Region>,
     /// Index in `regions` of the region the host walks now.
     current: Option<usize>,
-    /// `hspt-prefill`: pages mapped for each guest root (4 KiB-aligned guest virtual addresses,
-    /// bit 0 set if the kernel used the page).
-    used: BTreeMap<u64, BTreeSet<u64>>,
+    /// `hspt-prefill`: pages mapped for each guest root.
+    used: BTreeMap<u64, PrefillRecord>,
+    /// `hspt-prefill`: stamps for [`PrefillRecord`].
+    maps_made: u64,
     /// `hspt-prefill`: the root switched to whose pages are still to be mapped.
     pending_prefill: Option<GuestRoot>,
     /// Logical clock for LRU.
@@ -193,6 +233,7 @@ impl Hspt {
             regions: Vec::new(),
             current: None,
             used: BTreeMap::new(),
+            maps_made: 0,
             pending_prefill: None,
             clock: 0,
             stats: HsptStats::default(),
@@ -330,7 +371,9 @@ impl Hspt {
                     // checks kernel permissions).
                     let page = gva.as_u64() & !PageSize::Size4K.offset_mask();
                     let kernel = u64::from(access.privilege != Privilege::User);
-                    self.used.entry(root.table.root().as_u64()).or_default().insert(page | kernel);
+                    self.maps_made += 1;
+                    let record = self.used.entry(root.table.root().as_u64()).or_default();
+                    record.record(page | kernel, self.maps_made, self.opts.prefill_limit);
                 }
                 Ok(())
             }
@@ -401,11 +444,12 @@ impl Hspt {
         Ok(r)
     }
 
-    /// `hspt-prefill`: maps every page `root`'s process had mapped in earlier time slices and
-    /// the guest still maps (and has marked accessed), one walk and one `mmap` each.
+    /// `hspt-prefill`: maps every page `root`'s process had mapped in earlier time slices (the
+    /// newest `prefill_limit`, if set) and the guest still maps (and has marked accessed), one
+    /// walk and one `mmap` each.
     fn prefill(&mut self, p: &mut Platform, r: usize, root: GuestRoot) -> Result<(), SimError> {
         let key = root.table.root().as_u64();
-        let Some(pages) = self.used.get(&key).cloned() else { return Ok(()) };
+        let Some(pages) = self.used.get(&key).map(PrefillRecord::pages) else { return Ok(()) };
         let format = root.table.format();
         let mut gone = Vec::new();
         for page in pages {
@@ -434,9 +478,9 @@ impl Hspt {
                 _ => gone.push(page),
             }
         }
-        if let Some(set) = self.used.get_mut(&key) {
+        if let Some(record) = self.used.get_mut(&key) {
             for page in gone {
-                set.remove(&page);
+                record.forget(page);
             }
         }
         Ok(())
