@@ -476,8 +476,25 @@ fn run_one(args: &RunArgs) -> Result<()> {
     write_reports(&reports, &args.out, &title)
 }
 
+/// Every scheme that can run on the profile `m` describes; the others are named on stderr.
+fn runnable_schemes(m: &MachineArgs) -> Result<Vec<SchemeKind>> {
+    let setup = Setup::new(m, SchemeKind::ALL, &WorkloadKind::ALL)?;
+    let mut schemes = Vec::new();
+    for &s in SchemeKind::ALL {
+        match run::unavailable(s, &setup.profile, &setup.scheme_sets) {
+            None => schemes.push(s),
+            Some(why) => eprintln!("memvirt: note: {} left out: {why}", s.name()),
+        }
+    }
+    Ok(schemes)
+}
+
 fn compare(args: &CompareArgs) -> Result<()> {
-    let schemes = selected(&args.schemes, SchemeKind::ALL);
+    let schemes = if args.schemes.is_empty() {
+        runnable_schemes(&args.machine)?
+    } else {
+        selected(&args.schemes, SchemeKind::ALL)
+    };
     if !args.trace.traces.is_empty() {
         let (m, t, out) = (&args.machine, &args.trace, &args.out);
         return trace_cmd::run_traces(m, &schemes, t, out, "compare");

@@ -93,6 +93,20 @@ pub enum RunError {
     },
 }
 
+/// Why `scheme` cannot run on `profile` with `scheme_sets` (`scheme.` prefix stripped), if it
+/// cannot: an HSPT scheme whose guest address space does not fit its host process.
+pub fn unavailable(
+    scheme: SchemeKind,
+    profile: &Profile,
+    scheme_sets: &[(String, String)],
+) -> Option<String> {
+    let org = scheme.hspt_organization()?;
+    let opts = HsptOptions::default().with_sets(&scheme.own_sets(scheme_sets).ok()?).ok()?;
+    let regions = if org == crate::scheme::Organization::Private { opts.regions } else { 1 };
+    let bits = profile.arch().ok()?.guest_format.input_bits();
+    crate::scheme::host::check(&opts.host, bits, regions).err().map(|e| e.to_string())
+}
+
 /// Runs `spec` to completion. `progress(done, total)` is called now and then, in the
 /// workload's own units.
 pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report, RunError> {

@@ -478,3 +478,22 @@ fn scheme_settings_move_a_shadow_scheme_and_bad_ones_are_refused() {
         &["notice", "sometimes"],
     );
 }
+
+/// A 57-bit guest fits no x86-64 host process: the default `compare` leaves the HSPT schemes out
+/// with a note and runs the rest; naming one is an error that says why.
+#[test]
+fn compare_leaves_out_schemes_the_profile_cannot_host() {
+    let args =
+        ["compare", "--profile", "x86-64-la57", "--workloads", "pagefault", "--set", SMALL_PAGES];
+    let out = memvirt(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (text, notes) = (stdout(&out), stderr(&out));
+    for s in ["hspt-shared", "hspt-prefill", "hspt-private"] {
+        assert!(notes.contains(&format!("note: {s} left out")), "{notes}");
+        assert!(!text.contains(s), "{text}");
+    }
+    assert!(text.contains("softmmu") && text.contains("spec-shadow"), "{text}");
+    let mut named = args.to_vec();
+    named.extend(["--schemes", "native,hspt-private"]);
+    fails(&named, &["hspt-private", "57-bit address space"]);
+}

@@ -265,6 +265,12 @@ impl HostProcess {
     }
 }
 
+/// Whether the host named `host` can hold `regions` regions of 2^`region_bits` bytes; the
+/// error says why not.
+pub fn check(host: &str, region_bits: u32, regions: u64) -> Result<(), SimError> {
+    resolve(host, region_bits, regions).map(drop)
+}
+
 /// The host profile for `host`: `auto` takes the first of `x86-64` and `x86-64-la57` whose
 /// user half holds `regions` regions of 2^`region_bits` bytes.
 fn resolve(host: &str, region_bits: u32, regions: u64) -> Result<Profile, SimError> {
