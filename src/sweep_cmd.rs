@@ -40,7 +40,11 @@ pub(super) fn sweep(args: &SweepArgs) -> Result<()> {
         }
     };
     let (key, values) = sweep::parse_vary(vary).map_err(|e| anyhow!("--vary {e}"))?;
-    let schemes = selected(&args.schemes, default_schemes);
+    let schemes = if args.schemes.is_empty() && !args.lsp_micro {
+        super::runnable_schemes(&args.machine)?
+    } else {
+        selected(&args.schemes, default_schemes)
+    };
     let Some(&first) = schemes.first() else { bail!("--schemes names no scheme") };
     let setup = Setup::new(&args.machine, &schemes, &[workload])?;
     if key.strip_prefix("workload.").is_none() && has_param(workload, &key) {
