@@ -5,6 +5,7 @@
 use super::setassoc::{check_geometry, GeometryError};
 use super::tlb::Geometry;
 use crate::addr::Hpa;
+use crate::profile::MAX_HOST_MIB;
 
 /// Where a page-table reference was served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,30 +67,39 @@ impl Default for PtCacheConfig {
 /// One cache level: a set-associative array of line tags with LRU replacement.
 ///
 /// It behaves exactly as a [`SetAssoc<u64>`](super::setassoc::SetAssoc) with [`Lru`] would (a
-/// clock per level stamped on every hit and fill; a fill takes the first free way, else the way
-/// with the oldest stamp) but is specialised for the page-table-read path, which runs several
-/// times per TLB miss: tags and stamps sit in two flat arrays, so a lookup scans only the tags
-/// (a 16-way set is two host cache lines instead of six `Option<u64>` slots with metadata).
-/// Lines are never invalidated, so a set fills its ways in order and a count per set says which
-/// way is the first free one without scanning for it.
+/// hit makes a line the most recently used; a fill takes a free way, else evicts the least
+/// recently used line) but is specialised for the page-table-read path, which runs several times
+/// per TLB miss and whose sets the host's own caches rarely hold:
+///
+/// - each set keeps its lines in recency order, most recent first, so no LRU stamps are stored:
+///   a hit moves its line to the front, a fill shifts the set down one place (the last line, the
+///   least recently used, drops out) and writes the new line in front. Which way holds a line is
+///   never observable, only which lines a set holds and their order, so the hits and evictions are
+///   those of stamp-based LRU;
+/// - a tag is the line number without its set bits, in 32 bits (host memory is at most
+///   [`MAX_HOST_MIB`], 2^32 lines), so a 16-way set is 64 bytes, aligned to one host cache line;
+/// - lines are never invalidated, so a set's valid lines are its first `filled[s]` ways.
 ///
 /// [`Lru`]: super::setassoc::Lru
 #[derive(Debug, Clone)]
 struct LineCache {
-    /// Line number held by each way, [`INVALID`] when empty; set `s` is
-    /// `tags[s * ways..(s + 1) * ways]`.
-    tags: Vec<u64>,
-    /// The clock value of each way's last hit or fill.
-    stamps: Vec<u64>,
-    /// Ways in use in each set: ways `0..filled[s]` are valid, the rest empty.
-    filled: Vec<usize>,
+    /// Tags, set `s` at `tags[base + s * ways..][..ways]`, most recently used first; the ways at
+    /// and past `filled[s]` are empty (and hold garbage).
+    tags: Vec<u32>,
+    /// Where set 0 starts in `tags`: the vector has room to start the sets on a 64-byte boundary.
+    base: usize,
+    /// Ways in use in each set.
+    filled: Vec<u32>,
     set_mask: u64,
+    set_bits: u32,
     ways: usize,
-    clock: u64,
 }
 
-/// The tag of an empty way (no line number reaches it: lines are addresses shifted right by 6).
-const INVALID: u64 = u64::MAX;
+/// Tags per host cache line.
+const TAGS_PER_LINE: usize = 64 / std::mem::size_of::<u32>();
+
+// Every line of the largest host memory a profile may have gets a 32-bit tag.
+const _: () = assert!((MAX_HOST_MIB << 20) >> 6 <= 1 << 32);
 
 impl LineCache {
     fn new(name: &str, g: Geometry) -> Result<Self, GeometryError> {
@@ -97,63 +107,115 @@ impl LineCache {
             0 => (0, 0),
             _ => (check_geometry(name, g.entries, g.ways)?, g.ways),
         };
+        let tags = vec![0; g.entries + TAGS_PER_LINE - 1];
+        // Alignment only speeds lookups up; a clone that lands elsewhere is merely slower.
+        let misalign = tags.as_ptr() as usize % 64 / std::mem::size_of::<u32>();
         Ok(LineCache {
-            tags: vec![INVALID; g.entries],
-            stamps: vec![0; g.entries],
+            tags,
+            base: (TAGS_PER_LINE - misalign) % TAGS_PER_LINE,
             filled: vec![0; sets],
             set_mask: (sets as u64).saturating_sub(1),
+            set_bits: sets.max(1).trailing_zeros(),
             ways,
-            clock: 0,
         })
     }
 
-    /// The set `line` maps to.
+    /// The set `line` maps to and the line's tag in it; `None` for a line beyond 32-bit tags,
+    /// which host memory never reaches (then every level misses it and none keeps it).
     #[inline]
-    fn set_of(&self, line: u64) -> usize {
-        crate::addr::u64_to_usize(line & self.set_mask)
+    fn place(&self, line: u64) -> Option<(usize, u32)> {
+        let tag = u32::try_from(line >> self.set_bits).ok()?;
+        Some((crate::addr::u64_to_usize(line & self.set_mask), tag))
     }
 
-    /// The index of the first way of `line`'s set.
-    #[inline]
-    fn set_start(&self, line: u64) -> usize {
-        self.set_of(line) * self.ways
-    }
-
-    /// Looks `line` up, stamping it on a hit. A disabled level (no ways) always misses.
+    /// Looks `line` up, making it the most recently used on a hit. A disabled level (no ways)
+    /// always misses.
     #[inline]
     fn lookup(&mut self, line: u64) -> bool {
-        let start = self.set_start(line);
-        let Some(set) = self.tags.get(start..start + self.ways) else { return false };
-        match set.iter().position(|&t| t == line) {
-            Some(way) => {
-                self.clock += 1;
-                self.stamps[start + way] = self.clock;
-                true
+        let Some((set, tag)) = self.place(line) else { return false };
+        let Some(&filled) = self.filled.get(set) else { return false };
+        let start = self.base + set * self.ways;
+        match self.ways {
+            // The default geometries, with the set as a fixed-size array the compiler keeps in
+            // vector registers.
+            16 => fixed::<16>(&mut self.tags[start..start + 16]).lookup(filled, tag),
+            8 => fixed::<8>(&mut self.tags[start..start + 8]).lookup(filled, tag),
+            _ => {
+                let valid = &mut self.tags[start..start + filled as usize];
+                match valid.iter().position(|&t| t == tag) {
+                    Some(way) => {
+                        valid[..=way].rotate_right(1);
+                        true
+                    }
+                    None => false,
+                }
             }
-            None => false,
         }
     }
 
-    /// Fills `line`, known to be absent (its lookup just missed), into the first free way of its
-    /// set, else over the least recently stamped way. A disabled level is left alone.
+    /// Fills `line`, known to be absent (its lookup just missed), as the most recently used line
+    /// of its set, evicting the least recently used one if the set is full. A disabled level is
+    /// left alone.
     #[inline]
     fn fill_absent(&mut self, line: u64) {
-        if self.ways == 0 {
-            return;
+        let Some((set, tag)) = self.place(line) else { return };
+        let Some(filled) = self.filled.get_mut(set) else { return };
+        let start = self.base + set * self.ways;
+        let used = (*filled as usize + 1).min(self.ways);
+        // `used` is at most `ways`, which fits the 32-bit count (a `Vec` of that many tags exists).
+        *filled = u32::try_from(used).unwrap_or(u32::MAX);
+        match self.ways {
+            16 => fixed::<16>(&mut self.tags[start..start + 16]).push_front(tag),
+            8 => fixed::<8>(&mut self.tags[start..start + 8]).push_front(tag),
+            _ => {
+                let lines = &mut self.tags[start..start + used];
+                lines.rotate_right(1);
+                lines[0] = tag;
+            }
         }
-        let set = self.set_of(line);
-        let start = set * self.ways;
-        let way = if self.filled[set] < self.ways {
-            self.filled[set] += 1;
-            self.filled[set] - 1
-        } else {
-            // Stamps of a level are distinct, so the oldest is unique.
-            let stamps = &self.stamps[start..start + self.ways];
-            stamps.iter().enumerate().min_by_key(|&(_, s)| s).map_or(0, |(w, _)| w)
-        };
-        self.tags[start + way] = line;
-        self.clock += 1;
-        self.stamps[start + way] = self.clock;
+    }
+}
+
+/// A set of `W` ways as an array.
+struct FixedSet<'a, const W: usize>(&'a mut [u32; W]);
+
+/// The set at `tags` (exactly `W` tags long) as a [`FixedSet`].
+#[inline]
+fn fixed<const W: usize>(tags: &mut [u32]) -> FixedSet<'_, W> {
+    // The callers slice exactly `W` tags, so the conversion cannot fail.
+    FixedSet(tags.try_into().unwrap_or_else(|_| unreachable!("a set of {W} ways")))
+}
+
+impl<const W: usize> FixedSet<'_, W> {
+    /// Whether `tag` is among the first `filled` ways; if so it moves to the front, the ways
+    /// before it one place down.
+    #[inline]
+    fn lookup(self, filled: u32, tag: u32) -> bool {
+        // Most lookups miss: rule them out with one vector compare of every way (empty ways
+        // included, which can only make this say "maybe"), then find the way.
+        if !self.0.iter().fold(false, |any, &t| any | (t == tag)) {
+            return false;
+        }
+        let valid = &self.0[..(filled as usize).min(W)];
+        let Some(way) = valid.iter().position(|&t| t == tag) else { return false };
+        // Ways 1..=way take their predecessor's tag (a select over the whole array, so that it
+        // stays in vector registers).
+        let old = *self.0;
+        for i in 1..W {
+            if i <= way {
+                self.0[i] = old[i - 1];
+            }
+        }
+        self.0[0] = tag;
+        true
+    }
+
+    /// Puts `tag` in front, every way one place down (the last one drops out).
+    #[inline]
+    fn push_front(self, tag: u32) {
+        let old = *self.0;
+        self.0[1..].copy_from_slice(&old[..W - 1]);
+        self.0[0] = tag;
     }
 }
 
@@ -197,6 +259,7 @@ impl PtCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mmu::setassoc::SetAssoc;
 
     #[test]
     fn second_read_of_a_line_hits_l1_and_neighbouring_entries_share_lines() {
@@ -205,6 +268,57 @@ mod tests {
         assert_eq!(c.access(Hpa::new(0x1000)), MemLevel::L1);
         assert_eq!(c.access(Hpa::new(0x1038)), MemLevel::L1, "8 entries share a 64-byte line");
         assert_eq!(c.access(Hpa::new(0x1040)), MemLevel::Memory);
+    }
+
+    /// The hierarchy as it was first written: one `SetAssoc<u64>` with LRU stamps per level.
+    struct Reference {
+        levels: Vec<SetAssoc<u64>>,
+    }
+
+    impl Reference {
+        fn new(cfg: &PtCacheConfig) -> Self {
+            let mk = |g: Geometry| SetAssoc::new("ref", g.entries, g.ways).unwrap();
+            Reference { levels: vec![mk(cfg.l1), mk(cfg.l2), mk(cfg.llc)] }
+        }
+
+        fn access(&mut self, hpa: Hpa) -> MemLevel {
+            let line = hpa.as_u64() >> 6;
+            let served = (0..3)
+                .find(|&i| self.levels[i].lookup(line, |&l| l == line).is_some())
+                .unwrap_or(3);
+            for level in &mut self.levels[..served] {
+                level.insert(line, line, |&l| l == line);
+            }
+            MemLevel::ALL[served]
+        }
+    }
+
+    #[test]
+    fn recency_ordered_sets_serve_every_reference_as_lru_stamps_do() {
+        let geometries = [
+            PtCacheConfig::default(),
+            PtCacheConfig {
+                l1: Geometry { entries: 8, ways: 2 },
+                l2: Geometry { entries: 64, ways: 32 },
+                llc: Geometry { entries: 96, ways: 3 },
+            },
+            PtCacheConfig {
+                l1: Geometry::OFF,
+                l2: Geometry { entries: 16, ways: 16 },
+                llc: Geometry { entries: 64, ways: 8 },
+            },
+        ];
+        for cfg in geometries {
+            let (mut fast, mut reference) = (PtCache::new(&cfg).unwrap(), Reference::new(&cfg));
+            let mut rng = crate::rng::Rng::new(7, 0);
+            for i in 0..200_000 {
+                // Mostly a working set a few times the LLC, now and then a far line.
+                let line =
+                    if rng.below(16) == 0 { rng.next_u64() >> 38 } else { rng.below(40_000) };
+                let hpa = Hpa::new(line << 6);
+                assert_eq!(fast.access(hpa), reference.access(hpa), "reference {i} in {cfg:?}");
+            }
+        }
     }
 
     #[test]
