@@ -347,15 +347,14 @@ impl<S: Scheme> Machine<S> {
     pub fn access(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
         let p = &mut self.platform;
         p.stats.accesses += 1;
-        if let Some(hpa) = p.mmu.lookup_l1(gva, access) {
-            p.stats.cycles.tlb +=
-                if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { p.costs.tlb_l1_hit };
-            if S::SOFTWARE_TLB {
-                self.scheme.host_data_access(&mut self.platform, hpa, access)?;
+        let hpa = match p.mmu.lookup_l1(gva, access) {
+            Some(hpa) => {
+                p.stats.cycles.tlb +=
+                    if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { p.costs.tlb_l1_hit };
+                hpa
             }
-            return Ok(hpa);
-        }
-        let hpa = self.access_slow(gva, access)?;
+            None => self.access_slow(gva, access)?,
+        };
         if S::SOFTWARE_TLB {
             self.scheme.host_data_access(&mut self.platform, hpa, access)?;
         }

@@ -102,9 +102,8 @@ pub fn unavailable(
 ) -> Option<String> {
     let org = scheme.hspt_organization()?;
     let opts = HsptOptions::default().with_sets(&scheme.own_sets(scheme_sets).ok()?).ok()?;
-    let regions = if org == crate::scheme::Organization::Private { opts.regions } else { 1 };
     let bits = profile.arch().ok()?.guest_format.input_bits();
-    crate::scheme::host::check(&opts.host, bits, regions).err().map(|e| e.to_string())
+    crate::scheme::host::check(&opts.host, bits, opts.regions_for(org)).err().map(|e| e.to_string())
 }
 
 /// Runs `spec` to completion. `progress(done, total)` is called now and then, in the

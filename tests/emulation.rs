@@ -67,19 +67,26 @@ fn reads_back(os: &mut Os<impl Scheme>, va: Gva, n: u64) {
     }
 }
 
+/// A process touches `n` pages, another runs, then the first comes back and reads them all:
+/// the counters from just before it came back, to measure what coming back cost.
+fn away_and_back<S: Scheme>(os: &mut Os<S>, n: u64) -> BTreeMap<&'static str, u64> {
+    let (a, b) = (os.spawn().unwrap(), os.spawn().unwrap());
+    os.switch_to(a).unwrap();
+    let va = touched(os, a, n);
+    os.switch_to(b).unwrap();
+    let before = counters(os);
+    os.switch_to(a).unwrap();
+    reads_back(os, va, n);
+    before
+}
+
 /// hspt-shared empties its one region at a switch: coming back, the switch's kernel-stack
 /// access and each of the N pages take one host fault and one mmap; the switch is one mprotect.
 #[test]
 fn hspt_shared_refaults_every_page_after_a_context_switch() {
     const N: u64 = 5;
     let mut os = hspt(Organization::Shared, 256);
-    let (a, b) = (os.spawn().unwrap(), os.spawn().unwrap());
-    os.switch_to(a).unwrap();
-    let va = touched(&mut os, a, N);
-    os.switch_to(b).unwrap();
-    let before = counters(&os);
-    os.switch_to(a).unwrap();
-    reads_back(&mut os, va, N);
+    let before = away_and_back(&mut os, N);
     assert_eq!(grew(&os, &before, "host_faults"), N + 1);
     assert_eq!(grew(&os, &before, "host_maps"), N + 1);
     assert_eq!(grew(&os, &before, "host_mprotects"), 1, "the switch empties the region once");
@@ -92,13 +99,7 @@ fn hspt_shared_refaults_every_page_after_a_context_switch() {
 fn hspt_prefill_maps_earlier_pages_eagerly_at_switch_in() {
     const N: u64 = 5;
     let mut os = hspt(Organization::Prefill, 256);
-    let (a, b) = (os.spawn().unwrap(), os.spawn().unwrap());
-    os.switch_to(a).unwrap();
-    let va = touched(&mut os, a, N);
-    os.switch_to(b).unwrap();
-    let before = counters(&os);
-    os.switch_to(a).unwrap();
-    reads_back(&mut os, va, N);
+    let before = away_and_back(&mut os, N);
     assert_eq!(grew(&os, &before, "host_faults"), 0);
     assert_eq!(grew(&os, &before, "prefilled_pages"), N + 1, "N pages and the kernel stack");
     assert_eq!(grew(&os, &before, "host_maps"), N + 1);
@@ -113,13 +114,7 @@ fn hspt_prefill_limit_keeps_the_newest_pages() {
     const L: u64 = 2;
     let opts = HsptOptions { prefill_limit: L, ..HsptOptions::default() };
     let mut os = boot(|p| Hspt::new(p, Organization::Prefill, opts, true).unwrap());
-    let (a, b) = (os.spawn().unwrap(), os.spawn().unwrap());
-    os.switch_to(a).unwrap();
-    let va = touched(&mut os, a, N);
-    os.switch_to(b).unwrap();
-    let before = counters(&os);
-    os.switch_to(a).unwrap();
-    reads_back(&mut os, va, N);
+    let before = away_and_back(&mut os, N);
     assert_eq!(grew(&os, &before, "prefilled_pages"), L);
     assert_eq!(grew(&os, &before, "host_faults"), N - L + 1);
     assert_eq!(grew(&os, &before, "host_maps"), N + 1);
@@ -159,13 +154,7 @@ fn hspt_private_switches_between_two_processes_without_invalidation() {
 fn hspt_private_with_one_region_recycles_it_at_every_switch() {
     const N: u64 = 3;
     let mut os = hspt(Organization::Private, 1);
-    let (a, b) = (os.spawn().unwrap(), os.spawn().unwrap());
-    os.switch_to(a).unwrap();
-    let va = touched(&mut os, a, N);
-    os.switch_to(b).unwrap();
-    let before = counters(&os);
-    os.switch_to(a).unwrap();
-    reads_back(&mut os, va, N);
+    let before = away_and_back(&mut os, N);
     assert_eq!(grew(&os, &before, "regions_recycled"), 1);
     assert_eq!(grew(&os, &before, "host_mprotects"), 1);
     assert_eq!(grew(&os, &before, "host_faults"), N + 1);

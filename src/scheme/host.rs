@@ -24,6 +24,7 @@ use crate::addr::{HostPhys, HostVirt, Hpa, Hva, Level, PageSize};
 use crate::config::ConfigError;
 use crate::machine::SimError;
 use crate::mem::HostMemory;
+use crate::mmu::flush::{AsidScope, TlbScope};
 use crate::mmu::{Mmu, MmuConfig};
 use crate::paging::walk::{PageTable, WalkFault};
 use crate::paging::{Access, AdPolicy, Decoded, Format, Leaf, LeafAttrs, Perms, Regime};
@@ -70,8 +71,7 @@ impl HostProcess {
     ) -> Result<(HostProcess, Mmu), SimError> {
         let profile = resolve(host, region_bits, regions)?;
         let format = profile.arch().map_err(config)?.guest_format;
-        let user_bits = format.input_bits() - 1;
-        let max_regions = 1u64 << (user_bits - region_bits);
+        let max_regions = 1u64 << (user_bits(&profile)? - region_bits);
         let Some(region_level) = (0..u32::from(format.levels))
             .filter_map(Level::from_index)
             .find(|l| l.shift() == region_bits)
@@ -274,29 +274,17 @@ pub fn check(host: &str, region_bits: u32, regions: u64) -> Result<(), SimError>
 /// The host profile for `host`: `auto` takes the first of `x86-64` and `x86-64-la57` whose
 /// user half holds `regions` regions of 2^`region_bits` bytes.
 fn resolve(host: &str, region_bits: u32, regions: u64) -> Result<Profile, SimError> {
-    let fits = |p: &Profile| -> Result<bool, SimError> {
-        let format = p.arch().map_err(config)?.guest_format;
-        let user_bits = format.input_bits() - 1;
-        Ok(user_bits > region_bits && regions <= 1u64 << (user_bits - region_bits))
-    };
-    let candidates: Vec<Profile> = if host == AUTO_HOST {
-        ["x86-64", "x86-64-la57"].iter().map(|n| Profile::builtin(n)).collect::<Result<_, _>>()
-    } else {
-        vec![Profile::load(host)].into_iter().collect::<Result<_, _>>()
-    }
-    .map_err(|e| SimError::Config(format!("scheme.host = \"{host}\": {e}")))?;
-    for profile in &candidates {
-        if fits(profile)? {
-            return Ok(profile.clone());
+    let names: &[&str] = if host == AUTO_HOST { &["x86-64", "x86-64-la57"] } else { &[host] };
+    let mut hosts = Vec::new();
+    for name in names {
+        let profile = Profile::load(name)
+            .map_err(|e| SimError::Config(format!("scheme.host = \"{host}\": {e}")))?;
+        let bits = user_bits(&profile)?;
+        if bits > region_bits && regions <= 1u64 << (bits - region_bits) {
+            return Ok(profile);
         }
+        hosts.push(format!("{} ({bits}-bit user space)", profile.name));
     }
-    let hosts: Vec<String> = candidates
-        .iter()
-        .map(|p| {
-            let bits = p.arch().map(|a| a.guest_format.input_bits() - 1).unwrap_or(0);
-            format!("{} ({bits}-bit user space)", p.name)
-        })
-        .collect();
     Err(SimError::Config(format!(
         "the emulator cannot place {regions} region(s) of 2^{region_bits} bytes (the guest's \
          {region_bits}-bit address space each) in the host: tried {}; a guest this wide does not \
@@ -304,6 +292,20 @@ fn resolve(host: &str, region_bits: u32, regions: u64) -> Result<Profile, SimErr
          fewer scheme.regions",
         hosts.join(", ")
     )))
+}
+
+/// The width of a host profile's user half (the lower half of its first-stage input).
+fn user_bits(profile: &Profile) -> Result<u32, SimError> {
+    Ok(profile.arch().map_err(config)?.guest_format.input_bits() - 1)
+}
+
+/// Cached host walk pointers may lead into pages an `edit` freed or changed: drop them from
+/// `mmu`'s page-walk caches.
+pub fn after_edit(mmu: &mut Mmu, edit: Edit) {
+    if edit.structural {
+        let all = TlbScope { vmid: None, va: None, asid: AsidScope::All, globals: true };
+        mmu.pwc.flush(&all);
+    }
 }
 
 fn config(e: ConfigError) -> SimError {

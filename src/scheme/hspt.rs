@@ -39,8 +39,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::host::after_edit;
 use super::host::{HostProcess, AUTO_HOST};
-use super::shadow::tables::{Edit, GuestPath, HvGuestMemory, HvMemError};
+use super::shadow::tables::{GuestPath, HvGuestMemory, HvMemError, ShadowLeaf};
 use crate::addr::{Asid, Gva, Hpa, PageSize};
 use crate::config::ConfigError;
 use crate::machine::{GuestRoot, Platform, Scheme, SimError, Stop};
@@ -97,6 +98,15 @@ impl Default for HsptOptions {
 }
 
 impl HsptOptions {
+    /// The host regions organization `org` needs: `regions` for private, else one.
+    pub fn regions_for(&self, org: Organization) -> u64 {
+        if org == Organization::Private {
+            self.regions
+        } else {
+            1
+        }
+    }
+
     /// Applies `scheme.KEY=VALUE` settings (without the prefix) and validates the result.
     pub fn with_sets(mut self, sets: &[(String, String)]) -> Result<Self, ConfigError> {
         self = crate::config::set_all(self, sets)?;
@@ -212,14 +222,13 @@ impl Hspt {
         opts: HsptOptions,
         walk_caches: bool,
     ) -> Result<Self, SimError> {
-        let regions = if org == Organization::Private { opts.regions } else { 1 };
         let bits = p.arch.guest_format.input_bits();
         let (host, mut mmu) = HostProcess::new(
             &mut p.host,
             p.arch.guest_regime,
             &opts.host,
             bits,
-            regions,
+            opts.regions_for(org),
             walk_caches,
         )?;
         // The host MMU translates the guest's accesses: it replaces the platform's.
@@ -257,15 +266,6 @@ impl Hspt {
 
     fn ad_by_hardware(p: &Platform) -> bool {
         p.arch.guest_regime.ad != AdPolicy::Ignore
-    }
-
-    /// Cached host walk pointers may lead into freed or changed region pages: drop them.
-    fn after_edit(p: &mut Platform, edit: Edit) {
-        if edit.structural {
-            let scope =
-                TlbScope { vmid: Some(p.mmu.vmid), va: None, asid: AsidScope::All, globals: true };
-            p.mmu.pwc.flush(&scope);
-        }
     }
 
     /// The emulator's software walk of `root` for `gva`; with `emulate_ad` it sets A/D as the
@@ -306,7 +306,7 @@ impl Hspt {
         p: &mut Platform,
         gva: Gva,
         leaf: &Leaf<crate::addr::GuestPhys>,
-    ) -> Result<Option<HostLeaf>, SimError> {
+    ) -> Result<Option<ShadowLeaf>, SimError> {
         let mut size = leaf.size.min(CHUNK_SIZE);
         if !self.host.format().leaf_allowed(size.level()) {
             size = PageSize::Size4K;
@@ -317,7 +317,7 @@ impl Hspt {
         if !leaf.dirty && Self::ad_by_hardware(p) {
             perms.remove(Perms::W);
         }
-        Ok(Some(HostLeaf { base: hfn.addr(), size, perms }))
+        Ok(Some(ShadowLeaf { base: hfn.addr(), size, perms, global: false }))
     }
 
     /// Maps `gva` in region `r`: one `mmap`.
@@ -326,13 +326,13 @@ impl Hspt {
         p: &mut Platform,
         r: usize,
         gva: Gva,
-        leaf: HostLeaf,
+        leaf: ShadowLeaf,
     ) -> Result<(), SimError> {
         let Some(region) = self.regions.get_mut(r) else { return Ok(()) };
         region.mapped += 1;
         let hva = self.host.hva(r, gva.align_down(leaf.size));
         let edit = self.host.map(&mut p.host, hva, leaf.base, leaf.size, leaf.perms)?;
-        Self::after_edit(p, edit);
+        after_edit(&mut p.mmu, edit);
         self.stats.maps += 1;
         p.stats.cycles.emulator += p.costs.host_mmap;
         Ok(())
@@ -390,7 +390,7 @@ impl Hspt {
         if edit.writes == 0 && mapped == 0 {
             return;
         }
-        Self::after_edit(p, edit);
+        after_edit(&mut p.mmu, edit);
         self.stats.region_wipes += 1;
         self.stats.mprotects += 1;
         p.stats.cycles.emulator += p.costs.host_mprotect + p.costs.hv_per_entry * mapped;
@@ -487,14 +487,6 @@ impl Hspt {
     }
 }
 
-/// A host page for a guest page: where, how large, with which permissions.
-#[derive(Clone, Copy, Debug)]
-struct HostLeaf {
-    base: Hpa,
-    size: PageSize,
-    perms: Perms,
-}
-
 /// The access fault a guest gets for a translation to memory it does not have.
 fn access_fault(gva: Gva, access: Access, format: &crate::paging::Format) -> TranslationFault {
     let f = WalkFault {
@@ -557,7 +549,7 @@ impl Scheme for Hspt {
                     if let Some(edit) = self.host.unmap(&mut p.host, hva) {
                         self.stats.mprotects += 1;
                         p.stats.cycles.emulator += p.costs.host_mprotect;
-                        Self::after_edit(p, edit);
+                        after_edit(&mut p.mmu, edit);
                     }
                 }
                 None => self.wipe(p, r),

@@ -49,7 +49,7 @@ use crate::paging::walk::{WalkError, WalkFault};
 use crate::paging::{Access, AccessKind, FaultKind, Perms, Privilege};
 
 /// log2 of a backing chunk's bytes.
-const CHUNK_SHIFT: u32 = 21;
+const CHUNK_SHIFT: u32 = CHUNK_SIZE.shift();
 
 /// Largest `tlb_bits` accepted (QEMU's dynamic TLB grows to 2^22 entries; memvirt stops at
 /// 2^16 to keep the table small).
@@ -298,10 +298,7 @@ impl Scheme for Softmmu {
             let base = Hpa::new(hpa.as_u64() & !size.offset_mask());
             let edit =
                 self.host.map(&mut p.host, page, base, size, Perms::R | Perms::W | Perms::U)?;
-            if edit.structural {
-                let all = TlbScope { vmid: None, va: None, asid: AsidScope::All, globals: true };
-                self.host_mmu.pwc.flush(&all);
-            }
+            super::host::after_edit(&mut self.host_mmu, edit);
             self.stats.host_ram_maps += 1;
         }
         Err(Stop::Error(SimError::Internal {

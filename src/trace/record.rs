@@ -226,14 +226,13 @@ pub fn record(cmd: &[OsString], opts: &RecordOptions) -> Result<RecordSummary, T
                 // Every log exists now; the watcher reports them all before the end marker.
                 logs.end(&dir.0)?;
             }
-            let ended = logs.collect(opts.fetches, &mut tails, status.is_some())?;
+            logs.collect(opts.fetches, &mut tails, status.is_some())?;
             let mut read = 0;
             for t in tails.values_mut() {
                 read += t.pump(&mut writer, &mut buf)?;
             }
             text_bytes += read;
             if let Some(status) = status {
-                debug_assert!(ended);
                 for t in tails.values_mut() {
                     t.finish(&mut writer)?;
                 }
@@ -344,13 +343,13 @@ impl Watcher {
     }
 
     /// Starts following the logs reported since the last call; with `until_end`, waits for the
-    /// end marker. Returns whether the end was seen.
+    /// end marker (so every log is followed).
     fn collect(
         &self,
         fetches: Fetches,
         tails: &mut BTreeMap<u64, Tail>,
         until_end: bool,
-    ) -> Result<bool, TraceError> {
+    ) -> Result<(), TraceError> {
         loop {
             let next = if until_end {
                 self.rx.recv().map_err(|_| TryRecvError::Disconnected)
@@ -367,9 +366,9 @@ impl Watcher {
                     let tail = Tail { file, name, pos: 0, partial: Vec::new(), parser };
                     tails.insert(image, tail);
                 }
-                Ok(Logged::End) => return Ok(true),
+                Ok(Logged::End) => return Ok(()),
                 Ok(Logged::Failed(e)) => return Err(e),
-                Err(TryRecvError::Empty) => return Ok(false),
+                Err(TryRecvError::Empty) => return Ok(()),
                 Err(TryRecvError::Disconnected) => {
                     return Err(TraceError::Other("the log watcher stopped unexpectedly".into()))
                 }
