@@ -162,6 +162,10 @@ struct BenchArgs {
     /// Workloads, comma-separated [default: all ten].
     #[arg(long, value_enum, value_delimiter = ',')]
     workloads: Vec<WorkloadKind>,
+    /// Time every run N times, in N interleaved rounds (so that a change in the machine's load
+    /// touches every row alike), and report the median wall-clock time.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    repeat: u32,
     #[command(flatten)]
     machine: MachineArgs,
     #[command(flatten)]
@@ -523,18 +527,43 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let schemes = selected(&args.schemes, &[SchemeKind::Native, SchemeKind::Nested]);
     let workloads = selected(&args.workloads, &WorkloadKind::ALL);
     let setup = Setup::new(&args.machine, &schemes, &workloads)?;
-    let mut progress = Progress::new(schemes.len() * workloads.len());
-    let mut rows = Vec::new();
-    for &w in &workloads {
-        for &s in &schemes {
-            let spec = setup.spec(s, w, workloads.len() == 1);
-            let start = Instant::now();
-            let report = run::run(&spec, &mut |d, t| progress.update(s, w, d, t))?;
-            rows.push(BenchRow::new(&report, start.elapsed().as_secs_f64()));
+    let rounds = args.repeat as usize;
+    let mut progress = Progress::new(rounds * schemes.len() * workloads.len());
+    // Per (workload, scheme): the report of the first round and every round's wall time.
+    let mut timed: Vec<(Report, Vec<f64>)> = Vec::new();
+    for round in 0..rounds {
+        let mut row = 0;
+        for &w in &workloads {
+            for &s in &schemes {
+                let spec = setup.spec(s, w, workloads.len() == 1);
+                let start = Instant::now();
+                let report = run::run(&spec, &mut |d, t| progress.update(s, w, d, t))?;
+                let seconds = start.elapsed().as_secs_f64();
+                if round == 0 {
+                    timed.push((report, vec![seconds]));
+                } else {
+                    let (first, times) = &mut timed[row];
+                    // Runs are deterministic: a round that simulated something else would make
+                    // the median meaningless.
+                    if report.accesses != first.accesses {
+                        bail!(
+                            "{s:?} on {w:?} simulated {} accesses in round {} but {} in round 1",
+                            report.accesses,
+                            round + 1,
+                            first.accesses
+                        );
+                    }
+                    times.push(seconds);
+                }
+                row += 1;
+            }
         }
     }
     progress.finish();
-    let title = format!("memvirt bench: wall-clock on this machine, {}", setup.describe());
+    let rows: Vec<BenchRow> =
+        timed.iter().map(|(report, times)| BenchRow::new(report, median(times))).collect();
+    let runs = if rounds == 1 { String::new() } else { format!(", median of {rounds} runs") };
+    let title = format!("memvirt bench: wall-clock on this machine{runs}, {}", setup.describe());
     let mut text = output::render_bench(&rows, args.out.format, &title)?;
     if args.out.format == Format::Table {
         let accesses: u64 = rows.iter().map(|r| r.accesses).sum();
@@ -543,6 +572,17 @@ fn bench(args: &BenchArgs) -> Result<()> {
         text.push_str(&format!("total: {accesses} accesses in {seconds:.3} s, {rate:.1} Macc/s\n"));
     }
     emit(&text, args.out.output.as_deref())
+}
+
+/// The median of `values` (the mean of the middle two for an even count; 0 for none).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 fn write_reports(reports: &[Report], out: &OutputArgs, title: &str) -> Result<()> {

@@ -350,6 +350,18 @@ fn bench_prints_accesses_per_second_for_each_run() {
     assert!(lines[1].starts_with("pagefault,native,") && lines[2].starts_with("pagefault,nested,"));
     let table = ok(&["bench", "--workloads", "pagefault", "--set", SMALL_PAGES]);
     assert!(table.contains("Macc/s") && table.contains("wall-clock"), "{table}");
+    assert!(!table.contains("median"), "{table}");
+}
+
+#[test]
+fn bench_repeat_reports_one_row_per_run_with_the_median_time() {
+    let args = ["bench", "--workloads", "pagefault,ctxsw", "--schemes", "nested", "--repeat", "3"];
+    let table = ok(&[&args[..], &["--set", SMALL_PAGES]].concat());
+    assert!(table.starts_with("memvirt bench: wall-clock on this machine, median of 3 runs"));
+    let csv = ok(&[&args[..], &["--set", SMALL_PAGES, "--format", "csv"]].concat());
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "one row per workload and scheme, not per round:\n{csv}");
+    assert!(rows[0].starts_with("pagefault,nested,") && rows[1].starts_with("ctxsw,nested,"));
 }
 
 /// A small `run` with extra arguments.
@@ -420,6 +432,8 @@ fn usage_errors_keep_clap_exit_code_two() {
         &["compare", "--schemes", "native,bogus"],
         &["compare", "--format", "xml"],
         &["run", "--workload", "pagefault"],
+        &["bench", "--repeat", "0"],
+        &["bench", "--repeat", "x"],
     ] {
         let out = memvirt(args);
         let err = stderr(&out);

@@ -72,24 +72,23 @@ impl Default for PtCacheConfig {
 /// per TLB miss and whose sets the host's own caches rarely hold:
 ///
 /// - each set keeps its lines in recency order, most recent first, so no LRU stamps are stored:
-///   a hit moves its line to the front, a fill shifts the set down one place (the last line, the
-///   least recently used, drops out) and writes the new line in front. Which way holds a line is
-///   never observable, only which lines a set holds and their order, so the hits and evictions are
-///   those of stamp-based LRU;
+///   a hit moves its line to the front, a fill shifts the set down one place (the last way, the
+///   least recently used line or an empty way, drops out) and writes the new line in front.
+///   Which way holds a line is never observable, only which lines a set holds and their order,
+///   so the hits and evictions are those of stamp-based LRU;
 /// - a tag is the line number without its set bits, in 32 bits (host memory is at most
 ///   [`MAX_HOST_MIB`], 2^32 lines), so a 16-way set is 64 bytes, aligned to one host cache line;
-/// - lines are never invalidated, so a set's valid lines are its first `filled[s]` ways.
+/// - an empty way holds [`EMPTY`], which no line's tag equals, so a lookup compares every way
+///   without knowing how many are in use (lines are never invalidated: empty ways only ever
+///   trail the valid ones).
 ///
 /// [`Lru`]: super::setassoc::Lru
 #[derive(Debug, Clone)]
 struct LineCache {
-    /// Tags, set `s` at `tags[base + s * ways..][..ways]`, most recently used first; the ways at
-    /// and past `filled[s]` are empty (and hold garbage).
+    /// Tags, set `s` at `tags[base + s * ways..][..ways]`, most recently used first.
     tags: Vec<u32>,
     /// Where set 0 starts in `tags`: the vector has room to start the sets on a 64-byte boundary.
     base: usize,
-    /// Ways in use in each set.
-    filled: Vec<u32>,
     set_mask: u64,
     set_bits: u32,
     ways: usize,
@@ -97,6 +96,11 @@ struct LineCache {
 
 /// Tags per host cache line.
 const TAGS_PER_LINE: usize = 64 / std::mem::size_of::<u32>();
+
+/// The tag of an empty way. The one line whose tag it would be (the last line of a 2^32-line
+/// host memory, in a level with a single set) is treated like a line beyond 32-bit tags: no
+/// level keeps it.
+const EMPTY: u32 = u32::MAX;
 
 // Every line of the largest host memory a profile may have gets a 32-bit tag.
 const _: () = assert!((MAX_HOST_MIB << 20) >> 6 <= 1 << 32);
@@ -107,44 +111,41 @@ impl LineCache {
             0 => (0, 0),
             _ => (check_geometry(name, g.entries, g.ways)?, g.ways),
         };
-        let tags = vec![0; g.entries + TAGS_PER_LINE - 1];
+        let tags = vec![EMPTY; g.entries + TAGS_PER_LINE - 1];
         // Alignment only speeds lookups up; a clone that lands elsewhere is merely slower.
         let misalign = tags.as_ptr() as usize % 64 / std::mem::size_of::<u32>();
         Ok(LineCache {
             tags,
             base: (TAGS_PER_LINE - misalign) % TAGS_PER_LINE,
-            filled: vec![0; sets],
             set_mask: (sets as u64).saturating_sub(1),
             set_bits: sets.max(1).trailing_zeros(),
             ways,
         })
     }
 
-    /// The set `line` maps to and the line's tag in it; `None` for a line beyond 32-bit tags,
-    /// which host memory never reaches (then every level misses it and none keeps it).
+    /// Where the ways of `line`'s set start in `tags`, and the line's tag in it; `None` for a
+    /// line no level keeps (beyond 32-bit tags, which host memory never reaches, or [`EMPTY`]).
     #[inline]
     fn place(&self, line: u64) -> Option<(usize, u32)> {
-        let tag = u32::try_from(line >> self.set_bits).ok()?;
-        Some((crate::addr::u64_to_usize(line & self.set_mask), tag))
+        let tag = u32::try_from(line >> self.set_bits).ok().filter(|&t| t != EMPTY)?;
+        Some((self.base + crate::addr::u64_to_usize(line & self.set_mask) * self.ways, tag))
     }
 
     /// Looks `line` up, making it the most recently used on a hit. A disabled level (no ways)
     /// always misses.
     #[inline]
     fn lookup(&mut self, line: u64) -> bool {
-        let Some((set, tag)) = self.place(line) else { return false };
-        let Some(&filled) = self.filled.get(set) else { return false };
-        let start = self.base + set * self.ways;
+        let Some((start, tag)) = self.place(line) else { return false };
         match self.ways {
             // The default geometries, with the set as a fixed-size array the compiler keeps in
             // vector registers.
-            16 => fixed::<16>(&mut self.tags[start..start + 16]).lookup(filled, tag),
-            8 => fixed::<8>(&mut self.tags[start..start + 8]).lookup(filled, tag),
-            _ => {
-                let valid = &mut self.tags[start..start + filled as usize];
-                match valid.iter().position(|&t| t == tag) {
+            16 => fixed::<16>(&mut self.tags[start..start + 16]).lookup(tag),
+            8 => fixed::<8>(&mut self.tags[start..start + 8]).lookup(tag),
+            ways => {
+                let set = &mut self.tags[start..start + ways];
+                match set.iter().position(|&t| t == tag) {
                     Some(way) => {
-                        valid[..=way].rotate_right(1);
+                        set[..=way].rotate_right(1);
                         true
                     }
                     None => false,
@@ -158,19 +159,15 @@ impl LineCache {
     /// left alone.
     #[inline]
     fn fill_absent(&mut self, line: u64) {
-        let Some((set, tag)) = self.place(line) else { return };
-        let Some(filled) = self.filled.get_mut(set) else { return };
-        let start = self.base + set * self.ways;
-        let used = (*filled as usize + 1).min(self.ways);
-        // `used` is at most `ways`, which fits the 32-bit count (a `Vec` of that many tags exists).
-        *filled = u32::try_from(used).unwrap_or(u32::MAX);
+        let Some((start, tag)) = self.place(line) else { return };
         match self.ways {
             16 => fixed::<16>(&mut self.tags[start..start + 16]).push_front(tag),
             8 => fixed::<8>(&mut self.tags[start..start + 8]).push_front(tag),
-            _ => {
-                let lines = &mut self.tags[start..start + used];
-                lines.rotate_right(1);
-                lines[0] = tag;
+            0 => {}
+            ways => {
+                let set = &mut self.tags[start..start + ways];
+                set.rotate_right(1);
+                set[0] = tag;
             }
         }
     }
@@ -187,17 +184,15 @@ fn fixed<const W: usize>(tags: &mut [u32]) -> FixedSet<'_, W> {
 }
 
 impl<const W: usize> FixedSet<'_, W> {
-    /// Whether `tag` is among the first `filled` ways; if so it moves to the front, the ways
-    /// before it one place down.
+    /// Whether `tag` is in the set; if so it moves to the front, the ways before it one place
+    /// down.
     #[inline]
-    fn lookup(self, filled: u32, tag: u32) -> bool {
-        // Most lookups miss: rule them out with one vector compare of every way (empty ways
-        // included, which can only make this say "maybe"), then find the way.
+    fn lookup(self, tag: u32) -> bool {
+        // Most lookups miss: rule them out with one vector compare of every way, then find it.
         if !self.0.iter().fold(false, |any, &t| any | (t == tag)) {
             return false;
         }
-        let valid = &self.0[..(filled as usize).min(W)];
-        let Some(way) = valid.iter().position(|&t| t == tag) else { return false };
+        let Some(way) = self.0.iter().position(|&t| t == tag) else { return false };
         // Ways 1..=way take their predecessor's tag (a select over the whole array, so that it
         // stays in vector registers).
         let old = *self.0;
