@@ -183,16 +183,24 @@ fn fixed<const W: usize>(tags: &mut [u32]) -> FixedSet<'_, W> {
     FixedSet(tags.try_into().unwrap_or_else(|_| unreachable!("a set of {W} ways")))
 }
 
+/// The way of `set` that holds `tag`, known to be there.
+#[inline(never)]
+fn way_of(set: &[u32], tag: u32) -> usize {
+    set.iter().position(|&t| t == tag).unwrap_or(0)
+}
+
 impl<const W: usize> FixedSet<'_, W> {
     /// Whether `tag` is in the set; if so it moves to the front, the ways before it one place
     /// down.
     #[inline]
     fn lookup(self, tag: u32) -> bool {
-        // Most lookups miss: rule them out with one vector compare of every way, then find it.
+        // Most lookups miss: rule them out with one vector compare of every way, then find the
+        // way apart (kept out of line so that the compiler does not fuse the two loops into one
+        // scalar one).
         if !self.0.iter().fold(false, |any, &t| any | (t == tag)) {
             return false;
         }
-        let Some(way) = self.0.iter().position(|&t| t == tag) else { return false };
+        let way = way_of(&self.0[..], tag);
         // Ways 1..=way take their predecessor's tag (a select over the whole array, so that it
         // stays in vector registers).
         let old = *self.0;

@@ -96,15 +96,23 @@ impl<In: Space, Out: Space> WalkCache<In, Out> for PwcPort<'_> {
             return None;
         }
         self.pwc.stats.lookups += 1;
-        // The deepest pointer saves the most reads: try level 1 first.
-        for entry_level in Level::ALL.into_iter().skip(1).take(format.root_level().index() as usize)
-        {
+        // The deepest pointer saves the most reads: try level 1 first. Table `i` holds entries
+        // of level `i + 1`, which point at tables of level `i`; an empty table cannot hit.
+        let levels = format.root_level().index() as usize;
+        for (i, table) in self.pwc.levels.iter_mut().enumerate().take(levels) {
+            if table.is_empty() {
+                continue;
+            }
+            let (Some(entry_level), Some(level)) =
+                (Level::from_index(i as u32 + 1), Level::from_index(i as u32))
+            else {
+                break;
+            };
             let prefix = format.prefix(input.as_u64(), entry_level);
-            let table = &mut self.pwc.levels[entry_level.index() as usize - 1];
             let hit = table.lookup(prefix, |e| {
                 e.prefix == prefix && e.vmid == vmid && (e.global || e.asid == asid)
             });
-            if let (Some(e), Some(level)) = (hit, entry_level.down()) {
+            if let Some(e) = hit {
                 self.pwc.stats.hits += 1;
                 return Some(CachedPointer {
                     level,
