@@ -1,9 +1,26 @@
 //! The combined TLB (GVA→HPA, or native VA→PA): per-page-size L1 tables and a unified L2, tagged
 //! with VMID, ASID/PCID and the global bit.
+//!
+//! Each table answers exactly as a [`SetAssoc<TlbEntry>`](super::setassoc::SetAssoc) with LRU
+//! replacement did (the tests keep that implementation and compare the two over random
+//! operations): a lookup returns the first way, in way order, of the probed set whose entry
+//! matches, whatever that entry's size; a fill replaces the entry of the same page and context,
+//! else takes the first empty way, else evicts the least recently used entry. Only the layout is
+//! specialised, for the TLB-miss path, which searches several sets per translation:
+//!
+//! - each way has three words, kept together per set: a tag (the page's base address with the
+//!   size's index in its offset bits, so that one comparison checks page and size), a context
+//!   word (VMID and ASID, or VMID and a global flag) and an LRU stamp;
+//! - a lookup compares the address's tag for each size the table ever held (usually one), and
+//!   the context word only where the tag matched: a 12-way miss is twelve compare-and-branch
+//!   pairs over 96 contiguous bytes;
+//! - the entries themselves, which only hits, fills, flushes and [`Tlb::entries`] read, are apart;
+//! - LRU stamps come from a clock per table, as before; an empty way's stamp is 0, so the first
+//!   empty way is the least recently used one and a fill needs a single scan for its victim.
 
 use super::flush::TlbScope;
-use super::setassoc::{GeometryError, SetAssoc};
-use crate::addr::{Asid, Gva, Hpa, PageSize, Vmid};
+use super::setassoc::{check_geometry, GeometryError};
+use crate::addr::{u64_to_usize, Asid, Gva, Hpa, Level, PageSize, Vmid};
 use crate::paging::{Access, AllowMask};
 
 /// One cached translation.
@@ -65,6 +82,128 @@ impl TlbEntry {
             && self.global == other.global
             && (self.global || self.asid == other.asid)
     }
+
+    /// The tag and context word of the way holding the entry.
+    fn way_tags(&self) -> WayTags {
+        let shift = self.size.shift();
+        let base = self.vpn << shift;
+        // A `vpn` with bits that shifting it back into an address loses is in no address's page
+        // ([`TlbEntry::new`] never builds one).
+        let tag =
+            if base >> shift == self.vpn { page_tag(base, self.size) } else { UNMATCHABLE_TAG };
+        let context = if self.global {
+            global_context(self.vmid)
+        } else {
+            tagged_context(self.vmid, self.asid)
+        };
+        WayTags { tag, context }
+    }
+}
+
+/// What a way keeps of its entry for searches.
+#[derive(Clone, Copy, Debug)]
+struct WayTags {
+    /// The [`page_tag`] of the entry's page, which a lookup compares.
+    tag: u64,
+    /// The entry's context word: the lookup contexts it matches are exactly those whose
+    /// [`Context::tagged`] or [`Context::global`] equals it.
+    context: u64,
+}
+
+/// The tag of the `size` page based at `base`: the base with the size's index in its offset
+/// bits, so that one comparison checks both page and size.
+#[inline]
+fn page_tag(base: u64, size: PageSize) -> u64 {
+    base | u64::from(size.level().index())
+}
+
+/// The tag of the `size` page containing `va`.
+#[inline]
+fn page_tag_of(va: Gva, size: PageSize) -> u64 {
+    page_tag(va.as_u64() & !size.offset_mask(), size)
+}
+
+/// The tag of an empty way. It and [`UNMATCHABLE_TAG`] have offset bits set above the size
+/// index, so no [`page_tag`], hence no address, ever equals them.
+const EMPTY_TAG: u64 = u64::MAX;
+
+/// The tag of an entry no address can match (see [`TlbEntry::way_tags`]).
+const UNMATCHABLE_TAG: u64 = u64::MAX - 1;
+
+/// The context word of a non-global entry: VMID and ASID side by side (under 2^32).
+#[inline]
+fn tagged_context(vmid: Vmid, asid: Asid) -> u64 {
+    (u64::from(vmid.0) << 16) | u64::from(asid.0)
+}
+
+/// The context word of a global entry: a flag above the 32 bits of [`tagged_context`], and the
+/// VMID alone.
+#[inline]
+fn global_context(vmid: Vmid) -> u64 {
+    (1 << 32) | (u64::from(vmid.0) << 16)
+}
+
+/// The context a lookup is made in, as the two context words an entry may carry to match it.
+#[derive(Clone, Copy, Debug)]
+struct Context {
+    /// The word of a non-global entry of this VMID and ASID.
+    tagged: u64,
+    /// The word of a global entry of this VMID.
+    global: u64,
+}
+
+impl Context {
+    #[inline]
+    fn new(vmid: Vmid, asid: Asid) -> Self {
+        Context { tagged: tagged_context(vmid, asid), global: global_context(vmid) }
+    }
+
+    #[inline]
+    fn admits(self, word: u64) -> bool {
+        word == self.tagged || word == self.global
+    }
+}
+
+/// A set of page sizes, a bit per size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PageSizes(u8);
+
+impl PageSizes {
+    #[inline]
+    fn bit(size: PageSize) -> u8 {
+        1 << size.level().index()
+    }
+
+    #[inline]
+    fn insert(&mut self, size: PageSize) {
+        self.0 |= Self::bit(size);
+    }
+
+    #[inline]
+    fn contains(self, size: PageSize) -> bool {
+        self.0 & Self::bit(size) != 0
+    }
+
+    /// The size, if the set holds exactly one.
+    #[inline]
+    fn single(self) -> Option<PageSize> {
+        if self.0.is_power_of_two() {
+            self.iter().next()
+        } else {
+            None
+        }
+    }
+
+    /// The sizes, smallest first.
+    #[inline]
+    fn iter(self) -> impl Iterator<Item = PageSize> {
+        let mut left = self.0;
+        std::iter::from_fn(move || {
+            let level = Level::from_index(left.trailing_zeros())?;
+            left &= left - 1;
+            Some(PageSize::at_level(level))
+        })
+    }
 }
 
 /// Geometry of one table: entries and ways (`ways == entries`: fully associative).
@@ -118,13 +257,226 @@ pub enum TlbLevel {
     L2,
 }
 
+/// One set-associative table of TLB entries with LRU replacement.
+///
+/// The words searches read are kept per set, together: set `s` is
+/// `words[s * 3 * ways..][..3 * ways]`, its ways' tags ([`WayTags::tag`], [`EMPTY_TAG`] for an
+/// empty way), then their context words ([`WayTags::context`]), then their LRU stamps (the
+/// table's clock at the way's last hit or fill, 0 for an empty way). The entries are apart, way
+/// `w` of set `s` at `entries[s * ways + w]`.
+#[derive(Debug, Clone)]
+struct TlbTable {
+    words: Vec<u64>,
+    entries: Vec<Option<TlbEntry>>,
+    clock: u64,
+    /// Every size the table ever held: a search looks for the tags of these sizes only.
+    held: PageSizes,
+    set_mask: u64,
+    ways: usize,
+    /// Valid entries.
+    live: usize,
+}
+
+/// The words of one set (see [`TlbTable`]).
+#[derive(Debug)]
+struct SetWords<'a> {
+    tags: &'a mut [u64],
+    contexts: &'a mut [u64],
+    stamps: &'a mut [u64],
+}
+
+impl<'a> SetWords<'a> {
+    /// The words of `set` in `words`, a table of `ways` ways.
+    #[inline(always)]
+    fn of(words: &'a mut [u64], set: usize, ways: usize) -> Self {
+        let (tags, rest) = words[set * 3 * ways..][..3 * ways].split_at_mut(ways);
+        let (contexts, stamps) = rest.split_at_mut(ways);
+        SetWords { tags, contexts, stamps }
+    }
+
+    /// The first way holding an entry of a size in `held` that translates `va` in `context`.
+    #[inline(always)]
+    fn first_match(&self, held: PageSizes, va: Gva, context: Context) -> Option<usize> {
+        let find = |size| {
+            let tag = page_tag_of(va, size);
+            let mut ways = self.tags.iter().zip(&*self.contexts);
+            ways.position(|(&t, &word)| t == tag && context.admits(word))
+        };
+        // Most tables only ever hold one size: one search.
+        if let Some(size) = held.single() {
+            return find(size);
+        }
+        // Else the first way that holds any size's match.
+        held.iter().filter_map(find).min()
+    }
+
+    /// The way `entry` goes to: the one holding an entry of the same page and context (`new`
+    /// are `entry`'s tags) if there is one, else the least recently used, which is the first
+    /// empty way if there is one (an empty way's stamp is 0, older than any entry's). `entries`
+    /// are the set's entries.
+    #[inline(always)]
+    fn way_for(&self, entry: &TlbEntry, new: WayTags, entries: &[Option<TlbEntry>]) -> usize {
+        // Equal tags and context words are necessary for the same slot and, unless the tag is
+        // `UNMATCHABLE_TAG`, sufficient: the entry itself settles that case.
+        let same_slot = || {
+            let mut ways = self.tags.iter().zip(&*self.contexts).zip(entries);
+            ways.position(|((&tag, &context), old)| {
+                tag == new.tag
+                    && context == new.context
+                    && old.is_some_and(|old| old.same_slot(entry))
+            })
+        };
+        let oldest = || {
+            // The first of the smallest, as `SetAssoc` chose (only empty ways share a stamp).
+            let oldest = self.stamps.iter().fold(u64::MAX, |min, &stamp| min.min(stamp));
+            self.stamps.iter().position(|&stamp| stamp == oldest).unwrap_or(0)
+        };
+        // Most fills find no entry of the same page: rule that out with one comparison a way.
+        let maybe_same = self.tags.iter().fold(false, |any, &tag| any | (tag == new.tag));
+        maybe_same.then(same_slot).flatten().unwrap_or_else(oldest)
+    }
+}
+
+impl TlbTable {
+    /// A table of `g.entries` entries in sets of `g.ways`; zero entries is a disabled table that
+    /// never hits and keeps nothing.
+    fn new(name: &str, g: Geometry) -> Result<Self, GeometryError> {
+        let (sets, ways) = match g.entries {
+            0 => (0, 0),
+            entries => (check_geometry(name, entries, g.ways)?, g.ways),
+        };
+        let mut words = vec![0; 3 * g.entries];
+        for set in words.chunks_exact_mut(3 * ways.max(1)) {
+            set[..ways].fill(EMPTY_TAG);
+        }
+        Ok(TlbTable {
+            words,
+            entries: vec![None; g.entries],
+            clock: 0,
+            held: PageSizes::default(),
+            set_mask: (sets as u64).saturating_sub(1),
+            ways,
+            live: 0,
+        })
+    }
+
+    /// The set `key` (a page number) maps to.
+    #[inline]
+    fn set_of(&self, key: u64) -> usize {
+        u64_to_usize(key & self.set_mask)
+    }
+
+    /// Looks `va` up in the set its `probe`-size page maps to: the first way, in way order,
+    /// whose entry (of any size) translates `va` in `context`. A hit becomes the most recently
+    /// used entry of the set.
+    #[inline]
+    fn lookup(&mut self, va: Gva, probe: PageSize, context: Context) -> Option<TlbEntry> {
+        if self.live == 0 {
+            return None;
+        }
+        // The default associativities as constants, so that the scans are unrolled for them.
+        match self.ways {
+            4 => self.lookup_in(4, va, probe, context),
+            12 => self.lookup_in(12, va, probe, context),
+            ways => self.lookup_in(ways, va, probe, context),
+        }
+    }
+
+    #[inline(always)]
+    fn lookup_in(
+        &mut self,
+        ways: usize,
+        va: Gva,
+        probe: PageSize,
+        context: Context,
+    ) -> Option<TlbEntry> {
+        let set = self.set_of(va.as_u64() >> probe.shift());
+        let words = SetWords::of(&mut self.words, set, ways);
+        let way = words.first_match(self.held, va, context)?;
+        self.clock += 1;
+        words.stamps[way] = self.clock;
+        self.entries[set * ways + way]
+    }
+
+    /// Inserts `entry`, whose tag and context word are `tags`, into its set: over the entry of
+    /// the same page and context if there is one, else into the first empty way, else over the
+    /// least recently used entry. A disabled table is left alone.
+    #[inline]
+    fn insert(&mut self, entry: TlbEntry, tags: WayTags) {
+        match self.ways {
+            0 => {}
+            4 => self.insert_in(4, entry, tags),
+            12 => self.insert_in(12, entry, tags),
+            ways => self.insert_in(ways, entry, tags),
+        }
+    }
+
+    #[inline(always)]
+    fn insert_in(&mut self, ways: usize, entry: TlbEntry, new: WayTags) {
+        let set = self.set_of(entry.vpn);
+        let words = SetWords::of(&mut self.words, set, ways);
+        let entries = &mut self.entries[set * ways..][..ways];
+        let way = words.way_for(&entry, new, entries);
+        if words.tags[way] == EMPTY_TAG {
+            self.live += 1;
+        }
+        entries[way] = Some(entry);
+        self.clock += 1;
+        words.tags[way] = new.tag;
+        words.contexts[way] = new.context;
+        words.stamps[way] = self.clock;
+        self.held.insert(entry.size);
+    }
+
+    /// Empties the ways of `sets` whose entry `keep` rejects; returns how many.
+    fn retain_sets(
+        &mut self,
+        sets: std::ops::Range<usize>,
+        keep: impl Fn(&TlbEntry) -> bool,
+    ) -> usize {
+        if self.live == 0 {
+            return 0;
+        }
+        let ways = self.ways;
+        let mut dropped = 0;
+        for set in sets {
+            let entries = &mut self.entries[set * ways..][..ways];
+            for (way, slot) in entries.iter_mut().enumerate() {
+                if slot.is_some_and(|e| !keep(&e)) {
+                    *slot = None;
+                    let words = SetWords::of(&mut self.words, set, ways);
+                    words.tags[way] = EMPTY_TAG;
+                    words.stamps[way] = 0;
+                    dropped += 1;
+                }
+            }
+        }
+        self.live -= dropped;
+        dropped
+    }
+
+    /// Empties every way whose entry `keep` rejects; returns how many.
+    fn retain(&mut self, keep: impl Fn(&TlbEntry) -> bool) -> usize {
+        self.retain_sets(0..self.entries.len() / self.ways.max(1), keep)
+    }
+
+    /// Like [`retain`](Self::retain), only in the set of `key`.
+    fn retain_in_set(&mut self, key: u64, keep: impl Fn(&TlbEntry) -> bool) -> usize {
+        let set = self.set_of(key);
+        self.retain_sets(set..set + 1, keep)
+    }
+
+    /// Every valid entry, in way order.
+    fn iter(&self) -> impl Iterator<Item = &TlbEntry> + '_ {
+        self.entries.iter().flatten()
+    }
+}
+
 /// The combined TLB of one vCPU.
 #[derive(Debug, Clone)]
 pub struct Tlb {
-    l1: [SetAssoc<TlbEntry>; 3],
-    l2: SetAssoc<TlbEntry>,
-    /// Bit per [`PageSize`] index present in the L2, so misses probe only sizes it holds.
-    l2_sizes: u8,
+    l1: [TlbTable; 3],
+    l2: TlbTable,
 }
 
 #[inline]
@@ -141,12 +493,11 @@ impl Tlb {
     pub fn new(cfg: &TlbConfig) -> Result<Self, GeometryError> {
         Ok(Tlb {
             l1: [
-                SetAssoc::new("tlb.l1_4k", cfg.l1_4k.entries, cfg.l1_4k.ways)?,
-                SetAssoc::new("tlb.l1_2m", cfg.l1_2m.entries, cfg.l1_2m.ways)?,
-                SetAssoc::new("tlb.l1_1g", cfg.l1_1g.entries, cfg.l1_1g.ways)?,
+                TlbTable::new("tlb.l1_4k", cfg.l1_4k)?,
+                TlbTable::new("tlb.l1_2m", cfg.l1_2m)?,
+                TlbTable::new("tlb.l1_1g", cfg.l1_1g)?,
             ],
-            l2: SetAssoc::new("tlb.l2", cfg.l2.entries, cfg.l2.ways)?,
-            l2_sizes: 0,
+            l2: TlbTable::new("tlb.l2", cfg.l2)?,
         })
     }
 
@@ -154,62 +505,41 @@ impl Tlb {
     /// clean page, say) is reported as a miss so that the hardware re-walks.
     #[inline]
     pub fn lookup_l1(&mut self, va: Gva, access: Access, vmid: Vmid, asid: Asid) -> Option<Hpa> {
-        let bit = access.class_bit();
-        for (i, size) in
-            [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G].into_iter().enumerate()
-        {
-            let table = &mut self.l1[i];
-            if table.is_empty() {
-                continue;
-            }
-            let key = va.as_u64() >> size.shift();
-            if let Some(e) = table.lookup(key, |e| e.matches(va, vmid, asid)) {
-                return (e.allow & bit != 0).then(|| e.translate(va));
-            }
-            if i == 2 {
-                // Larger pages share the 1G table.
-                for big in [PageSize::Size512G, PageSize::Size256T] {
-                    let key = va.as_u64() >> big.shift();
-                    if let Some(e) = table.lookup(key, |e| e.matches(va, vmid, asid)) {
-                        return (e.allow & bit != 0).then(|| e.translate(va));
-                    }
-                }
-            }
-        }
-        None
+        let context = Context::new(vmid, asid);
+        let [l1_4k, l1_2m, l1_1g] = &mut self.l1;
+        let e = l1_4k
+            .lookup(va, PageSize::Size4K, context)
+            .or_else(|| l1_2m.lookup(va, PageSize::Size2M, context))
+            // Larger pages share the 1G table.
+            .or_else(|| l1_1g.lookup(va, PageSize::Size1G, context))
+            .or_else(|| l1_1g.lookup(va, PageSize::Size512G, context))
+            .or_else(|| l1_1g.lookup(va, PageSize::Size256T, context))?;
+        (e.allow & access.class_bit() != 0).then(|| e.translate(va))
     }
 
     /// Looks `va` up in the L2; a usable hit is copied into the L1.
     #[cold]
     pub fn lookup_l2(&mut self, va: Gva, access: Access, vmid: Vmid, asid: Asid) -> Option<Hpa> {
-        let bit = access.class_bit();
-        for size in PageSize::ALL {
-            if self.l2_sizes & (1 << size.level().index()) == 0 {
-                continue;
-            }
-            let key = va.as_u64() >> size.shift();
-            if let Some(e) = self.l2.lookup(key, |e| e.matches(va, vmid, asid)) {
-                if e.allow & bit == 0 {
-                    return None;
-                }
-                self.insert_l1(e);
-                return Some(e.translate(va));
-            }
+        let context = Context::new(vmid, asid);
+        // Only the sets of sizes the L2 holds.
+        let held = self.l2.held;
+        let e = held.iter().find_map(|size| self.l2.lookup(va, size, context))?;
+        if e.allow & access.class_bit() == 0 {
+            return None;
         }
-        None
+        self.insert_l1(e, e.way_tags());
+        Some(e.translate(va))
     }
 
-    fn insert_l1(&mut self, e: TlbEntry) {
-        self.l1[l1_index(e.size)].insert(e.vpn, e, |o| o.same_slot(&e));
+    fn insert_l1(&mut self, e: TlbEntry, tags: WayTags) {
+        self.l1[l1_index(e.size)].insert(e, tags);
     }
 
     /// Inserts a fresh translation into both levels.
     pub fn insert(&mut self, e: TlbEntry) {
-        self.insert_l1(e);
-        if !self.l2.is_disabled() {
-            self.l2.insert(e.vpn, e, |o| o.same_slot(&e));
-            self.l2_sizes |= 1 << e.size.level().index();
-        }
+        let tags = e.way_tags();
+        self.insert_l1(e, tags);
+        self.l2.insert(e, tags);
     }
 
     /// Removes exactly the entries `scope` selects; returns how many went. A single-address
@@ -226,7 +556,7 @@ impl Tlb {
         for size in PageSize::ALL {
             let key = va.as_u64() >> size.shift();
             dropped += self.l1[l1_index(size)].retain_in_set(key, keep);
-            if self.l2_sizes & (1 << size.level().index()) != 0 {
+            if self.l2.held.contains(size) {
                 dropped += self.l2.retain_in_set(key, keep);
             }
         }
@@ -235,6 +565,320 @@ impl Tlb {
 
     /// Every entry of both levels (L1 first), for tests and the oracle.
     pub fn entries(&self) -> impl Iterator<Item = &TlbEntry> + '_ {
-        self.l1.iter().flat_map(|t| t.iter()).chain(self.l2.iter())
+        self.l1.iter().flat_map(TlbTable::iter).chain(self.l2.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mmu::flush::AsidScope;
+    use crate::mmu::setassoc::SetAssoc;
+    use crate::paging::{AccessKind, Privilege};
+    use crate::rng::Rng;
+
+    /// The TLB as it was first written: one `SetAssoc<TlbEntry>` with LRU stamps per table.
+    struct Reference {
+        l1: [SetAssoc<TlbEntry>; 3],
+        l2: SetAssoc<TlbEntry>,
+        l2_sizes: u8,
+    }
+
+    impl Reference {
+        fn new(cfg: &TlbConfig) -> Self {
+            let mk = |g: Geometry| SetAssoc::new("reference", g.entries, g.ways).unwrap();
+            Reference {
+                l1: [mk(cfg.l1_4k), mk(cfg.l1_2m), mk(cfg.l1_1g)],
+                l2: mk(cfg.l2),
+                l2_sizes: 0,
+            }
+        }
+
+        fn lookup_l1(&mut self, va: Gva, access: Access, vmid: Vmid, asid: Asid) -> Option<Hpa> {
+            let bit = access.class_bit();
+            for (i, size) in
+                [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G].into_iter().enumerate()
+            {
+                let table = &mut self.l1[i];
+                if table.is_empty() {
+                    continue;
+                }
+                let key = va.as_u64() >> size.shift();
+                if let Some(e) = table.lookup(key, |e| e.matches(va, vmid, asid)) {
+                    return (e.allow & bit != 0).then(|| e.translate(va));
+                }
+                if i == 2 {
+                    for big in [PageSize::Size512G, PageSize::Size256T] {
+                        let key = va.as_u64() >> big.shift();
+                        if let Some(e) = table.lookup(key, |e| e.matches(va, vmid, asid)) {
+                            return (e.allow & bit != 0).then(|| e.translate(va));
+                        }
+                    }
+                }
+            }
+            None
+        }
+
+        fn lookup_l2(&mut self, va: Gva, access: Access, vmid: Vmid, asid: Asid) -> Option<Hpa> {
+            let bit = access.class_bit();
+            for size in PageSize::ALL {
+                if self.l2_sizes & (1 << size.level().index()) == 0 {
+                    continue;
+                }
+                let key = va.as_u64() >> size.shift();
+                if let Some(e) = self.l2.lookup(key, |e| e.matches(va, vmid, asid)) {
+                    if e.allow & bit == 0 {
+                        return None;
+                    }
+                    self.insert_l1(e);
+                    return Some(e.translate(va));
+                }
+            }
+            None
+        }
+
+        fn insert_l1(&mut self, e: TlbEntry) {
+            self.l1[l1_index(e.size)].insert(e.vpn, e, |o| o.same_slot(&e));
+        }
+
+        fn insert(&mut self, e: TlbEntry) {
+            self.insert_l1(e);
+            if !self.l2.is_disabled() {
+                self.l2.insert(e.vpn, e, |o| o.same_slot(&e));
+                self.l2_sizes |= 1 << e.size.level().index();
+            }
+        }
+
+        fn flush(&mut self, scope: &TlbScope) -> usize {
+            let keep = |e: &TlbEntry| {
+                !(scope.selects(e.vmid, e.asid, e.global) && scope.va.is_none_or(|va| e.covers(va)))
+            };
+            let Some(va) = scope.va else {
+                return self.l1.iter_mut().map(|t| t.retain(keep)).sum::<usize>()
+                    + self.l2.retain(keep);
+            };
+            let mut dropped = 0;
+            for size in PageSize::ALL {
+                let key = va.as_u64() >> size.shift();
+                dropped += self.l1[l1_index(size)].retain_in_set(key, keep);
+                if self.l2_sizes & (1 << size.level().index()) != 0 {
+                    dropped += self.l2.retain_in_set(key, keep);
+                }
+            }
+            dropped
+        }
+
+        fn entries(&self) -> impl Iterator<Item = &TlbEntry> + '_ {
+            self.l1.iter().flat_map(|t| t.iter()).chain(self.l2.iter())
+        }
+    }
+
+    /// The geometries the two implementations are compared on.
+    fn geometries() -> Vec<(&'static str, TlbConfig)> {
+        let g = |entries, ways| Geometry { entries, ways };
+        vec![
+            ("default", TlbConfig::default()),
+            // softmmu: a direct-mapped 4K table and a fully associative victim TLB.
+            (
+                "softmmu",
+                TlbConfig {
+                    l1_4k: g(256, 1),
+                    l1_2m: Geometry::OFF,
+                    l1_1g: Geometry::OFF,
+                    l2: g(8, 8),
+                },
+            ),
+            (
+                "fully associative",
+                TlbConfig { l1_4k: g(8, 8), l1_2m: g(4, 4), l1_1g: g(2, 2), l2: g(32, 32) },
+            ),
+            // Few sets, so that pages of every size collide; 512G and 256T pages land in other
+            // sets of the 1G table than the 1G probe.
+            (
+                "small, no L2",
+                TlbConfig { l1_4k: g(16, 2), l1_2m: g(8, 1), l1_1g: g(8, 2), l2: Geometry::OFF },
+            ),
+            (
+                "small, no 2M L1",
+                TlbConfig { l1_4k: g(8, 2), l1_2m: Geometry::OFF, l1_1g: g(4, 1), l2: g(48, 3) },
+            ),
+        ]
+    }
+
+    const ACCESSES: [Access; 6] = [
+        Access { kind: AccessKind::Load, privilege: Privilege::User },
+        Access { kind: AccessKind::Store, privilege: Privilege::User },
+        Access { kind: AccessKind::Fetch, privilege: Privilege::User },
+        Access { kind: AccessKind::Load, privilege: Privilege::Supervisor },
+        Access { kind: AccessKind::Store, privilege: Privilege::Supervisor },
+        Access { kind: AccessKind::Fetch, privilege: Privilege::Supervisor },
+    ];
+
+    /// Random operands drawn from small pools, so that pages, contexts and sets collide often.
+    struct Draw {
+        rng: Rng,
+        /// Addresses drawn lately, which half the draws reuse so that lookups hit.
+        recent: Vec<Gva>,
+    }
+
+    impl Draw {
+        fn new(seed: u64) -> Self {
+            Draw { rng: Rng::new(seed, 0), recent: Vec::new() }
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.rng.below(n)
+        }
+
+        fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+            items[u64_to_usize(self.below(items.len() as u64))]
+        }
+
+        /// A recent address, or one in one of a few regions (low, just below 2^47,
+        /// sign-extended high) with a few choices of each page-number field; any offset.
+        fn va(&mut self) -> Gva {
+            const RECENT: usize = 32;
+            let offset = self.below(1 << 12);
+            if self.recent.len() == RECENT && self.below(2) == 0 {
+                let page = self.pick(&self.recent.clone()).align_down(PageSize::Size4K);
+                return Gva::new(page.as_u64() | offset);
+            }
+            let region = self.pick(&[0, 0x0000_7f80_0000_0000, 0xffff_ff80_0000_0000, 1 << 48]);
+            let fields = (self.below(24) << 12)
+                | (self.below(6) << 21)
+                | (self.below(4) << 30)
+                | (self.below(3) << 39);
+            let va = Gva::new(region | fields | offset);
+            if self.recent.len() == RECENT {
+                let slot = u64_to_usize(self.below(RECENT as u64));
+                self.recent[slot] = va;
+            } else {
+                self.recent.push(va);
+            }
+            va
+        }
+
+        fn context(&mut self) -> (Vmid, Asid) {
+            (Vmid(self.pick(&[0, 1, 2])), Asid(self.pick(&[0, 1, 2, 0xffff])))
+        }
+
+        fn entry(&mut self, va: Gva) -> TlbEntry {
+            let size = self.pick(&[
+                PageSize::Size4K,
+                PageSize::Size4K,
+                PageSize::Size4K,
+                PageSize::Size2M,
+                PageSize::Size2M,
+                PageSize::Size1G,
+                PageSize::Size512G,
+                PageSize::Size256T,
+            ]);
+            let (vmid, asid) = self.context();
+            let global = self.below(5) == 0;
+            let base = Hpa::new(self.rng.next_u64() & !size.offset_mask() & ((1 << 52) - 1));
+            let allow = self.pick(&[0xff, 0x3f, 0x3d, 0x01, 0x08, 0x00]);
+            let mut entry = TlbEntry::new(va, size, base, (vmid, asid, global), allow);
+            if self.below(64) == 0 {
+                // A page number no address has (the fields are public): it never matches.
+                entry.vpn |= 1 << 60;
+            }
+            entry
+        }
+
+        fn scope(&mut self) -> TlbScope {
+            TlbScope {
+                vmid: self.pick(&[None, Some(Vmid(0)), Some(Vmid(1))]),
+                // A wide flush empties most of the TLB: keep them rarer than single addresses.
+                va: if self.below(8) == 0 { None } else { Some(self.va()) },
+                asid: self.pick(&[
+                    AsidScope::All,
+                    AsidScope::One(Asid(0)),
+                    AsidScope::One(Asid(1)),
+                ]),
+                globals: self.below(2) == 0,
+            }
+        }
+    }
+
+    /// Drives a `Tlb` and a [`Reference`] of geometry `cfg` with the same `steps` random
+    /// operations and panics at the first difference: a lookup's answer, a flush's count, or the
+    /// entries and their order every 1000 steps and at the end.
+    fn compare_with_reference(name: &str, cfg: &TlbConfig, seed: u64, steps: usize) {
+        let (mut tlb, mut reference) = (Tlb::new(cfg).unwrap(), Reference::new(cfg));
+        let mut draw = Draw::new(seed);
+        for step in 0..steps {
+            let at = || format!("step {step} of {name} (seed {seed})");
+            let va = draw.va();
+            let (vmid, asid) = draw.context();
+            let access = draw.pick(&ACCESSES);
+            match draw.below(100) {
+                // A translation as the MMU makes it: L1, then L2, then a walk's fill.
+                0..45 => {
+                    let hit = tlb.lookup_l1(va, access, vmid, asid);
+                    assert_eq!(hit, reference.lookup_l1(va, access, vmid, asid), "L1, {}", at());
+                    if hit.is_none() {
+                        let hit = tlb.lookup_l2(va, access, vmid, asid);
+                        let expected = reference.lookup_l2(va, access, vmid, asid);
+                        assert_eq!(hit, expected, "L2, {}", at());
+                        if hit.is_none() {
+                            let e = draw.entry(va);
+                            tlb.insert(e);
+                            reference.insert(e);
+                        }
+                    }
+                }
+                45..60 => {
+                    let hit = tlb.lookup_l2(va, access, vmid, asid);
+                    assert_eq!(hit, reference.lookup_l2(va, access, vmid, asid), "L2, {}", at());
+                }
+                60..97 => {
+                    let e = draw.entry(va);
+                    tlb.insert(e);
+                    reference.insert(e);
+                }
+                _ => {
+                    let scope = draw.scope();
+                    assert_eq!(tlb.flush(&scope), reference.flush(&scope), "flush, {}", at());
+                }
+            }
+            if step % 1000 == 999 || step + 1 == steps {
+                let entries: Vec<_> = tlb.entries().collect();
+                assert_eq!(entries, reference.entries().collect::<Vec<_>>(), "entries, {}", at());
+            }
+        }
+    }
+
+    #[test]
+    fn every_operation_answers_as_the_set_assoc_reference_does() {
+        for (name, cfg) in geometries() {
+            for seed in 0..4 {
+                compare_with_reference(name, &cfg, seed, 25_000);
+            }
+        }
+    }
+
+    #[test]
+    fn geometry_errors_name_the_table() {
+        let cfg = TlbConfig { l2: Geometry { entries: 24, ways: 2 }, ..TlbConfig::default() };
+        let err = Tlb::new(&cfg).unwrap_err().to_string();
+        assert!(err.starts_with("tlb.l2: 24 entries in 2 ways"), "{err}");
+    }
+
+    #[test]
+    fn an_entry_of_another_size_in_the_probed_set_answers_first() {
+        // A one-set L2 and no L1: the 4K probe meets the 2M entry, filled first, in way 0.
+        let cfg = TlbConfig {
+            l1_4k: Geometry::OFF,
+            l1_2m: Geometry::OFF,
+            l1_1g: Geometry::OFF,
+            l2: Geometry { entries: 4, ways: 4 },
+        };
+        let mut tlb = Tlb::new(&cfg).unwrap();
+        let va = Gva::new(0x20_1000);
+        let tags = (Vmid(1), Asid(1), false);
+        tlb.insert(TlbEntry::new(va, PageSize::Size2M, Hpa::new(0x4000_0000), tags, 0xff));
+        tlb.insert(TlbEntry::new(va, PageSize::Size4K, Hpa::new(0x8000_0000), tags, 0xff));
+        let hit = tlb.lookup_l2(va, Access::USER_LOAD, Vmid(1), Asid(1));
+        assert_eq!(hit, Some(Hpa::new(0x4000_1000)));
     }
 }
