@@ -99,15 +99,11 @@ impl<In: Space, Out: Space> WalkCache<In, Out> for PwcPort<'_> {
         // The deepest pointer saves the most reads: try level 1 first. Table `i` holds entries
         // of level `i + 1`, which point at tables of level `i`; an empty table cannot hit.
         let levels = format.root_level().index() as usize;
-        for (i, table) in self.pwc.levels.iter_mut().enumerate().take(levels) {
+        let below = Level::ALL.into_iter().zip(Level::ALL.into_iter().skip(1));
+        for (table, (level, entry_level)) in self.pwc.levels.iter_mut().zip(below).take(levels) {
             if table.is_empty() {
                 continue;
             }
-            let (Some(entry_level), Some(level)) =
-                (Level::from_index(i as u32 + 1), Level::from_index(i as u32))
-            else {
-                break;
-            };
             let prefix = format.prefix(input.as_u64(), entry_level);
             let hit = table.lookup(prefix, |e| {
                 e.prefix == prefix && e.vmid == vmid && (e.global || e.asid == asid)
