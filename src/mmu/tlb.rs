@@ -75,6 +75,13 @@ impl TlbEntry {
         Hpa::new(self.base.as_u64() | va.page_offset(self.size))
     }
 
+    /// Whether a flush of `scope` removes the entry: its context is selected and, for a
+    /// single-address scope, it covers that address.
+    fn flushed_by(&self, scope: &TlbScope) -> bool {
+        scope.selects(self.vmid, self.asid, self.global)
+            && scope.va.is_none_or(|va| self.covers(va))
+    }
+
     fn same_slot(&self, other: &TlbEntry) -> bool {
         self.vpn == other.vpn
             && self.size == other.size
@@ -545,9 +552,7 @@ impl Tlb {
     /// Removes exactly the entries `scope` selects; returns how many went. A single-address
     /// scope only visits the sets that address maps to.
     pub fn flush(&mut self, scope: &TlbScope) -> usize {
-        let keep = |e: &TlbEntry| {
-            !(scope.selects(e.vmid, e.asid, e.global) && scope.va.is_none_or(|va| e.covers(va)))
-        };
+        let keep = |e: &TlbEntry| !e.flushed_by(scope);
         let Some(va) = scope.va else {
             return self.l1.iter_mut().map(|t| t.retain(keep)).sum::<usize>()
                 + self.l2.retain(keep);
@@ -650,9 +655,7 @@ mod tests {
         }
 
         fn flush(&mut self, scope: &TlbScope) -> usize {
-            let keep = |e: &TlbEntry| {
-                !(scope.selects(e.vmid, e.asid, e.global) && scope.va.is_none_or(|va| e.covers(va)))
-            };
+            let keep = |e: &TlbEntry| !e.flushed_by(scope);
             let Some(va) = scope.va else {
                 return self.l1.iter_mut().map(|t| t.retain(keep)).sum::<usize>()
                     + self.l2.retain(keep);
