@@ -1,109 +1,14 @@
-//! The nested dimension: the nested TLB (GPA→HPA) and the memory view through which the hardware
+//! The nested dimension: the path a guest-physical address takes to host-physical — the nested
+//! TLB ([`NestedTlb`]), else a nested walk — and the memory view through which the hardware
 //! two-dimensional walk reads guest entries, translating each entry's GPA first.
 
-use super::flush::NestedScope;
 use super::pwc::PageWalkCache;
-use super::setassoc::{GeometryError, SetAssoc};
-use super::tlb::Geometry;
-use crate::addr::{Asid, Gpa, GuestPhys, HostPhys, Hpa, Level, PageSize, Vmid};
+use crate::addr::{Asid, Gpa, GuestPhys, HostPhys, Level, Vmid};
 use crate::mem::{HostMemory, HostTableMemory};
 use crate::paging::walk::{Dim, EntryMemory, Leaf, WalkError, WalkFault, WalkRef, WalkTrace};
 use crate::paging::{Access, AccessKind, AdPolicy, NestedTable, Perms, Privilege, Regime};
 
-/// One cached GPA→HPA translation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct NtlbEntry {
-    /// Guest frame number at the entry's size.
-    pub gpn: u64,
-    /// Page size.
-    pub size: PageSize,
-    /// VMID tag.
-    pub vmid: Vmid,
-    /// Host base of the page.
-    pub base: Hpa,
-    /// Nested permissions.
-    pub perms: Perms,
-    /// Whether the nested leaf is dirty (stores through a clean entry re-walk).
-    pub dirty: bool,
-}
-
-/// Nested-TLB counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct NtlbStats {
-    /// Lookups.
-    pub lookups: u64,
-    /// Hits.
-    pub hits: u64,
-}
-
-/// The nested TLB.
-#[derive(Debug, Clone)]
-pub struct NestedTlb {
-    table: SetAssoc<NtlbEntry>,
-    sizes: u8,
-    /// Counters.
-    pub stats: NtlbStats,
-}
-
-impl NestedTlb {
-    /// A nested TLB of the given geometry.
-    pub fn new(g: Geometry) -> Result<Self, GeometryError> {
-        Ok(NestedTlb {
-            table: SetAssoc::new("ntlb", g.entries, g.ways)?,
-            sizes: 0,
-            stats: NtlbStats::default(),
-        })
-    }
-
-    fn lookup(&mut self, gpa: Gpa, vmid: Vmid, store: bool) -> Option<NtlbEntry> {
-        if self.table.is_disabled() {
-            return None;
-        }
-        self.stats.lookups += 1;
-        for size in PageSize::ALL {
-            if self.sizes & (1 << size.level().index()) == 0 {
-                continue;
-            }
-            let gpn = gpa.as_u64() >> size.shift();
-            let hit = self.table.lookup(gpn, |e| e.gpn == gpn && e.size == size && e.vmid == vmid);
-            if let Some(e) = hit {
-                if store && !e.dirty {
-                    return None;
-                }
-                self.stats.hits += 1;
-                return Some(e);
-            }
-        }
-        None
-    }
-
-    fn insert(&mut self, e: NtlbEntry) {
-        if self.table.is_disabled() {
-            return;
-        }
-        self.sizes |= 1 << e.size.level().index();
-        self.table.insert(e.gpn, e, |o| o.gpn == e.gpn && o.size == e.size && o.vmid == e.vmid);
-    }
-
-    /// Removes the entries `scope` selects.
-    pub fn flush(&mut self, scope: &NestedScope) -> usize {
-        self.table.retain(|e| {
-            let vmid_hit = scope.vmid.is_none_or(|v| v == e.vmid);
-            let gpa_hit = scope.gpa.is_none_or(|g| g.as_u64() >> e.size.shift() == e.gpn);
-            !(vmid_hit && gpa_hit)
-        })
-    }
-
-    /// Valid entries.
-    pub fn len(&self) -> usize {
-        self.table.len()
-    }
-
-    /// Whether it holds nothing.
-    pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
-    }
-}
+pub use super::ntlb::{NestedTlb, NtlbStats};
 
 /// A fault in the nested dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -146,29 +51,16 @@ impl NestedPath<'_> {
         final_translation: bool,
     ) -> Result<Leaf<HostPhys>, NestedFault> {
         let store = checked.kind == AccessKind::Store && self.regime.ad != AdPolicy::Ignore;
-        if let Some(e) = self.ntlb.lookup(gpa, self.vmid, store) {
-            if nested_allows(e.perms, checked.kind) {
-                return Ok(Leaf {
-                    base: e.base,
-                    size: e.size,
-                    perms: e.perms,
-                    global: false,
-                    dirty: e.dirty,
-                });
+        if let Some(leaf) = self.ntlb.lookup(gpa, self.vmid, store) {
+            if nested_allows(leaf.perms, checked.kind) {
+                return Ok(leaf);
             }
         }
         let mut mem = HostTableMemory { host: self.host, trace: self.trace, dim: Dim::Nested };
         let mut port = self.npwc.port(self.vmid, Asid(0));
         match self.table.translate(gpa, checked, &self.regime, &mut mem, &mut port) {
             Ok(leaf) => {
-                self.ntlb.insert(NtlbEntry {
-                    gpn: gpa.as_u64() >> leaf.size.shift(),
-                    size: leaf.size,
-                    vmid: self.vmid,
-                    base: leaf.base,
-                    perms: leaf.perms,
-                    dirty: leaf.dirty,
-                });
+                self.ntlb.insert(gpa, self.vmid, leaf);
                 Ok(leaf)
             }
             Err(WalkError::Fault(fault)) => {

@@ -120,7 +120,7 @@ struct WayTags {
 /// The tag of the `size` page based at `base`: the base with the size's index in its offset
 /// bits, so that one comparison checks both page and size.
 #[inline]
-fn page_tag(base: u64, size: PageSize) -> u64 {
+pub(super) fn page_tag(base: u64, size: PageSize) -> u64 {
     base | u64::from(size.level().index())
 }
 
@@ -132,7 +132,7 @@ fn page_tag_of(va: Gva, size: PageSize) -> u64 {
 
 /// The tag of an empty way. It and [`UNMATCHABLE_TAG`] have offset bits set above the size
 /// index, so no [`page_tag`], hence no address, ever equals them.
-const EMPTY_TAG: u64 = u64::MAX;
+pub(super) const EMPTY_TAG: u64 = u64::MAX;
 
 /// The tag of an entry no address can match (see [`TlbEntry::way_tags`]).
 const UNMATCHABLE_TAG: u64 = u64::MAX - 1;
@@ -173,7 +173,7 @@ impl Context {
 
 /// A set of page sizes, a bit per size.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct PageSizes(u8);
+pub(super) struct PageSizes(u8);
 
 impl PageSizes {
     #[inline]
@@ -182,18 +182,18 @@ impl PageSizes {
     }
 
     #[inline]
-    fn insert(&mut self, size: PageSize) {
+    pub(super) fn insert(&mut self, size: PageSize) {
         self.0 |= Self::bit(size);
     }
 
     #[inline]
-    fn contains(self, size: PageSize) -> bool {
+    pub(super) fn contains(self, size: PageSize) -> bool {
         self.0 & Self::bit(size) != 0
     }
 
     /// The size, if the set holds exactly one.
     #[inline]
-    fn single(self) -> Option<PageSize> {
+    pub(super) fn single(self) -> Option<PageSize> {
         if self.0.is_power_of_two() {
             self.iter().next()
         } else {
@@ -203,7 +203,7 @@ impl PageSizes {
 
     /// The sizes, smallest first.
     #[inline]
-    fn iter(self) -> impl Iterator<Item = PageSize> {
+    pub(super) fn iter(self) -> impl Iterator<Item = PageSize> {
         let mut left = self.0;
         std::iter::from_fn(move || {
             let level = Level::from_index(left.trailing_zeros())?;
