@@ -44,6 +44,7 @@ pub struct NestedPath<'a> {
 
 impl NestedPath<'_> {
     /// Translates `gpa` for `checked`: the nested TLB, else a nested walk (filling the TLB).
+    #[inline(always)]
     pub fn translate(
         &mut self,
         gpa: Gpa,
@@ -51,11 +52,21 @@ impl NestedPath<'_> {
         final_translation: bool,
     ) -> Result<Leaf<HostPhys>, NestedFault> {
         let store = checked.kind == AccessKind::Store && self.regime.ad != AdPolicy::Ignore;
-        if let Some(leaf) = self.ntlb.lookup(gpa, self.vmid, store) {
-            if nested_allows(leaf.perms, checked.kind) {
-                return Ok(leaf);
-            }
+        match self.ntlb.lookup(gpa, self.vmid, store) {
+            Some(leaf) if nested_allows(leaf.perms, checked.kind) => Ok(leaf),
+            _ => self.walk(gpa, checked, final_translation),
         }
+    }
+
+    /// The nested walk after a nested-TLB miss, and the fill. Out of line so that the hit path,
+    /// inlined into the callers, saves no registers for it.
+    #[inline(never)]
+    fn walk(
+        &mut self,
+        gpa: Gpa,
+        checked: Access,
+        final_translation: bool,
+    ) -> Result<Leaf<HostPhys>, NestedFault> {
         let mut mem = HostTableMemory { host: self.host, trace: self.trace, dim: Dim::Nested };
         let mut port = self.npwc.port(self.vmid, Asid(0));
         match self.table.translate(gpa, checked, &self.regime, &mut mem, &mut port) {

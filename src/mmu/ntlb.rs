@@ -149,8 +149,9 @@ impl NestedTlb {
 
     /// The cached leaf for `gpa` in `vmid`, as a leaf of no global mapping. A hit that a store
     /// (`store`: the access needs the dirty bit) cannot use — the entry is clean — is a miss, but
-    /// still the most recently used way of its set.
-    #[inline]
+    /// still the most recently used way of its set. Inlined: the callers are few and hot, and
+    /// the hit returns in registers.
+    #[inline(always)]
     pub fn lookup(&mut self, gpa: Gpa, vmid: Vmid, store: bool) -> Option<Leaf<HostPhys>> {
         if self.ways == 0 {
             return None;
