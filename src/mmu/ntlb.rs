@@ -152,7 +152,7 @@ impl NestedTlb {
     /// still the most recently used way of its set. Inlined: the callers are few and hot, and
     /// the hit returns in registers.
     #[inline(always)]
-    pub fn lookup(&mut self, gpa: Gpa, vmid: Vmid, store: bool) -> Option<Leaf<HostPhys>> {
+    pub(super) fn lookup(&mut self, gpa: Gpa, vmid: Vmid, store: bool) -> Option<Leaf<HostPhys>> {
         if self.ways == 0 {
             return None;
         }
@@ -197,7 +197,7 @@ impl NestedTlb {
     /// entry of the same page and VMID if there is one, else in the first empty way, else over
     /// the least recently used one. A disabled table is left alone.
     #[inline]
-    pub fn insert(&mut self, gpa: Gpa, vmid: Vmid, leaf: Leaf<HostPhys>) {
+    pub(super) fn insert(&mut self, gpa: Gpa, vmid: Vmid, leaf: Leaf<HostPhys>) {
         match self.ways {
             0 => {}
             4 => self.insert_in(4, gpa, vmid, leaf),
