@@ -376,8 +376,11 @@ fn small_run(extra: &[&str]) -> Vec<String> {
 
 #[test]
 fn bad_settings_fail_cleanly_naming_the_key_value_or_file() {
-    let cases: [(Vec<String>, &[&str]); 9] = [
+    let cases: [(Vec<String>, &[&str]); 11] = [
         (small_run(&["--set", "nosuch=1"]), &["nosuch", "costs.vm_exit"]),
+        // Absurd structure sizes are refused before anything is allocated.
+        (small_run(&["--set", "mmu.ntlb.entries=4611686018427387904"]), &["ntlb", "entries"]),
+        (small_run(&["--set", "mmu.tlb.l2.entries=1099511627776"]), &["l2", "1099511627776"]),
         (small_run(&["--set", "workload.nosuch=1"]), &["nosuch", "pages"]),
         (small_run(&["--set", "costs.vm_exit=abc"]), &["costs.vm_exit", "abc", "integer"]),
         (small_run(&["--set", "noequals"]), &["noequals"]),

@@ -17,7 +17,20 @@ pub enum GeometryError {
         /// Requested ways.
         ways: usize,
     },
+    /// More entries than any structure may have (see [`MAX_ENTRIES`]).
+    #[error("{name}: {entries} entries is more than the {max} a structure may have", max = MAX_ENTRIES)]
+    TooLarge {
+        /// The structure's name.
+        name: String,
+        /// Requested entries.
+        entries: usize,
+    },
 }
+
+/// The most entries one structure may have: 2^22, as many as QEMU's largest dynamic software
+/// TLB and four times the lines of a 64 MiB cache. The bound keeps a mistyped geometry from
+/// exhausting host memory (or overflowing an allocation size) before the run starts.
+pub const MAX_ENTRIES: usize = 1 << 22;
 
 /// A replacement policy. Each slot carries one `u64` of policy state.
 pub trait Replacement: Debug + Clone + Default {
@@ -95,13 +108,16 @@ impl Replacement for Random {
     }
 }
 
-/// Checks that `entries` (non-zero) split into a power-of-two number of sets of `ways`; returns
-/// the number of sets.
+/// Checks that `entries` (non-zero, at most [`MAX_ENTRIES`]) split into a power-of-two number of
+/// sets of `ways`; returns the number of sets.
 pub(crate) fn check_geometry(
     name: &str,
     entries: usize,
     ways: usize,
 ) -> Result<usize, GeometryError> {
+    if entries > MAX_ENTRIES {
+        return Err(GeometryError::TooLarge { name: name.to_string(), entries });
+    }
     if ways == 0 || entries % ways != 0 || !(entries / ways).is_power_of_two() {
         return Err(GeometryError::BadGeometry { name: name.to_string(), entries, ways });
     }
@@ -357,5 +373,15 @@ mod tests {
         let mut off = SetAssoc::<u64>::new("x", 0, 0).unwrap();
         assert_eq!(off.insert(0, 1, |_| false), None);
         assert_eq!(off.lookup(0, |_| true), None);
+    }
+
+    #[test]
+    fn geometries_beyond_the_entry_bound_are_refused_before_allocating() {
+        assert!(check_geometry("x", MAX_ENTRIES, 4).is_ok());
+        let err = check_geometry("ntlb", MAX_ENTRIES * 2, 4).unwrap_err();
+        assert_eq!(err, GeometryError::TooLarge { name: "ntlb".into(), entries: MAX_ENTRIES * 2 });
+        assert!(err.to_string().starts_with("ntlb: 8388608 entries is more than the 4194304"));
+        // A size no allocation could hold is refused too, not overflowed.
+        assert!(SetAssoc::<u64>::new("x", 1 << 62, 4).is_err());
     }
 }
