@@ -14,13 +14,14 @@
 //! - each way has three words, kept together per set: a tag (the prefix, or [`EMPTY_TAG`], which
 //!   no prefix equals), a context word (global flag, VMID and ASID, so that one or two
 //!   comparisons decide whether a lookup's context matches) and an LRU stamp;
-//! - the entries themselves, which only hits, fills and flushes read, are apart;
+//! - the entries themselves, which only hits, fills and flushes read, come after their set's
+//!   words;
 //! - LRU stamps come from a clock per table, as before; an empty way's stamp is 0, so the first
 //!   empty way is the least recently used one and a fill needs a single scan for its victim;
-//! - the default associativities (4 and 2) are constants in their own copies of the scans, which
-//!   the compiler unrolls;
-//! - a lookup masks the input to the format's width once; each level's prefix is then one shift
-//!   by the level's own constant, kept in its table.
+//! - the sets of the default associativities (4 and 2 ways) are fixed-size arrays: their scans
+//!   are unrolled and a set costs one bounds check; other associativities take a slower path;
+//! - a lookup masks the input to the format's width once, and probes the tables in code written
+//!   out per level, so that each level's prefix is one shift by a constant.
 
 use super::flush::TlbScope;
 use super::setassoc::{check_geometry, GeometryError};
@@ -108,37 +109,86 @@ impl Context {
 /// shifting), as a mask computed once per lookup rather than once per level.
 #[inline]
 fn input_mask(format: &Format) -> u64 {
-    1u64.checked_shl(format.input_bits()).map_or(u64::MAX, |bit| bit - 1)
+    // `input_bits` is at least 12, so the shift is below 64; 64 bits or more keep everything.
+    u64::MAX >> 64u32.saturating_sub(format.input_bits())
 }
 
-/// The words of one set (see [`PwcTable`]).
+/// The search words and entries of one set of `W` ways: way `w` has tag `tags[w]` (the entry's
+/// prefix, [`EMPTY_TAG`] for an empty way), context word `contexts[w]` ([`context_word`]; stale
+/// in an empty way, whose tag matches nothing), LRU stamp `stamps[w]` (the table's clock at the
+/// way's last hit or fill, 0 for an empty way) and entry `entries[w]` (`None` exactly when the
+/// tag is [`EMPTY_TAG`]). The words a search reads come first, together.
+#[derive(Clone, Copy, Debug)]
+struct Set<const W: usize> {
+    tags: [u64; W],
+    contexts: [u64; W],
+    stamps: [u64; W],
+    entries: [Option<PwcEntry>; W],
+}
+
+impl<const W: usize> Set<W> {
+    /// A set of empty ways.
+    const EMPTY: Self =
+        Set { tags: [EMPTY_TAG; W], contexts: [0; W], stamps: [0; W], entries: [None; W] };
+
+    /// The set's ways as slices.
+    #[inline(always)]
+    fn ways(&mut self) -> Ways<'_> {
+        Ways {
+            tags: &mut self.tags,
+            contexts: &mut self.contexts,
+            stamps: &mut self.stamps,
+            entries: &mut self.entries,
+        }
+    }
+}
+
+/// The ways of one set, as slices of equal length (see [`Set`]): the same code serves sets of
+/// fixed and of any associativity, and is unrolled for the fixed ones.
 #[derive(Debug)]
-struct SetWords<'a> {
+struct Ways<'a> {
     tags: &'a mut [u64],
     contexts: &'a mut [u64],
     stamps: &'a mut [u64],
+    entries: &'a mut [Option<PwcEntry>],
 }
 
-impl<'a> SetWords<'a> {
-    /// The words of `set` in `words`, a table of `ways` ways.
+impl Ways<'_> {
+    /// The entry of the first way, in way order, that has `prefix` and matches `context`; the
+    /// way becomes the set's most recently used, stamped with the advanced `clock`.
     #[inline(always)]
-    fn of(words: &'a mut [u64], set: usize, ways: usize) -> Self {
-        let (tags, rest) = words[set * 3 * ways..][..3 * ways].split_at_mut(ways);
-        let (contexts, stamps) = rest.split_at_mut(ways);
-        SetWords { tags, contexts, stamps }
+    fn lookup(self, prefix: u64, context: Context, clock: &mut u64) -> Option<PwcEntry> {
+        let mut ways = self.tags.iter().zip(&*self.contexts);
+        let way = ways.position(|(&tag, &word)| tag == prefix && context.admits(word))?;
+        *clock += 1;
+        *self.stamps.get_mut(way)? = *clock;
+        self.entries.get(way).copied().flatten()
     }
 
-    /// The first way, in way order, whose entry has `prefix` and matches `context`.
+    /// Puts `entry` in the way [`way_for`](Self::way_for) chooses, stamped with the advanced
+    /// `clock`; returns whether that way was empty. A set without ways keeps nothing.
     #[inline(always)]
-    fn first_match(&self, prefix: u64, context: Context) -> Option<usize> {
-        let mut ways = self.tags.iter().zip(&*self.contexts);
-        ways.position(|(&tag, &word)| tag == prefix && context.admits(word))
+    fn insert(self, entry: PwcEntry, clock: &mut u64) -> bool {
+        let word = context_word(entry.vmid, entry.asid, entry.global);
+        let way = self.way_for(entry.prefix, word);
+        let (Some(tag), Some(context), Some(stamp), Some(slot)) = (
+            self.tags.get_mut(way),
+            self.contexts.get_mut(way),
+            self.stamps.get_mut(way),
+            self.entries.get_mut(way),
+        ) else {
+            return false;
+        };
+        let was_empty = *tag == EMPTY_TAG;
+        *clock += 1;
+        (*tag, *context, *stamp, *slot) = (entry.prefix, word, *clock, Some(entry));
+        was_empty
     }
 
     /// The way an entry of `prefix` and context word `word` goes to: the first holding an entry
     /// of the same prefix, VMID and ASID (the global flag aside, as `SetAssoc`'s fills compared
     /// them) if there is one, else the least recently used, which is the first empty way if
-    /// there is one (an empty way's stamp is 0, older than any entry's). `ways` must not be 0.
+    /// there is one (an empty way's stamp is 0, older than any entry's).
     #[inline(always)]
     fn way_for(&self, prefix: u64, word: u64) -> usize {
         let mut ways = self.tags.iter().zip(&*self.contexts);
@@ -149,114 +199,164 @@ impl<'a> SetWords<'a> {
             self.stamps.iter().position(|&stamp| stamp == oldest).unwrap_or(0)
         })
     }
+
+    /// Empties the ways whose entry `keep` rejects; returns how many.
+    fn retain(self, keep: &impl Fn(&PwcEntry) -> bool) -> usize {
+        let mut dropped = 0;
+        let ways = self.entries.iter_mut().zip(self.tags.iter_mut().zip(self.stamps.iter_mut()));
+        for (slot, (tag, stamp)) in ways {
+            if slot.is_some_and(|e| !keep(&e)) {
+                (*slot, *tag, *stamp) = (None, EMPTY_TAG, 0);
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+}
+
+/// The sets of a table: of the default associativities as fixed-size [`Set`]s, whose scans the
+/// compiler unrolls and which cost one bounds check each; of any other in flat vectors, set `s`
+/// at `words[s * 3 * ways..][..3 * ways]` (tags, context words, stamps) and
+/// `entries[s * ways..][..ways]`. A disabled table has no sets.
+#[derive(Debug, Clone)]
+// An explicit tag byte: telling the variants apart is one byte comparison, not the decoding of
+// a niche in a vector's capacity.
+#[repr(u8)]
+enum Sets {
+    Four(Vec<Set<4>>),
+    Two(Vec<Set<2>>),
+    Any { ways: usize, words: Vec<u64>, entries: Vec<Option<PwcEntry>> },
+}
+
+impl Sets {
+    fn new(sets: usize, ways: usize) -> Self {
+        match ways {
+            4 => Sets::Four(vec![Set::EMPTY; sets]),
+            2 => Sets::Two(vec![Set::EMPTY; sets]),
+            _ => {
+                let mut words = vec![0; 3 * ways * sets];
+                for set in words.chunks_exact_mut(3 * ways.max(1)) {
+                    set[..ways].fill(EMPTY_TAG);
+                }
+                Sets::Any { ways, words, entries: vec![None; ways * sets] }
+            }
+        }
+    }
+
+    /// Applies `op` to the ways of set `set`; `absent` if there is no such set (a disabled
+    /// table). `op` is inlined into each arm, so that the fixed ones get scans of constant
+    /// length.
+    #[inline(always)]
+    fn with<R>(&mut self, set: usize, absent: R, op: impl FnOnce(Ways<'_>) -> R) -> R {
+        let ways = match self {
+            Sets::Four(sets) => sets.get_mut(set).map(|s| op(s.ways())),
+            Sets::Two(sets) => sets.get_mut(set).map(|s| op(s.ways())),
+            Sets::Any { ways, words, entries } => any_ways(*ways, words, entries, set).map(op),
+        };
+        ways.unwrap_or(absent)
+    }
+
+    /// Empties every way whose entry `keep` rejects; returns how many.
+    fn retain(&mut self, keep: impl Fn(&PwcEntry) -> bool) -> usize {
+        match self {
+            Sets::Four(sets) => sets.iter_mut().map(|s| s.ways().retain(&keep)).sum(),
+            Sets::Two(sets) => sets.iter_mut().map(|s| s.ways().retain(&keep)).sum(),
+            Sets::Any { ways, words, entries } => {
+                let sets = words.chunks_exact_mut(3 * *ways).zip(entries.chunks_exact_mut(*ways));
+                let mut dropped = 0;
+                for (words, entries) in sets {
+                    let (tags, rest) = words.split_at_mut(*ways);
+                    let (contexts, stamps) = rest.split_at_mut(*ways);
+                    dropped += Ways { tags, contexts, stamps, entries }.retain(&keep);
+                }
+                dropped
+            }
+        }
+    }
+
+    /// Every valid entry, in way order.
+    #[cfg(test)]
+    fn entries(&self) -> Vec<PwcEntry> {
+        match self {
+            Sets::Four(sets) => sets.iter().flat_map(|s| s.entries).flatten().collect(),
+            Sets::Two(sets) => sets.iter().flat_map(|s| s.entries).flatten().collect(),
+            Sets::Any { entries, .. } => entries.iter().flatten().copied().collect(),
+        }
+    }
+}
+
+/// The ways of set `set` of a [`Sets::Any`] table, of `ways` ways (out of line: no default
+/// geometry has one).
+#[cold]
+#[inline(never)]
+fn any_ways<'a>(
+    ways: usize,
+    words: &'a mut [u64],
+    entries: &'a mut [Option<PwcEntry>],
+    set: usize,
+) -> Option<Ways<'a>> {
+    let words = words.get_mut(set * 3 * ways..)?.get_mut(..3 * ways)?;
+    let (tags, rest) = words.split_at_mut(ways);
+    let (contexts, stamps) = rest.split_at_mut(ways);
+    let entries = entries.get_mut(set * ways..)?.get_mut(..ways)?;
+    Some(Ways { tags, contexts, stamps, entries })
 }
 
 /// The cache for the entries of one level, set-associative with LRU replacement.
-///
-/// The words searches read are kept per set, together: set `s` is
-/// `words[s * 3 * ways..][..3 * ways]`, its ways' tags (the entry's prefix, [`EMPTY_TAG`] for
-/// an empty way), then their context words ([`context_word`]), then their LRU stamps (the
-/// table's clock at the way's last hit or fill, 0 for an empty way). The entries are apart, way
-/// `w` of set `s` at `entries[s * ways + w]`.
 #[derive(Debug, Clone)]
 struct PwcTable {
-    words: Vec<u64>,
-    entries: Vec<Option<PwcEntry>>,
-    clock: u64,
+    sets: Sets,
     set_mask: u64,
-    ways: usize,
-    /// How far the (masked) input shifts right to give the prefix of this level's entries.
-    shift: u32,
+    /// Advanced by every hit and fill, as `SetAssoc`'s LRU clock was.
+    clock: u64,
     /// Valid entries.
     live: usize,
 }
 
 impl PwcTable {
-    /// A table of `g.entries` entries of `entry_level` in sets of `g.ways`; zero entries is a
-    /// disabled table that never hits and keeps nothing.
-    fn new(name: &str, g: Geometry, entry_level: Level) -> Result<Self, GeometryError> {
-        let (sets, ways) = match g.entries {
-            0 => (0, 0),
-            entries => (check_geometry(name, entries, g.ways)?, g.ways),
+    /// A table of `g.entries` entries in sets of `g.ways`; zero entries is a disabled table
+    /// that never hits and keeps nothing.
+    fn new(name: &str, g: Geometry) -> Result<Self, GeometryError> {
+        let sets = match g.entries {
+            0 => 0,
+            entries => check_geometry(name, entries, g.ways)?,
         };
-        let mut words = vec![0; 3 * g.entries];
-        for set in words.chunks_exact_mut(3 * ways.max(1)) {
-            set[..ways].fill(EMPTY_TAG);
-        }
         Ok(PwcTable {
-            words,
-            entries: vec![None; g.entries],
-            clock: 0,
+            sets: Sets::new(sets, g.ways),
             set_mask: (sets as u64).saturating_sub(1),
-            ways,
-            shift: entry_level.shift(),
+            clock: 0,
             live: 0,
         })
     }
 
-    /// The prefix of this level's entry on the path to `masked`, an input under the format's
-    /// [`input_mask`]: exactly [`Format::prefix`] at this level, for every level a walk of the
-    /// format fills.
-    #[inline]
-    fn prefix(&self, masked: u64) -> u64 {
-        masked >> self.shift
-    }
-
-    /// The set `prefix` maps to.
-    #[inline]
-    fn set_of(&self, prefix: u64) -> usize {
-        u64_to_usize(prefix & self.set_mask)
-    }
-
     /// The first entry, in way order, of `prefix`'s set that has `prefix` and matches
     /// `context`. A hit becomes the most recently used entry of the set.
-    #[inline]
+    #[inline(always)]
     fn lookup(&mut self, prefix: u64, context: Context) -> Option<PwcEntry> {
-        // The default associativities as constants, so that the scans are unrolled for them.
-        match self.ways {
-            4 => self.lookup_in(4, prefix, context),
-            2 => self.lookup_in(2, prefix, context),
-            ways => self.lookup_in(ways, prefix, context),
-        }
+        let set = u64_to_usize(prefix & self.set_mask);
+        let clock = &mut self.clock;
+        self.sets.with(set, None, |ways| ways.lookup(prefix, context, clock))
     }
 
+    /// [`lookup`](Self::lookup) if the walk `uses` this table (an empty one cannot hit).
     #[inline(always)]
-    fn lookup_in(&mut self, ways: usize, prefix: u64, context: Context) -> Option<PwcEntry> {
-        let set = self.set_of(prefix);
-        let words = SetWords::of(&mut self.words, set, ways);
-        let way = words.first_match(prefix, context)?;
-        self.clock += 1;
-        words.stamps[way] = self.clock;
-        self.entries[set * ways + way]
+    fn probe(&mut self, uses: bool, prefix: u64, context: Context) -> Option<PwcEntry> {
+        if !uses || self.live == 0 {
+            return None;
+        }
+        self.lookup(prefix, context)
     }
 
     /// Inserts `entry` into its set: over the entry of the same prefix, VMID and ASID if there
     /// is one, else into the first empty way, else over the least recently used entry. A
     /// disabled table is left alone.
-    #[inline]
-    fn insert(&mut self, entry: PwcEntry) {
-        match self.ways {
-            0 => {}
-            4 => self.insert_in(4, entry),
-            2 => self.insert_in(2, entry),
-            ways => self.insert_in(ways, entry),
-        }
-    }
-
     #[inline(always)]
-    fn insert_in(&mut self, ways: usize, entry: PwcEntry) {
-        let set = self.set_of(entry.prefix);
-        let words = SetWords::of(&mut self.words, set, ways);
-        let word = context_word(entry.vmid, entry.asid, entry.global);
-        let way = words.way_for(entry.prefix, word);
-        if words.tags[way] == EMPTY_TAG {
+    fn insert(&mut self, entry: PwcEntry) {
+        let set = u64_to_usize(entry.prefix & self.set_mask);
+        let clock = &mut self.clock;
+        if self.sets.with(set, false, |ways| ways.insert(entry, clock)) {
             self.live += 1;
         }
-        self.entries[set * ways + way] = Some(entry);
-        self.clock += 1;
-        words.tags[way] = entry.prefix;
-        words.contexts[way] = word;
-        words.stamps[way] = self.clock;
     }
 
     /// Empties every way whose entry `keep` rejects; returns how many.
@@ -264,28 +364,9 @@ impl PwcTable {
         if self.live == 0 {
             return 0;
         }
-        // A table with entries has ways.
-        let ways = self.ways;
-        let mut dropped = 0;
-        let sets = self.entries.chunks_exact_mut(ways).zip(self.words.chunks_exact_mut(3 * ways));
-        for (entries, words) in sets {
-            for (way, slot) in entries.iter_mut().enumerate() {
-                if slot.is_some_and(|e| !keep(&e)) {
-                    *slot = None;
-                    words[way] = EMPTY_TAG;
-                    words[2 * ways + way] = 0;
-                    dropped += 1;
-                }
-            }
-        }
+        let dropped = self.sets.retain(keep);
         self.live -= dropped;
         dropped
-    }
-
-    /// Every valid entry, in way order.
-    #[cfg(test)]
-    fn iter(&self) -> impl Iterator<Item = &PwcEntry> + '_ {
-        self.entries.iter().flatten()
     }
 }
 
@@ -301,10 +382,8 @@ pub struct PageWalkCache {
 impl PageWalkCache {
     /// Caches with the given geometry.
     pub fn new(name: &str, cfg: &PwcConfig) -> Result<Self, GeometryError> {
-        let mk = |i: usize, entry_level| {
-            PwcTable::new(&format!("{name}.l{}", i + 1), cfg[i], entry_level)
-        };
-        let tables = [mk(0, Level::L1)?, mk(1, Level::L2)?, mk(2, Level::L3)?, mk(3, Level::L4)?];
+        let mk = |i: usize| PwcTable::new(&format!("{name}.l{}", i + 1), cfg[i]);
+        let tables = [mk(0)?, mk(1)?, mk(2)?, mk(3)?];
         Ok(PageWalkCache { tables, stats: PwcStats::default() })
     }
 
@@ -335,8 +414,8 @@ impl PageWalkCache {
 
     /// Every valid entry, level 1 first, each level in way order.
     #[cfg(test)]
-    fn entries(&self) -> impl Iterator<Item = &PwcEntry> + '_ {
-        self.tables.iter().flat_map(PwcTable::iter)
+    fn entries(&self) -> impl Iterator<Item = PwcEntry> + '_ {
+        self.tables.iter().flat_map(|t| t.sets.entries())
     }
 }
 
@@ -351,6 +430,7 @@ pub struct PwcPort<'a> {
 impl<In: Space, Out: Space> WalkCache<In, Out> for PwcPort<'_> {
     #[inline]
     fn lookup(&mut self, format: &Format, input: Addr<In>) -> Option<CachedPointer<Out>> {
+        use Level::{L0, L1, L2, L3, L4};
         let pwc = &mut *self.pwc;
         if pwc.tables.iter().all(|t| t.live == 0) {
             return None;
@@ -358,24 +438,25 @@ impl<In: Space, Out: Space> WalkCache<In, Out> for PwcPort<'_> {
         pwc.stats.lookups += 1;
         let context = Context::new(self.vmid, self.asid);
         let masked = input.as_u64() & input_mask(format);
-        // The deepest pointer saves the most reads: try level 1 first. An empty table cannot
-        // hit. Tables of levels at or above the root hold nothing a walk of `format` uses.
-        let levels = format.root_level().index() as usize;
-        for (table, level) in pwc.tables.iter_mut().zip(Level::ALL).take(levels) {
-            if table.live == 0 {
-                continue;
-            }
-            if let Some(e) = table.lookup(table.prefix(masked), context) {
-                pwc.stats.hits += 1;
-                return Some(CachedPointer {
-                    level,
-                    table: Addr::new(e.table),
-                    perms: e.perms,
-                    global: e.global,
-                });
-            }
-        }
-        None
+        // The deepest pointer saves the most reads: try level 1 first. Only the entries of
+        // levels up to the root's are on a walk of `format`; an empty table cannot hit. Entries
+        // of a level point at tables one level down.
+        let root = format.root_level().index();
+        let uses = |entry_level: Level| entry_level.index() <= root;
+        let prefix = |entry_level: Level| masked >> entry_level.shift();
+        // One probe per table, written out so that each is compiled with its level's constants.
+        let [l1, l2, l3, l4] = &mut pwc.tables;
+        let (level, e) = if let Some(e) = l1.probe(uses(L1), prefix(L1), context) {
+            (L0, e)
+        } else if let Some(e) = l2.probe(uses(L2), prefix(L2), context) {
+            (L1, e)
+        } else if let Some(e) = l3.probe(uses(L3), prefix(L3), context) {
+            (L2, e)
+        } else {
+            (L3, l4.probe(uses(L4), prefix(L4), context)?)
+        };
+        pwc.stats.hits += 1;
+        Some(CachedPointer { level, table: Addr::new(e.table), perms: e.perms, global: e.global })
     }
 
     #[inline]
@@ -390,10 +471,9 @@ impl<In: Space, Out: Space> WalkCache<In, Out> for PwcPort<'_> {
         else {
             return;
         };
-        if table.ways == 0 {
-            return;
-        }
-        let prefix = table.prefix(input.as_u64() & input_mask(format));
+        // Exactly `format.prefix(input, entry_level)` for the levels a walk fills (up to the
+        // root's).
+        let prefix = (input.as_u64() & input_mask(format)) >> entry_level.shift();
         table.insert(PwcEntry {
             prefix,
             vmid: self.vmid,
@@ -639,7 +719,12 @@ mod tests {
             assert_eq!(pwc.is_empty(), reference.len() == 0, "is_empty, {}", at());
             if step % 500 == 499 || step + 1 == steps {
                 let entries: Vec<_> = pwc.entries().collect();
-                assert_eq!(entries, reference.entries().collect::<Vec<_>>(), "entries, {}", at());
+                assert_eq!(
+                    entries,
+                    reference.entries().copied().collect::<Vec<_>>(),
+                    "entries, {}",
+                    at()
+                );
             }
         }
     }
