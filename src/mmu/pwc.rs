@@ -11,7 +11,7 @@
 //! path, which looks the caches up once per walk of either dimension (every nested-TLB miss of a
 //! two-dimensional walk walks, too) and fills them once per level walked:
 //!
-//! - each way has three words, kept together per set: a tag (the prefix, or [`EMPTY_TAG`], which
+//! - each way has three words, kept together per set: a tag (the prefix, or `EMPTY_TAG`, which
 //!   no prefix equals), a context word (global flag, VMID and ASID, so that one or two
 //!   comparisons decide whether a lookup's context matches) and an LRU stamp;
 //! - the entries themselves, which only hits, fills and flushes read, come after their set's
