@@ -586,6 +586,7 @@ mod tests {
         let off = Geometry::OFF;
         vec![
             ("default", crate::mmu::MmuConfig::default().pwc),
+            ("profiles", [g(32, 4), g(16, 4), g(16, 4), g(2, 2)]),
             ("small", [g(8, 2), g(4, 1), g(4, 4), off]),
             ("fully associative", [g(16, 16), g(8, 8), g(4, 4), g(2, 2)]),
             ("direct-mapped", [g(8, 1), g(4, 1), g(2, 1), g(1, 1)]),
