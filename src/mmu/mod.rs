@@ -1,7 +1,7 @@
 //! The per-vCPU hardware: combined TLB, page-walk caches for each dimension, the nested TLB and
 //! the page-table-read cache, each a set-associative table that answers as a
-//! [`setassoc::SetAssoc`] with LRU replacement would (the TLBs and the page-table-read cache in
-//! layouts of their own, for the TLB-miss path). The [`Mmu`] runs the hardware walks (one- and
+//! [`setassoc::SetAssoc`] with LRU replacement would, in a layout of its own for the TLB-miss
+//! path (tested against `SetAssoc`). The [`Mmu`] runs the hardware walks (one- and
 //! two-dimensional) with these structures and counts what they cost.
 
 pub mod flush;

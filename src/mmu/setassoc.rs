@@ -1,6 +1,9 @@
-//! One generic set-associative table with pluggable replacement. Every hardware cache memvirt
-//! models — L1/L2 TLBs, page-walk caches, the nested TLB, the page-table-read cache — is one of
-//! these holding a different entry type (as ChampSim reuses one LRU table for all of them).
+//! One generic set-associative table with pluggable replacement: the specification of every
+//! hardware cache memvirt models. The L1/L2 TLBs, the page-walk caches, the nested TLB and the
+//! page-table-read cache each answer exactly as one of these with [`Lru`] would, holding their
+//! own entry type (as ChampSim reuses one LRU table for all of them), but keep a layout of their
+//! own for the TLB-miss path; a differential test per structure drives it and this table through
+//! random operations and compares every answer.
 
 use std::fmt::Debug;
 
