@@ -131,11 +131,24 @@ impl LineCache {
         Some((self.base + crate::addr::u64_to_usize(line & self.set_mask) * self.ways, tag))
     }
 
+    /// [`place`](Self::place) for a line below [`EMPTY`] (every line of a host memory short of
+    /// 2^32 lines): its tag is at most the line itself, so it always fits and is never `EMPTY`.
+    #[inline(always)]
+    fn place_low(&self, line: u32) -> (usize, u32) {
+        let set = crate::addr::u64_to_usize(u64::from(line) & self.set_mask);
+        (self.base + set * self.ways, line >> self.set_bits)
+    }
+
     /// Looks `line` up, making it the most recently used on a hit. A disabled level (no ways)
     /// always misses.
     #[inline]
     fn lookup(&mut self, line: u64) -> bool {
-        let Some((start, tag)) = self.place(line) else { return false };
+        self.place(line).is_some_and(|at| self.lookup_at(at))
+    }
+
+    /// [`lookup`](Self::lookup) of the tag `tag` in the set that starts at `start`.
+    #[inline(always)]
+    fn lookup_at(&mut self, (start, tag): (usize, u32)) -> bool {
         match self.ways {
             // The default geometries, with the set as a fixed-size array the compiler keeps in
             // vector registers.
@@ -159,7 +172,14 @@ impl LineCache {
     /// left alone.
     #[inline]
     fn fill_absent(&mut self, line: u64) {
-        let Some((start, tag)) = self.place(line) else { return };
+        if let Some(at) = self.place(line) {
+            self.fill_at(at);
+        }
+    }
+
+    /// [`fill_absent`](Self::fill_absent) of the tag `tag` in the set that starts at `start`.
+    #[inline(always)]
+    fn fill_at(&mut self, (start, tag): (usize, u32)) {
         match self.ways {
             16 => fixed::<16>(&mut self.tags[start..start + 16]).push_front(tag),
             8 => fixed::<8>(&mut self.tags[start..start + 8]).push_front(tag),
@@ -192,7 +212,7 @@ fn way_of(set: &[u32], tag: u32) -> usize {
 impl<const W: usize> FixedSet<'_, W> {
     /// Whether `tag` is in the set; if so it moves to the front, the ways before it one place
     /// down.
-    #[inline]
+    #[inline(always)]
     fn lookup(self, tag: u32) -> bool {
         // Most lookups miss: rule them out with one vector compare of every way, then find the
         // way apart (kept out of line so that the compiler does not fuse the two loops into one
@@ -214,7 +234,7 @@ impl<const W: usize> FixedSet<'_, W> {
     }
 
     /// Puts `tag` in front, every way one place down (the last one drops out).
-    #[inline]
+    #[inline(always)]
     fn push_front(self, tag: u32) {
         let old = *self.0;
         self.0[1..].copy_from_slice(&old[..W - 1]);
@@ -244,6 +264,44 @@ impl PtCache {
     #[inline]
     pub fn access(&mut self, hpa: Hpa) -> MemLevel {
         let line = hpa.as_u64() >> 6;
+        match u32::try_from(line) {
+            Ok(low) if low != EMPTY => self.access_low(low),
+            _ => self.access_high(line),
+        }
+    }
+
+    /// [`access`](Self::access) of a line below [`EMPTY`], which every level can keep: each
+    /// level's set and tag are computed once, for the lookup and for the fill.
+    #[inline]
+    fn access_low(&mut self, line: u32) -> MemLevel {
+        let [l1, l2, llc] = &mut self.levels;
+        let at1 = l1.place_low(line);
+        if l1.lookup_at(at1) {
+            return MemLevel::L1;
+        }
+        let at2 = l2.place_low(line);
+        if l2.lookup_at(at2) {
+            l1.fill_at(at1);
+            return MemLevel::L2;
+        }
+        let at3 = llc.place_low(line);
+        let served = if llc.lookup_at(at3) {
+            MemLevel::Llc
+        } else {
+            llc.fill_at(at3);
+            MemLevel::Memory
+        };
+        // Every level above the one that served the line missed it: fill without searching.
+        l1.fill_at(at1);
+        l2.fill_at(at2);
+        served
+    }
+
+    /// [`access`](Self::access) of a line at or beyond [`EMPTY`] (host memory never has one),
+    /// which only the levels whose tag for it fits and is not `EMPTY` keep.
+    #[cold]
+    #[inline(never)]
+    fn access_high(&mut self, line: u64) -> MemLevel {
         let mut served = MemLevel::Memory;
         for (i, level) in self.levels.iter_mut().enumerate() {
             if level.lookup(line) {
@@ -251,7 +309,6 @@ impl PtCache {
                 break;
             }
         }
-        // Every level above the one that served the line missed it: fill without searching.
         for level in self.levels.iter_mut().take(served.index()) {
             level.fill_absent(line);
         }
@@ -310,14 +367,33 @@ mod tests {
                 l2: Geometry { entries: 16, ways: 16 },
                 llc: Geometry { entries: 64, ways: 8 },
             },
+            PtCacheConfig {
+                l1: Geometry { entries: 16, ways: 4 },
+                l2: Geometry { entries: 256, ways: 32 },
+                llc: Geometry { entries: 4096, ways: 1 },
+            },
+            PtCacheConfig {
+                l1: Geometry { entries: 8, ways: 1 },
+                l2: Geometry::OFF,
+                llc: Geometry { entries: 1024, ways: 16 },
+            },
+            PtCacheConfig {
+                l1: Geometry { entries: 32, ways: 8 },
+                l2: Geometry { entries: 512, ways: 16 },
+                llc: Geometry::OFF,
+            },
         ];
         for cfg in geometries {
             let (mut fast, mut reference) = (PtCache::new(&cfg).unwrap(), Reference::new(&cfg));
             let mut rng = crate::rng::Rng::new(7, 0);
             for i in 0..200_000 {
-                // Mostly a working set a few times the LLC, now and then a far line.
-                let line =
-                    if rng.below(16) == 0 { rng.next_u64() >> 38 } else { rng.below(40_000) };
+                // Mostly a working set a few times the LLC, now and then a far line or one of
+                // the highest lines below the empty tag.
+                let line = match rng.below(32) {
+                    0 => u64::from(EMPTY) - 1 - rng.below(64),
+                    1 | 2 => rng.next_u64() >> 38,
+                    _ => rng.below(40_000),
+                };
                 let hpa = Hpa::new(line << 6);
                 assert_eq!(fast.access(hpa), reference.access(hpa), "reference {i} in {cfg:?}");
             }
