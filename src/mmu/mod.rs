@@ -438,7 +438,7 @@ impl Mmu {
 }
 
 /// Charges one reference to the page-table-read cache and the counters; returns its cycles.
-#[inline]
+#[inline(always)]
 fn charge(ptcache: &mut PtCache, stats: &mut MmuStats, r: &WalkRef, latency: &[u64; 4]) -> u64 {
     let level = ptcache.access(r.hpa);
     stats.refs_by_level[level.index()] += 1;

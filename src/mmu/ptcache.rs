@@ -203,33 +203,25 @@ fn fixed<const W: usize>(tags: &mut [u32]) -> FixedSet<'_, W> {
     FixedSet(tags.try_into().unwrap_or_else(|_| unreachable!("a set of {W} ways")))
 }
 
-/// The way of `set` that holds `tag`, known to be there.
-#[inline(never)]
-fn way_of(set: &[u32], tag: u32) -> usize {
-    set.iter().position(|&t| t == tag).unwrap_or(0)
-}
-
 impl<const W: usize> FixedSet<'_, W> {
     /// Whether `tag` is in the set; if so it moves to the front, the ways before it one place
     /// down.
     #[inline(always)]
     fn lookup(self, tag: u32) -> bool {
-        // Most lookups miss: rule them out with one vector compare of every way, then find the
-        // way apart (kept out of line so that the compiler does not fuse the two loops into one
-        // scalar one).
+        // Most lookups miss: rule them out with one vector compare of every way.
         if !self.0.iter().fold(false, |any, &t| any | (t == tag)) {
             return false;
         }
-        let way = way_of(&self.0[..], tag);
-        // Ways 1..=way take their predecessor's tag (a select over the whole array, so that it
-        // stays in vector registers).
-        let old = *self.0;
-        for i in 1..W {
-            if i <= way {
-                self.0[i] = old[i - 1];
+        // A hit: carry each way's tag one place down, `tag` into the front, until the way that
+        // held `tag` (one scalar pass, no separate search for the way).
+        let mut carry = tag;
+        for t in self.0.iter_mut() {
+            let held = std::mem::replace(t, carry);
+            if held == tag {
+                break;
             }
+            carry = held;
         }
-        self.0[0] = tag;
         true
     }
 
@@ -261,7 +253,7 @@ impl PtCache {
     }
 
     /// Serves one reference: returns where it hit and fills the levels above (inclusive).
-    #[inline]
+    #[inline(always)]
     pub fn access(&mut self, hpa: Hpa) -> MemLevel {
         let line = hpa.as_u64() >> 6;
         match u32::try_from(line) {
@@ -272,7 +264,7 @@ impl PtCache {
 
     /// [`access`](Self::access) of a line below [`EMPTY`], which every level can keep: each
     /// level's set and tag are computed once, for the lookup and for the fill.
-    #[inline]
+    #[inline(always)]
     fn access_low(&mut self, line: u32) -> MemLevel {
         let [l1, l2, llc] = &mut self.levels;
         let at1 = l1.place_low(line);
