@@ -167,6 +167,18 @@ impl LineCache {
         }
     }
 
+    /// [`lookup_at`](Self::lookup_at) in a level known to have `W` ways.
+    #[inline(always)]
+    fn lookup_fixed<const W: usize>(&mut self, (start, tag): (usize, u32)) -> bool {
+        fixed::<W>(&mut self.tags[start..start + W]).lookup(tag)
+    }
+
+    /// [`fill_at`](Self::fill_at) in a level known to have `W` ways.
+    #[inline(always)]
+    fn fill_fixed<const W: usize>(&mut self, (start, tag): (usize, u32)) {
+        fixed::<W>(&mut self.tags[start..start + W]).push_front(tag);
+    }
+
     /// Fills `line`, known to be absent (its lookup just missed), as the most recently used line
     /// of its set, evicting the least recently used one if the set is full. A disabled level is
     /// left alone.
@@ -238,18 +250,21 @@ impl<const W: usize> FixedSet<'_, W> {
 #[derive(Debug, Clone)]
 pub struct PtCache {
     levels: [LineCache; 3],
+    /// Whether the levels have 8, 16 and 16 ways (the default geometry's), served by code with
+    /// the ways as constants.
+    ways_8_16_16: bool,
 }
 
 impl PtCache {
     /// A hierarchy with the given geometry.
     pub fn new(cfg: &PtCacheConfig) -> Result<Self, GeometryError> {
-        Ok(PtCache {
-            levels: [
-                LineCache::new("ptcache.l1", cfg.l1)?,
-                LineCache::new("ptcache.l2", cfg.l2)?,
-                LineCache::new("ptcache.llc", cfg.llc)?,
-            ],
-        })
+        let levels = [
+            LineCache::new("ptcache.l1", cfg.l1)?,
+            LineCache::new("ptcache.l2", cfg.l2)?,
+            LineCache::new("ptcache.llc", cfg.llc)?,
+        ];
+        let ways_8_16_16 = levels.iter().map(|l| l.ways).eq([8, 16, 16]);
+        Ok(PtCache { levels, ways_8_16_16 })
     }
 
     /// Serves one reference: returns where it hit and fills the levels above (inclusive).
@@ -257,6 +272,7 @@ impl PtCache {
     pub fn access(&mut self, hpa: Hpa) -> MemLevel {
         let line = hpa.as_u64() >> 6;
         match u32::try_from(line) {
+            Ok(low) if low != EMPTY && self.ways_8_16_16 => self.access_8_16_16(low),
             Ok(low) if low != EMPTY => self.access_low(low),
             _ => self.access_high(line),
         }
@@ -286,6 +302,31 @@ impl PtCache {
         // Every level above the one that served the line missed it: fill without searching.
         l1.fill_at(at1);
         l2.fill_at(at2);
+        served
+    }
+
+    /// [`access_low`](Self::access_low) with the levels' ways known to be 8, 16 and 16.
+    #[inline(always)]
+    fn access_8_16_16(&mut self, line: u32) -> MemLevel {
+        let [l1, l2, llc] = &mut self.levels;
+        let at1 = l1.place_low(line);
+        if l1.lookup_fixed::<8>(at1) {
+            return MemLevel::L1;
+        }
+        let at2 = l2.place_low(line);
+        if l2.lookup_fixed::<16>(at2) {
+            l1.fill_fixed::<8>(at1);
+            return MemLevel::L2;
+        }
+        let at3 = llc.place_low(line);
+        let served = if llc.lookup_fixed::<16>(at3) {
+            MemLevel::Llc
+        } else {
+            llc.fill_fixed::<16>(at3);
+            MemLevel::Memory
+        };
+        l1.fill_fixed::<8>(at1);
+        l2.fill_fixed::<16>(at2);
         served
     }
 
@@ -367,6 +408,11 @@ mod tests {
             PtCacheConfig {
                 l1: Geometry { entries: 8, ways: 1 },
                 l2: Geometry::OFF,
+                llc: Geometry { entries: 1024, ways: 16 },
+            },
+            PtCacheConfig {
+                l1: Geometry { entries: 16, ways: 8 },
+                l2: Geometry { entries: 256, ways: 16 },
                 llc: Geometry { entries: 1024, ways: 16 },
             },
             PtCacheConfig {
