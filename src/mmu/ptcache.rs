@@ -415,6 +415,22 @@ mod tests {
                 l2: Geometry { entries: 256, ways: 16 },
                 llc: Geometry { entries: 1024, ways: 16 },
             },
+            // One level short of those ways each.
+            PtCacheConfig {
+                l1: Geometry { entries: 16, ways: 4 },
+                l2: Geometry { entries: 256, ways: 16 },
+                llc: Geometry { entries: 1024, ways: 16 },
+            },
+            PtCacheConfig {
+                l1: Geometry { entries: 16, ways: 8 },
+                l2: Geometry { entries: 256, ways: 8 },
+                llc: Geometry { entries: 1024, ways: 16 },
+            },
+            PtCacheConfig {
+                l1: Geometry { entries: 16, ways: 8 },
+                l2: Geometry { entries: 256, ways: 16 },
+                llc: Geometry { entries: 1024, ways: 8 },
+            },
             PtCacheConfig {
                 l1: Geometry { entries: 32, ways: 8 },
                 l2: Geometry { entries: 512, ways: 16 },
