@@ -2,10 +2,10 @@
 //! scheme hands the TLB through [`Platform::fill_tlb`] is checked against a reference walk of the
 //! guest's current table, allowing exactly the staleness the architecture allows.
 //!
-//! The reference is deliberately independent of the walker in [`crate::paging::walk`]: a small
+//! The reference is deliberately independent of the walker in [`crate::paging::walk`](mod@crate::paging::walk): a small
 //! loop of its own reads the guest table entry by entry through the hypervisor's memory map
 //! (never backing a frame, never writing an accessed or dirty bit), decodes each entry with
-//! [`Format::decode`] and combines permissions over the levels as the architectures do. The
+//! [`Format::decode`](crate::paging::Format::decode) and combines permissions over the levels as the architectures do. The
 //! guest-physical page it reaches is turned into a host address with the hypervisor's map
 //! ([`crate::mem::GuestBacking::lookup`]), which every scheme, nested included, follows.
 //!

@@ -17,9 +17,9 @@
 //! nested walk:
 //!
 //! - each way has three words, kept together per set: a tag (the page's guest base with the
-//!   size's index in its offset bits, [`page_tag`], so one comparison checks frame and size), the
+//!   size's index in its offset bits, `page_tag`, so one comparison checks frame and size), the
 //!   VMID, compared only where the tag matched, and an LRU stamp;
-//! - an empty way's tag is [`EMPTY_TAG`], which no page's tag equals, and its stamp 0, older than
+//! - an empty way's tag is `EMPTY_TAG`, which no page's tag equals, and its stamp 0, older than
 //!   any stamp from the table's clock, so the first empty way is the least recently used one and
 //!   a fill finds its victim in one scan;
 //! - the cached leaves, which only hits and flushes read, are apart;

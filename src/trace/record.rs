@@ -8,7 +8,7 @@
 //! shares its parent's connection and their output interleaves mid-line, so the files are
 //! followed instead, as they grow: each new line is parsed into the compact writer at once and
 //! the bytes consumed are punched out of the file (`fallocate(PUNCH_HOLE)`), so the text never
-//! accumulates. Each log is moved aside the moment it appears ([`Watcher`]), because valgrind
+//! accumulates. Each log is moved aside the moment it appears (`Watcher`), because valgrind
 //! would reuse its name after an `exec`. The directory is removed at the end, whatever happens,
 //! also when the recording is interrupted (SIGINT, SIGTERM, SIGHUP: valgrind is stopped and no
 //! trace is written).
