@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints (warnings are errors), then every test.
+# The whole test suite: formatting, lints and API docs (warnings are errors), then every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # `memvirt record`'s end-to-end test records a real program under valgrind (Debian package
@@ -22,4 +22,6 @@ if command -v valgrind >/dev/null 2>&1; then
 fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# Broken or private intra-doc links are errors too (the API docs are part of the deliverable).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 cargo test --release --locked
