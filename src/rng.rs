@@ -39,6 +39,12 @@ impl Rng {
         let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         unit < p
     }
+
+    /// One of `items` (a non-empty list), uniformly: the tests' random operands.
+    #[cfg(test)]
+    pub(crate) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[crate::addr::u64_to_usize(self.below(items.len() as u64))]
+    }
 }
 
 #[cfg(test)]

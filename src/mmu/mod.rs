@@ -11,6 +11,7 @@ pub mod ptcache;
 pub mod pwc;
 pub mod setassoc;
 pub mod tlb;
+mod ways;
 
 use serde::Serialize;
 

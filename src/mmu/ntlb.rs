@@ -27,7 +27,8 @@
 
 use super::flush::NestedScope;
 use super::setassoc::{check_geometry, GeometryError};
-use super::tlb::{page_tag, Geometry, PageSizes, EMPTY_TAG};
+use super::tlb::{page_tag, Geometry, PageSizes};
+use super::ways::{self, SetWords, EMPTY_TAG};
 use crate::addr::{u64_to_usize, Gpa, HostPhys, Hpa, PageSize, Vmid};
 use crate::paging::walk::Leaf;
 use crate::paging::Perms;
@@ -80,42 +81,6 @@ pub struct NestedTlb {
     pub stats: NtlbStats,
 }
 
-/// The words of one set (see [`NestedTlb`]).
-#[derive(Debug)]
-struct SetWords<'a> {
-    tags: &'a mut [u64],
-    vmids: &'a mut [u64],
-    stamps: &'a mut [u64],
-}
-
-impl<'a> SetWords<'a> {
-    /// The words of `set` in `words`, a table of `ways` ways.
-    #[inline(always)]
-    fn of(words: &'a mut [u64], set: usize, ways: usize) -> Self {
-        let (tags, rest) = words[set * 3 * ways..][..3 * ways].split_at_mut(ways);
-        let (vmids, stamps) = rest.split_at_mut(ways);
-        SetWords { tags, vmids, stamps }
-    }
-
-    /// The first way holding the page tagged `tag` for `vmid`.
-    #[inline(always)]
-    fn find(&self, tag: u64, vmid: u64) -> Option<usize> {
-        self.tags.iter().zip(&*self.vmids).position(|(&t, &v)| t == tag && v == vmid)
-    }
-
-    /// The least recently used way: the first of the smallest stamp (an empty way's 0 included).
-    #[inline(always)]
-    fn oldest(&self) -> usize {
-        let mut oldest = 0;
-        for (way, &stamp) in self.stamps.iter().enumerate().skip(1) {
-            if stamp < self.stamps[oldest] {
-                oldest = way;
-            }
-        }
-        oldest
-    }
-}
-
 impl NestedTlb {
     /// A nested TLB of `g.entries` entries in sets of `g.ways`; zero entries is a disabled table
     /// that never hits, counts nothing and keeps nothing.
@@ -124,12 +89,8 @@ impl NestedTlb {
             0 => (0, 0),
             entries => (check_geometry("ntlb", entries, g.ways)?, g.ways),
         };
-        let mut words = vec![0; 3 * sets * ways];
-        for set in words.chunks_exact_mut(3 * ways.max(1)) {
-            set[..ways].fill(EMPTY_TAG);
-        }
         Ok(NestedTlb {
-            words,
+            words: ways::empty_table(sets, ways),
             leaves: vec![NO_LEAF; sets * ways],
             clock: 0,
             held: PageSizes::default(),
@@ -210,13 +171,13 @@ impl NestedTlb {
         let (tag, vmid) = (tag_of(gpa, leaf.size), u64::from(vmid.0));
         let set = self.set_of(gpa, leaf.size);
         let words = SetWords::of(&mut self.words, set, ways);
-        let way = words.find(tag, vmid).unwrap_or_else(|| words.oldest());
+        let way = words.find(tag, vmid).unwrap_or_else(|| words.least_recent());
         if words.tags[way] == EMPTY_TAG {
             self.live += 1;
         }
         self.clock += 1;
         words.tags[way] = tag;
-        words.vmids[way] = vmid;
+        words.contexts[way] = vmid;
         words.stamps[way] = self.clock;
         self.leaves[set * ways + way] = Leaf { global: false, ..leaf };
         if !self.held.contains(leaf.size) {
@@ -236,16 +197,15 @@ impl NestedTlb {
         let mut dropped = 0;
         let sets = self.words.chunks_exact_mut(3 * ways).zip(self.leaves.chunks_exact(ways));
         for (words, leaves) in sets {
-            let (tags, rest) = words.split_at_mut(ways);
-            let (vmids, stamps) = rest.split_at_mut(ways);
+            let words = SetWords::split(words, ways);
             for (way, leaf) in leaves.iter().enumerate() {
-                let tag = tags[way];
+                let tag = words.tags[way];
                 let selected = tag != EMPTY_TAG
-                    && vmid.is_none_or(|v| v == vmids[way])
+                    && vmid.is_none_or(|v| v == words.contexts[way])
                     && scope.gpa.is_none_or(|g| tag_of(g, leaf.size) == tag);
                 if selected {
-                    tags[way] = EMPTY_TAG;
-                    stamps[way] = 0;
+                    words.tags[way] = EMPTY_TAG;
+                    words.stamps[way] = 0;
                     dropped += 1;
                 }
             }
@@ -383,32 +343,24 @@ mod tests {
     }
 
     impl Draw {
-        fn below(&mut self, n: u64) -> u64 {
-            self.rng.below(n)
-        }
-
-        fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-            items[u64_to_usize(self.below(items.len() as u64))]
-        }
-
         /// A GPA in one of a few regions (low, at 2^39 and 2^48, near the top of a 56-bit
         /// space), with a few choices of each frame-number field and any offset.
         fn gpa(&mut self) -> Gpa {
-            let region = self.pick(&[0, 0, 1 << 39, 1 << 48, 0x00ff_ff00_0000_0000]);
-            let fields = (self.below(12) << 12)
-                | (self.below(4) << 21)
-                | (self.below(3) << 30)
-                | (self.below(2) << 39);
-            Gpa::new(region | fields | self.below(1 << 12))
+            let region = self.rng.pick(&[0, 0, 1 << 39, 1 << 48, 0x00ff_ff00_0000_0000]);
+            let fields = (self.rng.below(12) << 12)
+                | (self.rng.below(4) << 21)
+                | (self.rng.below(3) << 30)
+                | (self.rng.below(2) << 39);
+            Gpa::new(region | fields | self.rng.below(1 << 12))
         }
 
         fn vmid(&mut self) -> Vmid {
-            Vmid(self.pick(&[0, 1, 1, 2, 0x3fff]))
+            Vmid(self.rng.pick(&[0, 1, 1, 2, 0x3fff]))
         }
 
         /// A leaf of any size for `gpa`, as a nested walk returns it (any global flag).
         fn leaf(&mut self) -> Leaf<HostPhys> {
-            let size = self.pick(&[
+            let size = self.rng.pick(&[
                 PageSize::Size4K,
                 PageSize::Size4K,
                 PageSize::Size4K,
@@ -419,16 +371,16 @@ mod tests {
                 PageSize::Size256T,
             ]);
             let base = Hpa::new(self.rng.next_u64() & !size.offset_mask() & ((1 << 52) - 1));
-            let perms = Perms::from_bits_truncate(u8::try_from(self.below(16)).unwrap());
-            let (global, dirty) = (self.below(2) == 0, self.below(3) != 0);
+            let perms = Perms::from_bits_truncate(u8::try_from(self.rng.below(16)).unwrap());
+            let (global, dirty) = (self.rng.below(2) == 0, self.rng.below(3) != 0);
             Leaf { base, size, perms, global, dirty }
         }
 
         fn scope(&mut self) -> NestedScope {
             NestedScope {
-                vmid: self.pick(&[None, Some(Vmid(0)), Some(Vmid(1)), Some(Vmid(0x3fff))]),
+                vmid: self.rng.pick(&[None, Some(Vmid(0)), Some(Vmid(1)), Some(Vmid(0x3fff))]),
                 // A wide flush empties most of the table: keep them rarer than one GPA's.
-                gpa: if self.below(6) == 0 { None } else { Some(self.gpa()) },
+                gpa: if self.rng.below(6) == 0 { None } else { Some(self.gpa()) },
             }
         }
     }
@@ -452,10 +404,10 @@ mod tests {
         for step in 0..steps {
             let at = || format!("step {step} of {g:?} (seed {seed})");
             let (gpa, vmid) = (draw.gpa(), draw.vmid());
-            match draw.below(100) {
+            match draw.rng.below(100) {
                 // A translation as the nested path makes it: a lookup, then a walk's fill.
                 0..50 => {
-                    let store = draw.below(3) == 0;
+                    let store = draw.rng.below(3) == 0;
                     let hits = reference.stats.hits;
                     let hit = ntlb.lookup(gpa, vmid, store);
                     let expected = reference.lookup(gpa, vmid, store);
@@ -465,7 +417,7 @@ mod tests {
                     if store && hits == reference.stats.hits && reference.table.iter().any(clean) {
                         exercised.refused_stores += 1;
                     }
-                    if hit.is_none() && draw.below(4) != 0 {
+                    if hit.is_none() && draw.rng.below(4) != 0 {
                         let leaf = draw.leaf();
                         ntlb.insert(gpa, vmid, leaf);
                         let gpn = gpa.as_u64() >> leaf.size.shift();

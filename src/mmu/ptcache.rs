@@ -388,54 +388,23 @@ mod tests {
 
     #[test]
     fn recency_ordered_sets_serve_every_reference_as_lru_stamps_do() {
+        // Each level as (entries, ways); (0, 0) turns it off.
+        let levels = |l1: (usize, usize), l2: (usize, usize), llc: (usize, usize)| {
+            let geometry = |(entries, ways)| Geometry { entries, ways };
+            PtCacheConfig { l1: geometry(l1), l2: geometry(l2), llc: geometry(llc) }
+        };
         let geometries = [
             PtCacheConfig::default(),
-            PtCacheConfig {
-                l1: Geometry { entries: 8, ways: 2 },
-                l2: Geometry { entries: 64, ways: 32 },
-                llc: Geometry { entries: 96, ways: 3 },
-            },
-            PtCacheConfig {
-                l1: Geometry::OFF,
-                l2: Geometry { entries: 16, ways: 16 },
-                llc: Geometry { entries: 64, ways: 8 },
-            },
-            PtCacheConfig {
-                l1: Geometry { entries: 16, ways: 4 },
-                l2: Geometry { entries: 256, ways: 32 },
-                llc: Geometry { entries: 4096, ways: 1 },
-            },
-            PtCacheConfig {
-                l1: Geometry { entries: 8, ways: 1 },
-                l2: Geometry::OFF,
-                llc: Geometry { entries: 1024, ways: 16 },
-            },
-            PtCacheConfig {
-                l1: Geometry { entries: 16, ways: 8 },
-                l2: Geometry { entries: 256, ways: 16 },
-                llc: Geometry { entries: 1024, ways: 16 },
-            },
+            levels((8, 2), (64, 32), (96, 3)),
+            levels((0, 0), (16, 16), (64, 8)),
+            levels((16, 4), (256, 32), (4096, 1)),
+            levels((8, 1), (0, 0), (1024, 16)),
+            levels((16, 8), (256, 16), (1024, 16)),
             // One level short of those ways each.
-            PtCacheConfig {
-                l1: Geometry { entries: 16, ways: 4 },
-                l2: Geometry { entries: 256, ways: 16 },
-                llc: Geometry { entries: 1024, ways: 16 },
-            },
-            PtCacheConfig {
-                l1: Geometry { entries: 16, ways: 8 },
-                l2: Geometry { entries: 256, ways: 8 },
-                llc: Geometry { entries: 1024, ways: 16 },
-            },
-            PtCacheConfig {
-                l1: Geometry { entries: 16, ways: 8 },
-                l2: Geometry { entries: 256, ways: 16 },
-                llc: Geometry { entries: 1024, ways: 8 },
-            },
-            PtCacheConfig {
-                l1: Geometry { entries: 32, ways: 8 },
-                l2: Geometry { entries: 512, ways: 16 },
-                llc: Geometry::OFF,
-            },
+            levels((16, 4), (256, 16), (1024, 16)),
+            levels((16, 8), (256, 8), (1024, 16)),
+            levels((16, 8), (256, 16), (1024, 8)),
+            levels((32, 8), (512, 16), (0, 0)),
         ];
         for cfg in geometries {
             let (mut fast, mut reference) = (PtCache::new(&cfg).unwrap(), Reference::new(&cfg));

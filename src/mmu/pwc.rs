@@ -26,6 +26,7 @@
 use super::flush::TlbScope;
 use super::setassoc::{check_geometry, GeometryError};
 use super::tlb::Geometry;
+use super::ways::{self, least_recent, SetWords, EMPTY_TAG};
 use crate::addr::{u64_to_usize, Addr, Asid, Level, Space, Vmid};
 use crate::paging::format::Format;
 use crate::paging::walk::{CachedPointer, WalkCache};
@@ -60,10 +61,8 @@ pub struct PwcStats {
     pub hits: u64,
 }
 
-/// The tag of an empty way. The tables hold entries of levels 1 to 4, whose prefixes drop at
-/// least the 21 bits below a level-1 entry's range, so no prefix equals it.
-const EMPTY_TAG: u64 = u64::MAX;
-
+// The tables hold entries of levels 1 to 4, whose prefixes drop at least the 21 bits below a
+// level-1 entry's range, so no prefix equals the empty tag.
 const _: () = assert!(u64::MAX >> Level::L1.shift() < EMPTY_TAG);
 
 /// The global flag of a context word, above the VMID and the ASID.
@@ -153,7 +152,14 @@ struct Ways<'a> {
     entries: &'a mut [Option<PwcEntry>],
 }
 
-impl Ways<'_> {
+impl<'a> Ways<'a> {
+    /// The ways of a set kept as [`SetWords`] and its entries.
+    #[inline(always)]
+    fn new(words: SetWords<'a>, entries: &'a mut [Option<PwcEntry>]) -> Self {
+        let SetWords { tags, contexts, stamps } = words;
+        Ways { tags, contexts, stamps, entries }
+    }
+
     /// The entry of the first way, in way order, that has `prefix` and matches `context`; the
     /// way becomes the set's most recently used, stamped with the advanced `clock`.
     #[inline(always)]
@@ -193,11 +199,7 @@ impl Ways<'_> {
     fn way_for(&self, prefix: u64, word: u64) -> usize {
         let mut ways = self.tags.iter().zip(&*self.contexts);
         let same = ways.position(|(&tag, &old)| tag == prefix && (old | GLOBAL) == (word | GLOBAL));
-        same.unwrap_or_else(|| {
-            // The first of the smallest, as `SetAssoc` chose (only empty ways share a stamp).
-            let oldest = self.stamps.iter().fold(u64::MAX, |min, &stamp| min.min(stamp));
-            self.stamps.iter().position(|&stamp| stamp == oldest).unwrap_or(0)
-        })
+        same.unwrap_or_else(|| least_recent(self.stamps))
     }
 
     /// Empties the ways whose entry `keep` rejects; returns how many.
@@ -233,13 +235,11 @@ impl Sets {
         match ways {
             4 => Sets::Four(vec![Set::EMPTY; sets]),
             2 => Sets::Two(vec![Set::EMPTY; sets]),
-            _ => {
-                let mut words = vec![0; 3 * ways * sets];
-                for set in words.chunks_exact_mut(3 * ways.max(1)) {
-                    set[..ways].fill(EMPTY_TAG);
-                }
-                Sets::Any { ways, words, entries: vec![None; ways * sets] }
-            }
+            _ => Sets::Any {
+                ways,
+                words: ways::empty_table(sets, ways),
+                entries: vec![None; ways * sets],
+            },
         }
     }
 
@@ -265,9 +265,7 @@ impl Sets {
                 let sets = words.chunks_exact_mut(3 * *ways).zip(entries.chunks_exact_mut(*ways));
                 let mut dropped = 0;
                 for (words, entries) in sets {
-                    let (tags, rest) = words.split_at_mut(*ways);
-                    let (contexts, stamps) = rest.split_at_mut(*ways);
-                    dropped += Ways { tags, contexts, stamps, entries }.retain(&keep);
+                    dropped += Ways::new(SetWords::split(words, *ways), entries).retain(&keep);
                 }
                 dropped
             }
@@ -296,10 +294,8 @@ fn any_ways<'a>(
     set: usize,
 ) -> Option<Ways<'a>> {
     let words = words.get_mut(set * 3 * ways..)?.get_mut(..3 * ways)?;
-    let (tags, rest) = words.split_at_mut(ways);
-    let (contexts, stamps) = rest.split_at_mut(ways);
     let entries = entries.get_mut(set * ways..)?.get_mut(..ways)?;
-    Some(Ways { tags, contexts, stamps, entries })
+    Some(Ways::new(SetWords::split(words, ways), entries))
 }
 
 /// The cache for the entries of one level, set-associative with LRU replacement.
@@ -613,28 +609,21 @@ mod tests {
     }
 
     impl Draw {
-        fn below(&mut self, n: u64) -> u64 {
-            self.rng.below(n)
-        }
-
-        fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-            items[u64_to_usize(self.below(items.len() as u64))]
-        }
-
         /// An address with a few choices of each index field (sets of a few ways overflow),
         /// low, high (sign-extended) or past 57 bits; any offset.
         fn input(&mut self) -> Gva {
-            let region = self.pick(&[0, 0, 0xffff_ff80_0000_0000, 0xfe00_0000_0000_0000, 1 << 58]);
-            let fields = (self.below(1 << 21))
-                | (self.below(12) << 21)
-                | (self.below(6) << 30)
-                | (self.below(4) << 39)
-                | (self.below(3) << 48);
+            let region =
+                self.rng.pick(&[0, 0, 0xffff_ff80_0000_0000, 0xfe00_0000_0000_0000, 1 << 58]);
+            let fields = (self.rng.below(1 << 21))
+                | (self.rng.below(12) << 21)
+                | (self.rng.below(6) << 30)
+                | (self.rng.below(4) << 39)
+                | (self.rng.below(3) << 48);
             Gva::new(region ^ fields)
         }
 
         fn context(&mut self) -> (Vmid, Asid) {
-            (Vmid(self.pick(&[0, 1, 2, 0x3fff])), Asid(self.pick(&[0, 1, 2, 0xffff])))
+            (Vmid(self.rng.pick(&[0, 1, 2, 0x3fff])), Asid(self.rng.pick(&[0, 1, 2, 0xffff])))
         }
 
         fn pointer(&mut self, level: Level) -> CachedPointer<HostPhys> {
@@ -642,20 +631,20 @@ mod tests {
                 level,
                 table: Hpa::new(self.rng.next_u64() & 0x000f_ffff_ffff_f000),
                 perms: Perms::from_bits_truncate(self.rng.next_u64().to_le_bytes()[0]),
-                global: self.below(5) == 0,
+                global: self.rng.below(5) == 0,
             }
         }
 
         fn scope(&mut self) -> TlbScope {
             TlbScope {
-                vmid: self.pick(&[None, Some(Vmid(0)), Some(Vmid(1))]),
+                vmid: self.rng.pick(&[None, Some(Vmid(0)), Some(Vmid(1))]),
                 va: None,
-                asid: self.pick(&[
+                asid: self.rng.pick(&[
                     AsidScope::All,
                     AsidScope::One(Asid(0)),
                     AsidScope::One(Asid(1)),
                 ]),
-                globals: self.below(2) == 0,
+                globals: self.rng.below(2) == 0,
             }
         }
     }
@@ -670,19 +659,19 @@ mod tests {
         let mut draw = Draw { rng: Rng::new(seed, 0) };
         for step in 0..steps {
             let at = || format!("step {step} of {name} (seed {seed})");
-            let format = draw.pick(&FORMATS);
+            let format = draw.rng.pick(&FORMATS);
             let input = draw.input();
             let (vmid, asid) = draw.context();
             let root = format.root_level();
             let mut port = pwc.port(vmid, asid);
-            match draw.below(100) {
+            match draw.rng.below(100) {
                 // A walk as the walker makes it: a lookup, then a fill of every level from the
                 // one the walk starts at down to level 1 (most walks end in a 4K leaf).
                 0..50 => {
                     let hit = WalkCache::<_, HostPhys>::lookup(&mut port, &format, input);
                     assert_eq!(hit, reference.lookup(&format, input, vmid, asid), "{}", at());
                     let start = hit.map_or(root, |p| p.level);
-                    let last = Level::from_index(u32::from(draw.below(4) == 0)).unwrap();
+                    let last = Level::from_index(u32::from(draw.rng.below(4) == 0)).unwrap();
                     let mut level = start;
                     while level > last {
                         let ptr = draw.pointer(Level::from_index(level.index() - 1).unwrap());
@@ -698,7 +687,7 @@ mod tests {
                 // A fill at any level of the format, level 0 (which no table keeps) included.
                 70..95 => {
                     let level = Level::from_index(
-                        u32::try_from(draw.below(u64::from(root.index()) + 1)).unwrap(),
+                        u32::try_from(draw.rng.below(u64::from(root.index()) + 1)).unwrap(),
                     )
                     .unwrap();
                     let ptr =
@@ -711,7 +700,8 @@ mod tests {
                     assert_eq!(pwc.flush(&scope), reference.flush(&scope), "flush, {}", at());
                 }
                 _ => {
-                    let vmid = draw.pick(&[None, Some(Vmid(0)), Some(Vmid(1)), Some(Vmid(0x3fff))]);
+                    let vmid =
+                        draw.rng.pick(&[None, Some(Vmid(0)), Some(Vmid(1)), Some(Vmid(0x3fff))]);
                     assert_eq!(pwc.flush_vmid(vmid), reference.flush_vmid(vmid), "flush, {}", at());
                 }
             }

@@ -20,6 +20,7 @@
 
 use super::flush::TlbScope;
 use super::setassoc::{check_geometry, GeometryError};
+use super::ways::{self, SetWords, EMPTY_TAG};
 use crate::addr::{u64_to_usize, Asid, Gva, Hpa, Level, PageSize, Vmid};
 use crate::paging::{Access, AllowMask};
 
@@ -130,11 +131,9 @@ fn page_tag_of(va: Gva, size: PageSize) -> u64 {
     page_tag(va.as_u64() & !size.offset_mask(), size)
 }
 
-/// The tag of an empty way. It and [`UNMATCHABLE_TAG`] have offset bits set above the size
-/// index, so no [`page_tag`], hence no address, ever equals them.
-pub(super) const EMPTY_TAG: u64 = u64::MAX;
-
-/// The tag of an entry no address can match (see [`TlbEntry::way_tags`]).
+/// The tag of an entry no address can match (see [`TlbEntry::way_tags`]). It and [`EMPTY_TAG`]
+/// have offset bits set above the size index, so no [`page_tag`], hence no address, ever equals
+/// them.
 const UNMATCHABLE_TAG: u64 = u64::MAX - 1;
 
 /// The context word of a non-global entry: VMID and ASID side by side (under 2^32).
@@ -284,64 +283,44 @@ struct TlbTable {
     live: usize,
 }
 
-/// The words of one set (see [`TlbTable`]).
-#[derive(Debug)]
-struct SetWords<'a> {
-    tags: &'a mut [u64],
-    contexts: &'a mut [u64],
-    stamps: &'a mut [u64],
+/// The first way of `words` holding an entry of a size in `held` that translates `va` in
+/// `context`.
+#[inline(always)]
+fn first_match(words: &SetWords, held: PageSizes, va: Gva, context: Context) -> Option<usize> {
+    let find = |size| {
+        let tag = page_tag_of(va, size);
+        let mut ways = words.tags.iter().zip(&*words.contexts);
+        ways.position(|(&t, &word)| t == tag && context.admits(word))
+    };
+    // Most tables only ever hold one size: one search.
+    if let Some(size) = held.single() {
+        return find(size);
+    }
+    // Else the first way that holds any size's match.
+    held.iter().filter_map(find).min()
 }
 
-impl<'a> SetWords<'a> {
-    /// The words of `set` in `words`, a table of `ways` ways.
-    #[inline(always)]
-    fn of(words: &'a mut [u64], set: usize, ways: usize) -> Self {
-        let (tags, rest) = words[set * 3 * ways..][..3 * ways].split_at_mut(ways);
-        let (contexts, stamps) = rest.split_at_mut(ways);
-        SetWords { tags, contexts, stamps }
-    }
-
-    /// The first way holding an entry of a size in `held` that translates `va` in `context`.
-    #[inline(always)]
-    fn first_match(&self, held: PageSizes, va: Gva, context: Context) -> Option<usize> {
-        let find = |size| {
-            let tag = page_tag_of(va, size);
-            let mut ways = self.tags.iter().zip(&*self.contexts);
-            ways.position(|(&t, &word)| t == tag && context.admits(word))
-        };
-        // Most tables only ever hold one size: one search.
-        if let Some(size) = held.single() {
-            return find(size);
-        }
-        // Else the first way that holds any size's match.
-        held.iter().filter_map(find).min()
-    }
-
-    /// The way `entry` goes to: the one holding an entry of the same page and context (`new`
-    /// are `entry`'s tags) if there is one, else the least recently used, which is the first
-    /// empty way if there is one (an empty way's stamp is 0, older than any entry's). `entries`
-    /// are the set's entries.
-    #[inline(always)]
-    fn way_for(&self, entry: &TlbEntry, new: WayTags, entries: &[Option<TlbEntry>]) -> usize {
-        // Equal tags and context words are necessary for the same slot and, unless the tag is
-        // `UNMATCHABLE_TAG`, sufficient: the entry itself settles that case.
-        let same_slot = || {
-            let mut ways = self.tags.iter().zip(&*self.contexts).zip(entries);
-            ways.position(|((&tag, &context), old)| {
-                tag == new.tag
-                    && context == new.context
-                    && old.is_some_and(|old| old.same_slot(entry))
-            })
-        };
-        let oldest = || {
-            // The first of the smallest, as `SetAssoc` chose (only empty ways share a stamp).
-            let oldest = self.stamps.iter().fold(u64::MAX, |min, &stamp| min.min(stamp));
-            self.stamps.iter().position(|&stamp| stamp == oldest).unwrap_or(0)
-        };
-        // Most fills find no entry of the same page: rule that out with one comparison a way.
-        let maybe_same = self.tags.iter().fold(false, |any, &tag| any | (tag == new.tag));
-        maybe_same.then(same_slot).flatten().unwrap_or_else(oldest)
-    }
+/// The way of `words` that `entry` goes to: the one holding an entry of the same page and
+/// context (`new` are `entry`'s tags) if there is one, else the least recently used, which is
+/// the first empty way if there is one. `entries` are the set's entries.
+#[inline(always)]
+fn way_for(
+    words: &SetWords,
+    entry: &TlbEntry,
+    new: WayTags,
+    entries: &[Option<TlbEntry>],
+) -> usize {
+    // Equal tags and context words are necessary for the same slot and, unless the tag is
+    // `UNMATCHABLE_TAG`, sufficient: the entry itself settles that case.
+    let same_slot = || {
+        let mut ways = words.tags.iter().zip(&*words.contexts).zip(entries);
+        ways.position(|((&tag, &context), old)| {
+            tag == new.tag && context == new.context && old.is_some_and(|old| old.same_slot(entry))
+        })
+    };
+    // Most fills find no entry of the same page: rule that out with one comparison a way.
+    let maybe_same = words.tags.iter().fold(false, |any, &tag| any | (tag == new.tag));
+    maybe_same.then(same_slot).flatten().unwrap_or_else(|| words.least_recent())
 }
 
 impl TlbTable {
@@ -352,12 +331,8 @@ impl TlbTable {
             0 => (0, 0),
             entries => (check_geometry(name, entries, g.ways)?, g.ways),
         };
-        let mut words = vec![0; 3 * g.entries];
-        for set in words.chunks_exact_mut(3 * ways.max(1)) {
-            set[..ways].fill(EMPTY_TAG);
-        }
         Ok(TlbTable {
-            words,
+            words: ways::empty_table(sets, ways),
             entries: vec![None; g.entries],
             clock: 0,
             held: PageSizes::default(),
@@ -399,7 +374,7 @@ impl TlbTable {
     ) -> Option<TlbEntry> {
         let set = self.set_of(va.as_u64() >> probe.shift());
         let words = SetWords::of(&mut self.words, set, ways);
-        let way = words.first_match(self.held, va, context)?;
+        let way = first_match(&words, self.held, va, context)?;
         self.clock += 1;
         words.stamps[way] = self.clock;
         self.entries[set * ways + way]
@@ -423,7 +398,7 @@ impl TlbTable {
         let set = self.set_of(entry.vpn);
         let words = SetWords::of(&mut self.words, set, ways);
         let entries = &mut self.entries[set * ways..][..ways];
-        let way = words.way_for(&entry, new, entries);
+        let way = way_for(&words, &entry, new, entries);
         if words.tags[way] == EMPTY_TAG {
             self.live += 1;
         }
@@ -729,31 +704,23 @@ mod tests {
             Draw { rng: Rng::new(seed, 0), recent: Vec::new() }
         }
 
-        fn below(&mut self, n: u64) -> u64 {
-            self.rng.below(n)
-        }
-
-        fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-            items[u64_to_usize(self.below(items.len() as u64))]
-        }
-
         /// A recent address, or one in one of a few regions (low, just below 2^47,
         /// sign-extended high) with a few choices of each page-number field; any offset.
         fn va(&mut self) -> Gva {
             const RECENT: usize = 32;
-            let offset = self.below(1 << 12);
-            if self.recent.len() == RECENT && self.below(2) == 0 {
-                let page = self.pick(&self.recent.clone()).align_down(PageSize::Size4K);
+            let offset = self.rng.below(1 << 12);
+            if self.recent.len() == RECENT && self.rng.below(2) == 0 {
+                let page = self.rng.pick(&self.recent.clone()).align_down(PageSize::Size4K);
                 return Gva::new(page.as_u64() | offset);
             }
-            let region = self.pick(&[0, 0x0000_7f80_0000_0000, 0xffff_ff80_0000_0000, 1 << 48]);
-            let fields = (self.below(24) << 12)
-                | (self.below(6) << 21)
-                | (self.below(4) << 30)
-                | (self.below(3) << 39);
+            let region = self.rng.pick(&[0, 0x0000_7f80_0000_0000, 0xffff_ff80_0000_0000, 1 << 48]);
+            let fields = (self.rng.below(24) << 12)
+                | (self.rng.below(6) << 21)
+                | (self.rng.below(4) << 30)
+                | (self.rng.below(3) << 39);
             let va = Gva::new(region | fields | offset);
             if self.recent.len() == RECENT {
-                let slot = u64_to_usize(self.below(RECENT as u64));
+                let slot = u64_to_usize(self.rng.below(RECENT as u64));
                 self.recent[slot] = va;
             } else {
                 self.recent.push(va);
@@ -762,11 +729,11 @@ mod tests {
         }
 
         fn context(&mut self) -> (Vmid, Asid) {
-            (Vmid(self.pick(&[0, 1, 2])), Asid(self.pick(&[0, 1, 2, 0xffff])))
+            (Vmid(self.rng.pick(&[0, 1, 2])), Asid(self.rng.pick(&[0, 1, 2, 0xffff])))
         }
 
         fn entry(&mut self, va: Gva) -> TlbEntry {
-            let size = self.pick(&[
+            let size = self.rng.pick(&[
                 PageSize::Size4K,
                 PageSize::Size4K,
                 PageSize::Size4K,
@@ -777,11 +744,11 @@ mod tests {
                 PageSize::Size256T,
             ]);
             let (vmid, asid) = self.context();
-            let global = self.below(5) == 0;
+            let global = self.rng.below(5) == 0;
             let base = Hpa::new(self.rng.next_u64() & !size.offset_mask() & ((1 << 52) - 1));
-            let allow = self.pick(&[0xff, 0x3f, 0x3d, 0x01, 0x08, 0x00]);
+            let allow = self.rng.pick(&[0xff, 0x3f, 0x3d, 0x01, 0x08, 0x00]);
             let mut entry = TlbEntry::new(va, size, base, (vmid, asid, global), allow);
-            if self.below(64) == 0 {
+            if self.rng.below(64) == 0 {
                 // A page number no address has (the fields are public): it never matches.
                 entry.vpn |= 1 << 60;
             }
@@ -790,15 +757,15 @@ mod tests {
 
         fn scope(&mut self) -> TlbScope {
             TlbScope {
-                vmid: self.pick(&[None, Some(Vmid(0)), Some(Vmid(1))]),
+                vmid: self.rng.pick(&[None, Some(Vmid(0)), Some(Vmid(1))]),
                 // A wide flush empties most of the TLB: keep them rarer than single addresses.
-                va: if self.below(8) == 0 { None } else { Some(self.va()) },
-                asid: self.pick(&[
+                va: if self.rng.below(8) == 0 { None } else { Some(self.va()) },
+                asid: self.rng.pick(&[
                     AsidScope::All,
                     AsidScope::One(Asid(0)),
                     AsidScope::One(Asid(1)),
                 ]),
-                globals: self.below(2) == 0,
+                globals: self.rng.below(2) == 0,
             }
         }
     }
@@ -813,8 +780,8 @@ mod tests {
             let at = || format!("step {step} of {name} (seed {seed})");
             let va = draw.va();
             let (vmid, asid) = draw.context();
-            let access = draw.pick(&ACCESSES);
-            match draw.below(100) {
+            let access = draw.rng.pick(&ACCESSES);
+            match draw.rng.below(100) {
                 // A translation as the MMU makes it: L1, then L2, then a walk's fill.
                 0..45 => {
                     let hit = tlb.lookup_l1(va, access, vmid, asid);
