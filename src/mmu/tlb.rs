@@ -585,7 +585,9 @@ impl Tlb {
         self.l1[l1_index(e.size)].insert(e, tags);
     }
 
-    /// Inserts a fresh translation into both levels.
+    /// Inserts a fresh translation into both levels. Inlined into its one caller on the miss
+    /// path, [`Mmu::fill`](super::Mmu::fill), so that the entry stays in registers.
+    #[inline(always)]
     pub fn insert(&mut self, e: TlbEntry) {
         let tags = e.way_tags();
         self.insert_l1(e, tags);
