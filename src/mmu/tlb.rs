@@ -857,7 +857,7 @@ mod tests {
         let (mut tlb, mut reference) = (Tlb::new(cfg).unwrap(), Reference::new(cfg));
         let mut draw = Draw::new(seed, sizes);
         for step in 0..steps {
-            let at = || format!("step {step} of {name} (seed {seed})");
+            let at = || format!("step {step} of {name} (seed {seed}, sizes {sizes:?})");
             let va = draw.va();
             let (vmid, asid) = draw.context();
             let access = draw.rng.pick(&ACCESSES);
