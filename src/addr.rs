@@ -293,6 +293,20 @@ impl PageSize {
     pub const ALL: [PageSize; 5] =
         [Self::Size4K, Self::Size2M, Self::Size1G, Self::Size512G, Self::Size256T];
 
+    /// Every size, the small ones more often: the sizes the translation structures' randomised
+    /// tests fill, so that sets mix sizes the way real runs do (mostly 4K, some 2M).
+    #[cfg(test)]
+    pub(crate) const TEST_MIX: [PageSize; 8] = [
+        Self::Size4K,
+        Self::Size4K,
+        Self::Size4K,
+        Self::Size2M,
+        Self::Size2M,
+        Self::Size1G,
+        Self::Size512G,
+        Self::Size256T,
+    ];
+
     /// log2 of the size in bytes.
     #[inline]
     pub const fn shift(self) -> u32 {

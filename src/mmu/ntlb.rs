@@ -360,16 +360,7 @@ mod tests {
 
         /// A leaf of any size for `gpa`, as a nested walk returns it (any global flag).
         fn leaf(&mut self) -> Leaf<HostPhys> {
-            let size = self.rng.pick(&[
-                PageSize::Size4K,
-                PageSize::Size4K,
-                PageSize::Size4K,
-                PageSize::Size2M,
-                PageSize::Size2M,
-                PageSize::Size1G,
-                PageSize::Size512G,
-                PageSize::Size256T,
-            ]);
+            let size = self.rng.pick(&PageSize::TEST_MIX);
             let base = Hpa::new(self.rng.next_u64() & !size.offset_mask() & ((1 << 52) - 1));
             let perms = Perms::from_bits_truncate(u8::try_from(self.rng.below(16)).unwrap());
             let (global, dirty) = (self.rng.below(2) == 0, self.rng.below(3) != 0);

@@ -761,18 +761,6 @@ mod tests {
         Access { kind: AccessKind::Fetch, privilege: Privilege::Supervisor },
     ];
 
-    /// The page sizes of the entries drawn, the small ones more often.
-    const MIXED: &[PageSize] = &[
-        PageSize::Size4K,
-        PageSize::Size4K,
-        PageSize::Size4K,
-        PageSize::Size2M,
-        PageSize::Size2M,
-        PageSize::Size1G,
-        PageSize::Size512G,
-        PageSize::Size256T,
-    ];
-
     /// Random operands drawn from small pools, so that pages, contexts and sets collide often.
     struct Draw {
         rng: Rng,
@@ -902,7 +890,7 @@ mod tests {
     fn every_operation_answers_as_the_set_assoc_reference_does() {
         for (name, cfg) in geometries() {
             for seed in 0..4 {
-                compare_with_reference(name, &cfg, seed, MIXED, 25_000);
+                compare_with_reference(name, &cfg, seed, &PageSize::TEST_MIX, 25_000);
             }
             // Tables that only ever hold one size search and flush on their own paths.
             for sizes in [&[PageSize::Size4K][..], &[PageSize::Size1G]] {
