@@ -161,13 +161,14 @@ impl Format {
     /// The index into the table at `level` for `input`: 9 bits, 11 at an x4 root.
     #[inline]
     pub const fn index(&self, input: u64, level: Level) -> u64 {
-        let lo = level.shift();
         let width = if level.index() + 1 == self.levels as u32 {
             INDEX_BITS + self.root_extra_bits as u32
         } else {
             INDEX_BITS
         };
-        bits(input, lo + width - 1, lo)
+        // `bits(input, shift + width - 1, shift)` without its branch: a width of 64 or more
+        // keeps every bit above the shift.
+        (input >> level.shift()) & (u64::MAX >> 64u32.saturating_sub(width))
     }
 
     /// The part of `input` that selects the entry at `level` and every level above it; the
