@@ -233,6 +233,27 @@ mod tests {
     }
 
     #[test]
+    fn index_matches_the_bit_field_at_every_level_and_root_width() {
+        // A flat table's root can be 64 or more bits wide: it keeps every bit above the shift.
+        let wide = |extra| Format { levels: 1, root_extra_bits: extra, ..Format::SV39X4 };
+        let formats = Format::ALL.into_iter().chain([wide(50), wide(52), wide(55), wide(60)]);
+        for f in formats {
+            for level in Level::ALL.into_iter().filter(|l| l.index() < u32::from(f.levels)) {
+                let root = level.index() + 1 == u32::from(f.levels);
+                let width = INDEX_BITS + if root { u32::from(f.root_extra_bits) } else { 0 };
+                let hi = (level.shift() + width - 1).min(63);
+                for input in [u64::MAX, 0x0123_4567_89ab_cdef, 1 << 63, 0] {
+                    assert_eq!(
+                        f.index(input, level),
+                        bits(input, hi, level.shift()),
+                        "{f} {level:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn first_stage_inputs_must_be_sign_extended_and_nested_zero_extended() {
         let sv39 = Format::SV39;
         assert!(sv39.input_is_valid(0x0000_003f_ffff_f000));
