@@ -3,7 +3,7 @@
 
 use bitflags::bitflags;
 
-use super::format::{Family, Format};
+use super::format::{Family, Format, Stage};
 use super::{ept, riscv, x86};
 use crate::addr::Level;
 
@@ -249,16 +249,104 @@ pub struct FaultSite {
     pub perms: Perms,
 }
 
+/// One entry family's rules, bound at compile time: [`walk`](super::walk::walk) matches on
+/// [`Format::family`] once per walk and runs the walker instantiated for the family's type, so
+/// that decoding, the permission check and the A/D update of every entry are static calls the
+/// compiler inlines instead of a dispatch per entry. The [`Format`] methods below dispatch to
+/// the same types, so each family's binding to its module is written once, here.
+pub(super) trait EntryRules {
+    /// Whether the hardware sets A in non-leaf entries too (x86, EPT), not only in leaves.
+    const SETS_ACCESSED_IN_TABLES: bool;
+    /// The family's decoder, before the format's largest-leaf rule ([`Format::decode_as`]).
+    fn decode(raw: u64, level: Level, stage: Stage) -> Result<Decoded, FaultKind>;
+    /// The family's permission rules for leaf permissions combined over the levels.
+    fn check_permissions(
+        perms: Perms,
+        access: Access,
+        regime: &Regime,
+        stage: Stage,
+    ) -> Result<(), FaultKind>;
+    /// Sets A, and D if `dirty`.
+    fn with_accessed_dirty(raw: u64, dirty: bool) -> u64;
+}
+
+/// The RISC-V rules ([`riscv`]).
+pub(super) enum RiscVRules {}
+/// The x86-64 paging rules ([`x86`]).
+pub(super) enum X86Rules {}
+/// The EPT rules ([`ept`]).
+pub(super) enum EptRules {}
+
+impl EntryRules for RiscVRules {
+    const SETS_ACCESSED_IN_TABLES: bool = false;
+    #[inline(always)]
+    fn decode(raw: u64, level: Level, stage: Stage) -> Result<Decoded, FaultKind> {
+        riscv::decode(raw, level, stage)
+    }
+    #[inline(always)]
+    fn check_permissions(p: Perms, a: Access, r: &Regime, stage: Stage) -> Result<(), FaultKind> {
+        riscv::check_permissions(p, a, r, stage)
+    }
+    #[inline(always)]
+    fn with_accessed_dirty(raw: u64, dirty: bool) -> u64 {
+        riscv::with_accessed_dirty(raw, dirty)
+    }
+}
+
+impl EntryRules for X86Rules {
+    const SETS_ACCESSED_IN_TABLES: bool = true;
+    #[inline(always)]
+    fn decode(raw: u64, level: Level, _: Stage) -> Result<Decoded, FaultKind> {
+        x86::decode(raw, level)
+    }
+    #[inline(always)]
+    fn check_permissions(p: Perms, a: Access, r: &Regime, _: Stage) -> Result<(), FaultKind> {
+        x86::check_permissions(p, a, r)
+    }
+    #[inline(always)]
+    fn with_accessed_dirty(raw: u64, dirty: bool) -> u64 {
+        x86::with_accessed_dirty(raw, dirty)
+    }
+}
+
+impl EntryRules for EptRules {
+    const SETS_ACCESSED_IN_TABLES: bool = true;
+    #[inline(always)]
+    fn decode(raw: u64, level: Level, _: Stage) -> Result<Decoded, FaultKind> {
+        ept::decode(raw, level)
+    }
+    #[inline(always)]
+    fn check_permissions(p: Perms, a: Access, _: &Regime, _: Stage) -> Result<(), FaultKind> {
+        ept::check_permissions(p, a)
+    }
+    #[inline(always)]
+    fn with_accessed_dirty(raw: u64, dirty: bool) -> u64 {
+        ept::with_accessed_dirty(raw, dirty)
+    }
+}
+
 impl Format {
     /// Decodes `raw` read at `level`, applying the format's reserved-bit, encoding and superpage
     /// alignment rules (RISC-V priv spec §4.3.2 steps 3–5 and the x86/EPT equivalents).
     #[inline]
     pub fn decode(&self, raw: u64, level: Level) -> Result<Decoded, FaultKind> {
-        let decoded = match self.family {
-            Family::RiscV => riscv::decode(raw, level, self.stage)?,
-            Family::X86 => x86::decode(raw, level)?,
-            Family::Ept => ept::decode(raw, level)?,
-        };
+        match self.family {
+            Family::RiscV => self.decode_as::<RiscVRules>(raw, level, self.stage),
+            Family::X86 => self.decode_as::<X86Rules>(raw, level, self.stage),
+            Family::Ept => self.decode_as::<EptRules>(raw, level, self.stage),
+        }
+    }
+
+    /// [`Format::decode`] with the family `R` and the `stage` already known (both must be the
+    /// format's).
+    #[inline(always)]
+    pub(super) fn decode_as<R: EntryRules>(
+        &self,
+        raw: u64,
+        level: Level,
+        stage: Stage,
+    ) -> Result<Decoded, FaultKind> {
+        let decoded = R::decode(raw, level, stage)?;
         if let Decoded::Leaf { .. } = decoded {
             if !self.leaf_allowed(level) {
                 return Err(FaultKind::Reserved);
@@ -288,15 +376,19 @@ impl Format {
     /// Sets the accessed bit, and the dirty bit if `dirty`, in a leaf or table entry.
     pub fn with_accessed_dirty(&self, raw: u64, dirty: bool) -> u64 {
         match self.family {
-            Family::RiscV => riscv::with_accessed_dirty(raw, dirty),
-            Family::X86 => x86::with_accessed_dirty(raw, dirty),
-            Family::Ept => ept::with_accessed_dirty(raw, dirty),
+            Family::RiscV => RiscVRules::with_accessed_dirty(raw, dirty),
+            Family::X86 => X86Rules::with_accessed_dirty(raw, dirty),
+            Family::Ept => EptRules::with_accessed_dirty(raw, dirty),
         }
     }
 
     /// Whether the hardware sets A in non-leaf entries too (x86, EPT), not only in leaves.
     pub const fn sets_accessed_in_tables(&self) -> bool {
-        !matches!(self.family, Family::RiscV)
+        match self.family {
+            Family::RiscV => RiscVRules::SETS_ACCESSED_IN_TABLES,
+            Family::X86 => X86Rules::SETS_ACCESSED_IN_TABLES,
+            Family::Ept => EptRules::SETS_ACCESSED_IN_TABLES,
+        }
     }
 
     /// Checks the leaf permissions `perms` (already combined over the levels) against `access`,
@@ -309,9 +401,9 @@ impl Format {
         regime: &Regime,
     ) -> Result<(), FaultKind> {
         match self.family {
-            Family::RiscV => riscv::check_permissions(perms, access, regime, self.stage),
-            Family::X86 => x86::check_permissions(perms, access, regime),
-            Family::Ept => ept::check_permissions(perms, access),
+            Family::RiscV => RiscVRules::check_permissions(perms, access, regime, self.stage),
+            Family::X86 => X86Rules::check_permissions(perms, access, regime, self.stage),
+            Family::Ept => EptRules::check_permissions(perms, access, regime, self.stage),
         }
     }
 

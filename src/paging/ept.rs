@@ -66,7 +66,9 @@ fn entry_perms(e: EptEntry) -> Perms {
 /// Decodes one entry read at `level` (SDM 29.3.2). Every EPT-misconfiguration condition of SDM
 /// 29.3.3.1 gives [`FaultKind::Reserved`], including a superpage's misaligned address, which
 /// shows up as reserved bits 20:12 or 29:12.
-#[inline]
+// Always inlined: left to itself the compiler calls it out of line from the walker, whose
+// per-entry decode is meant to be a static, inlined call (`entry::EntryRules`).
+#[inline(always)]
 pub fn decode(raw: u64, level: Level) -> Result<Decoded, FaultKind> {
     let e = EptEntry::from_bits_retain(raw);
     // SDM 29.3.2: bits 2:0 = 000 is not present; bits 63:3 are ignored.

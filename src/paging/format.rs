@@ -161,13 +161,14 @@ impl Format {
     /// The index into the table at `level` for `input`: 9 bits, 11 at an x4 root.
     #[inline]
     pub const fn index(&self, input: u64, level: Level) -> u64 {
-        let lo = level.shift();
         let width = if level.index() + 1 == self.levels as u32 {
             INDEX_BITS + self.root_extra_bits as u32
         } else {
             INDEX_BITS
         };
-        bits(input, lo + width - 1, lo)
+        // `bits(input, shift + width - 1, shift)` without its branch: a width of 64 or more
+        // keeps every bit above the shift.
+        (input >> level.shift()) & (u64::MAX >> 64u32.saturating_sub(width))
     }
 
     /// The part of `input` that selects the entry at `level` and every level above it; the
@@ -229,6 +230,27 @@ mod tests {
         assert_eq!(f.index((1 << 41) - 1, Level::L2), 2047);
         assert_eq!(f.index((1 << 41) - 1, Level::L1), 511);
         assert_eq!(Format::SV39.index((1 << 39) - 1, Level::L2), 511);
+    }
+
+    #[test]
+    fn index_matches_the_bit_field_at_every_level_and_root_width() {
+        // A flat table's root can be 64 or more bits wide: it keeps every bit above the shift.
+        let wide = |extra| Format { levels: 1, root_extra_bits: extra, ..Format::SV39X4 };
+        let formats = Format::ALL.into_iter().chain([wide(50), wide(52), wide(55), wide(60)]);
+        for f in formats {
+            for level in Level::ALL.into_iter().filter(|l| l.index() < u32::from(f.levels)) {
+                let root = level.index() + 1 == u32::from(f.levels);
+                let width = INDEX_BITS + if root { u32::from(f.root_extra_bits) } else { 0 };
+                let hi = (level.shift() + width - 1).min(63);
+                for input in [u64::MAX, 0x0123_4567_89ab_cdef, 1 << 63, 0] {
+                    assert_eq!(
+                        f.index(input, level),
+                        bits(input, hi, level.shift()),
+                        "{f} {level:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -9,8 +9,11 @@
 
 use std::marker::PhantomData;
 
-use super::entry::{Access, AdPolicy, Decoded, FaultKind, FaultSite, Perms, Regime};
-use super::format::{Format, Stage, PTE_BYTES};
+use super::entry::{
+    Access, AdPolicy, Decoded, EntryRules, EptRules, FaultKind, FaultSite, Perms, Regime,
+    RiscVRules, X86Rules,
+};
+use super::format::{Family, Format, Stage, PTE_BYTES};
 use crate::addr::{Addr, Hpa, Level, PageSize, Space};
 
 /// A page table: a root in the output space `Out` (tables live in the space their pointers name)
@@ -56,6 +59,10 @@ impl<In: Space, Out: Space> std::fmt::Debug for PageTable<In, Out> {
 }
 
 impl<In: Space, Out: Space> PageTable<In, Out> {
+    /// The stage of every table translating `In` addresses ([`PageTable::new`] checks that the
+    /// format's agrees): a constant, so that the walker's stage-dependent rules fold away.
+    const STAGE: Stage = if In::NESTED_INPUT { Stage::Nested } else { Stage::First };
+
     /// A table rooted at `root`.
     ///
     /// # Panics
@@ -279,6 +286,7 @@ impl WalkFault {
 /// Walks `table` for `input`, following the priv-spec algorithm (and its x86/EPT equivalents):
 /// start at the root (or the deepest page-walk-cache hit), read an entry per level, decode it,
 /// stop at a leaf, check permissions, then maintain A/D as `regime.ad` says.
+#[inline]
 pub fn walk<In, Out, M, C>(
     table: &PageTable<In, Out>,
     input: Addr<In>,
@@ -294,32 +302,63 @@ where
     C: WalkCache<In, Out>,
 {
     let format = table.format();
-    let fault = |kind, level, perms| WalkError::Fault(WalkFault { kind, level, perms });
     if !format.input_is_valid(input.as_u64()) {
-        return Err(fault(FaultKind::NonCanonical, format.root_level(), Perms::all()));
+        let fault = WalkFault {
+            kind: FaultKind::NonCanonical,
+            level: format.root_level(),
+            perms: Perms::all(),
+        };
+        return Err(WalkError::Fault(fault));
     }
-    let start = cache.lookup(format, input).unwrap_or(CachedPointer {
+    let start = cache.lookup(format, input).unwrap_or_else(|| CachedPointer {
         level: format.root_level(),
         table: table.root(),
         perms: Perms::all(),
         global: false,
     });
+    // The family is dispatched on once a walk, not once an entry (see `EntryRules`).
+    match format.family {
+        Family::RiscV => {
+            descend::<RiscVRules, _, _, _, _>(table, start, input, access, regime, mem, cache)
+        }
+        Family::X86 => {
+            descend::<X86Rules, _, _, _, _>(table, start, input, access, regime, mem, cache)
+        }
+        Family::Ept => {
+            descend::<EptRules, _, _, _, _>(table, start, input, access, regime, mem, cache)
+        }
+    }
+}
+
+/// The levels of [`walk`] from `start` down, for a table whose format's family is `R`'s.
+#[inline(always)]
+fn descend<R: EntryRules, In: Space, Out: Space, M: EntryMemory<Out>, C: WalkCache<In, Out>>(
+    table: &PageTable<In, Out>,
+    start: CachedPointer<Out>,
+    input: Addr<In>,
+    access: Access,
+    regime: &Regime,
+    mem: &mut M,
+    cache: &mut C,
+) -> Result<Leaf<Out>, WalkError<M::Error>> {
+    let format = table.format();
+    let stage = PageTable::<In, Out>::STAGE;
+    let fault = |kind, level, perms| WalkError::Fault(WalkFault { kind, level, perms });
     let (mut level, mut table_addr, mut perms, mut global) =
         (start.level, start.table, start.perms, start.global);
     loop {
         let entry_addr = table.entry_addr(table_addr, input, level);
         let raw = mem.read_entry(entry_addr, level).map_err(WalkError::Memory)?;
-        match format.decode(raw, level) {
+        match format.decode_as::<R>(raw, level, stage) {
             Err(kind) => return Err(fault(kind, level, perms)),
             // A not-present entry grants nothing: EPT reports the AND over the levels as 000.
             Ok(Decoded::Invalid) => {
                 return Err(fault(FaultKind::NotPresent, level, Perms::empty()))
             }
             Ok(Decoded::Table { next, perms: p, global: g, accessed }) => {
-                if !accessed && regime.ad == AdPolicy::Hardware && format.sets_accessed_in_tables()
-                {
+                if !accessed && regime.ad == AdPolicy::Hardware && R::SETS_ACCESSED_IN_TABLES {
                     // x86/EPT set A in every entry the walk uses.
-                    let updated = format.with_accessed_dirty(raw, false);
+                    let updated = R::with_accessed_dirty(raw, false);
                     mem.write_entry(entry_addr, level, updated).map_err(WalkError::Memory)?;
                 }
                 perms &= p;
@@ -339,7 +378,7 @@ where
             }
             Ok(Decoded::Leaf { base, attrs }) => {
                 let effective = perms & attrs.perms;
-                if let Err(kind) = format.check_permissions(effective, access, regime) {
+                if let Err(kind) = R::check_permissions(effective, access, regime, stage) {
                     return Err(fault(kind, level, effective));
                 }
                 let store = access.kind == super::entry::AccessKind::Store;
@@ -353,7 +392,7 @@ where
                         }
                         // Step 9 (Svadu) / SDM 4.8: an atomic update of the entry.
                         AdPolicy::Hardware => {
-                            let updated = format.with_accessed_dirty(raw, store);
+                            let updated = R::with_accessed_dirty(raw, store);
                             mem.write_entry(entry_addr, level, updated)
                                 .map_err(WalkError::Memory)?;
                             dirty |= store;

@@ -88,7 +88,9 @@ fn entry_perms(e: X86Pte) -> Perms {
 /// Decodes one entry read at `level` (SDM 4.5 and its entry-format tables). Reserved bits give
 /// [`FaultKind::Reserved`]; a superpage's misaligned address shows up as reserved bits 20:13 or
 /// 29:13, so x86 never reports [`FaultKind::MisalignedSuperpage`].
-#[inline]
+// Always inlined: left to itself the compiler calls it out of line from the walker, whose
+// per-entry decode is meant to be a static, inlined call (`entry::EntryRules`).
+#[inline(always)]
 pub fn decode(raw: u64, level: Level) -> Result<Decoded, FaultKind> {
     let e = X86Pte::from_bits_retain(raw);
     // SDM 4.5: P=0 maps nothing; every other bit is ignored.
