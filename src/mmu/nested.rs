@@ -109,6 +109,9 @@ const IMPLICIT_STORE: Access = Access { kind: AccessKind::Store, privilege: Priv
 impl EntryMemory<GuestPhys> for TwoDimMemory<'_> {
     type Error = NestedFault;
 
+    /// Inlined into the guest walk's loop, whose registers are saved already: out of line it
+    /// saved its own around the nested walk it may call.
+    #[inline(always)]
     fn read_entry(&mut self, addr: Gpa, level: Level) -> Result<u64, NestedFault> {
         let leaf = self.nested.translate(addr, IMPLICIT_LOAD, false)?;
         let hpa = leaf.output(addr);
