@@ -67,11 +67,9 @@ pub struct NestedTlb {
     words: Vec<u64>,
     leaves: Vec<Leaf<HostPhys>>,
     clock: u64,
-    /// Every size the table ever held (flushes do not forget any): lookups probe these only.
+    /// Every size the table ever held (flushes do not forget any): lookups probe these only,
+    /// once when it holds one size, as most tables do.
     held: PageSizes,
-    /// The size `held` holds if it holds exactly one (most tables: one probe per lookup), kept
-    /// with it so that lookups need not work it out.
-    single: Option<PageSize>,
     set_mask: u64,
     /// Associativity; 0 for a disabled table.
     ways: usize,
@@ -94,7 +92,6 @@ impl NestedTlb {
             leaves: vec![NO_LEAF; sets * ways],
             clock: 0,
             held: PageSizes::default(),
-            single: None,
             set_mask: (sets as u64).saturating_sub(1),
             ways,
             live: 0,
@@ -137,7 +134,7 @@ impl NestedTlb {
     /// returns its index in `leaves`.
     #[inline(always)]
     fn find(&mut self, ways: usize, gpa: Gpa, vmid: Vmid) -> Option<usize> {
-        match self.single {
+        match self.held.single() {
             Some(size) => self.probe(ways, gpa, size, vmid),
             None => self.held.iter().find_map(|size| self.probe(ways, gpa, size, vmid)),
         }
@@ -180,10 +177,7 @@ impl NestedTlb {
         words.contexts[way] = vmid;
         words.stamps[way] = self.clock;
         self.leaves[set * ways + way] = Leaf { global: false, ..leaf };
-        if !self.held.contains(leaf.size) {
-            self.held.insert(leaf.size);
-            self.single = self.held.single();
-        }
+        self.held.insert(leaf.size);
     }
 
     /// Removes the entries `scope` selects (of its VMID, or all; covering its GPA, or all);

@@ -170,9 +170,13 @@ impl Context {
     }
 }
 
-/// A set of page sizes, a bit per size.
+/// A set of page sizes, a bit per size, with the one size it holds if it holds exactly one
+/// (kept at each insert, so that the tables' searches, which ask on every probe, read it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(super) struct PageSizes(u8);
+pub(super) struct PageSizes {
+    bits: u8,
+    single: Option<PageSize>,
+}
 
 impl PageSizes {
     #[inline]
@@ -182,28 +186,27 @@ impl PageSizes {
 
     #[inline]
     pub(super) fn insert(&mut self, size: PageSize) {
-        self.0 |= Self::bit(size);
+        if !self.contains(size) {
+            self.bits |= Self::bit(size);
+            self.single = if self.bits.is_power_of_two() { Some(size) } else { None };
+        }
     }
 
     #[inline]
     pub(super) fn contains(self, size: PageSize) -> bool {
-        self.0 & Self::bit(size) != 0
+        self.bits & Self::bit(size) != 0
     }
 
     /// The size, if the set holds exactly one.
     #[inline]
     pub(super) fn single(self) -> Option<PageSize> {
-        if self.0.is_power_of_two() {
-            self.iter().next()
-        } else {
-            None
-        }
+        self.single
     }
 
     /// The sizes, smallest first.
     #[inline]
     pub(super) fn iter(self) -> impl Iterator<Item = PageSize> {
-        let mut left = self.0;
+        let mut left = self.bits;
         std::iter::from_fn(move || {
             let level = Level::from_index(left.trailing_zeros())?;
             left &= left - 1;
@@ -275,11 +278,9 @@ struct TlbTable {
     words: Vec<u64>,
     entries: Vec<Option<TlbEntry>>,
     clock: u64,
-    /// Every size the table ever held: a search looks for the tags of these sizes only.
+    /// Every size the table ever held: a search looks for the tags of these sizes only (one
+    /// search when it holds one size, as every L1 table but the 1G one and most L2s do).
     held: PageSizes,
-    /// The size `held` holds if it holds exactly one (every L1 table but the 1G one, and most
-    /// L2s: one search per probe), kept with it so that searches need not work it out.
-    single: Option<PageSize>,
     set_mask: u64,
     ways: usize,
     /// Valid entries.
@@ -345,7 +346,6 @@ impl TlbTable {
             entries: vec![None; g.entries],
             clock: 0,
             held: PageSizes::default(),
-            single: None,
             set_mask: (sets as u64).saturating_sub(1),
             ways,
             live: 0,
@@ -363,7 +363,7 @@ impl TlbTable {
     /// used entry of the set.
     #[inline]
     fn lookup(&mut self, va: Gva, probe: PageSize, context: Context) -> Option<TlbEntry> {
-        let single = self.single;
+        let single = self.held.single();
         self.lookup_as(va, probe, single, context)
     }
 
@@ -432,10 +432,7 @@ impl TlbTable {
         words.tags[way] = new.tag;
         words.contexts[way] = new.context;
         words.stamps[way] = self.clock;
-        if !self.held.contains(entry.size) {
-            self.held.insert(entry.size);
-            self.single = self.held.single();
-        }
+        self.held.insert(entry.size);
     }
 
     /// Empties the ways of `sets` whose entry `keep` rejects; returns how many.
@@ -484,7 +481,7 @@ impl TlbTable {
         let set = self.set_of(va.as_u64() >> probe.shift());
         // An entry covering `va` has `va`'s tag at its size: in a table of one size, a set
         // without that tag (most sets a single-page flush visits) loses nothing.
-        if let Some(size) = self.single {
+        if let Some(size) = self.held.single() {
             let tag = page_tag_of(va, size);
             let mut has_tag = |ways| SetWords::of(&mut self.words, set, ways).tags.contains(&tag);
             let maybe = match self.ways {
@@ -569,8 +566,8 @@ impl Tlb {
         let context = Context::new(vmid, asid);
         // Only the sets of sizes the L2 holds.
         let l2 = &mut self.l2;
-        let e = match l2.single {
-            Some(size) => l2.lookup(va, size, context),
+        let e = match l2.held.single() {
+            Some(size) => l2.lookup_as(va, size, Some(size), context),
             None => l2.held.iter().find_map(|size| l2.lookup(va, size, context)),
         }?;
         if e.allow & access.class_bit() == 0 {
