@@ -1,6 +1,7 @@
 //! Paging formats as data: one [`Format`] value describes a radix table (levels, index widths,
-//! entry family); the walker in [`super::walk`](mod@super::walk) serves all of them. The x4 G-stage rule (a 16 KiB
-//! root with two extra index bits) is the `root_extra_bits` field, never a branch in the walker.
+//! entry family); the walker in [`super::walk`](mod@super::walk) serves all of them. The x4
+//! G-stage rule (a 16 KiB root with two extra index bits) is the `root_extra_bits` field, never a
+//! branch in the walker.
 
 use crate::addr::{bits, Level, PageSize, PAGE_SHIFT};
 
