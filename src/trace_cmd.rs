@@ -28,11 +28,13 @@ pub(super) struct TraceInputArgs {
     /// standard input.
     #[arg(long = "trace", value_name = "FILE")]
     pub traces: Vec<PathBuf>,
-    /// Records of each stream skipped before replay (not simulated).
+    /// Records of each stream skipped before replay (not simulated). A stream no longer than
+    /// N replays nothing; N past the end of every stream is an error.
     #[arg(long, value_name = "N")]
     pub skip: Option<u64>,
-    /// Records of each stream replayed at most, after --skip.
-    #[arg(long, value_name = "N")]
+    /// Records of each stream replayed at most, after --skip (at least 1; without it, every
+    /// record is replayed).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
     #[command(flatten)]
     pub read: ReadArgs,
@@ -41,8 +43,10 @@ pub(super) struct TraceInputArgs {
 /// How trace inputs are read.
 #[derive(Args, Debug, Clone)]
 pub(super) struct ReadArgs {
-    /// The input format: `auto` recognises the compact format and lackey text and takes
-    /// anything else for ChampSim `input_instr` (use `cloudsuite` for 96-byte records).
+    /// The input format: `auto` takes a `.mvt` file (`.mvt.zst` ...) or the compact magic for
+    /// the compact format, lackey-like text for lackey, and plausible 64-byte records (branch
+    /// flags 0 or 1, canonical addresses) for ChampSim `input_instr`, and refuses anything else;
+    /// `cloudsuite` reads 96-byte records.
     #[arg(long = "trace-format", value_enum, default_value_t = InputFormat::Auto)]
     pub trace_format: InputFormat,
     /// The input compression: `auto` goes by suffix (`.xz`, `.gz`, `.zst`; standard input by
@@ -74,8 +78,13 @@ pub(super) struct TraceArgs {
 enum TraceCommand {
     /// Convert a ChampSim, lackey or compact trace into memvirt's compact format.
     Convert(ConvertArgs),
-    /// Describe a trace: streams, counts, footprint, address range, compression.
+    /// Describe a trace: streams, counts, footprint, address range, compression (the whole
+    /// trace is checked first, as `verify` does).
     Info(InfoArgs),
+    /// Check a compact trace whole: every checksum, every block decoded, and every count,
+    /// address range and footprint page of the directory against the records. Exits non-zero
+    /// naming the file and byte offset of the first fault.
+    Verify(VerifyArgs),
     /// Measure decoding speed of a compact trace (records per second on one core).
     Bench(BenchArgs),
 }
@@ -100,6 +109,16 @@ struct InfoArgs {
     file: PathBuf,
     #[command(flatten)]
     read: ReadArgs,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// The compact trace (plain, or compressed as `--compression` or its suffix says; `-`:
+    /// standard input).
+    file: PathBuf,
+    /// Its compression: `auto` goes by suffix (standard input by its first bytes).
+    #[arg(long, value_enum, default_value_t = Compression::Auto)]
+    compression: Compression,
 }
 
 #[derive(Args, Debug)]
@@ -145,13 +164,22 @@ pub(super) fn trace(args: &TraceArgs) -> Result<()> {
     match &args.command {
         TraceCommand::Convert(a) => convert(a),
         TraceCommand::Info(a) => info(a),
+        TraceCommand::Verify(a) => verify(a),
         TraceCommand::Bench(a) => bench(a),
+    }
+}
+
+/// Prints each warning on standard error.
+pub(super) fn warn(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("memvirt: warning: {w}");
     }
 }
 
 fn convert(a: &ConvertArgs) -> Result<()> {
     let start = Instant::now();
     let s = trace::convert(&a.input, &a.output, a.read.options(), a.level)?;
+    warn(&s.read.warnings);
     let bytes = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
     let mut text = format!(
         "{} -> {}: {} streams, {} records, {} instructions, {} bytes ({:.2} bytes/record",
@@ -190,7 +218,10 @@ fn info(a: &InfoArgs) -> Result<()> {
     let opts = a.read.options();
     let reader =
         if trace::is_plain_compact(&a.file, opts)? || a.read.trace_format == InputFormat::Memvirt {
-            Reader::open(&a.file, a.read.compression)?
+            let reader = Reader::open(&a.file, a.read.compression)?;
+            warn(&reader.warning().into_iter().collect::<Vec<_>>());
+            reader.validate()?;
+            reader
         } else {
             // Convert in memory: the compact size is part of what is asked.
             let mut writer = compact::Writer::new(
@@ -205,6 +236,24 @@ fn info(a: &InfoArgs) -> Result<()> {
             Reader::from_bytes(trace::display_name(&a.file), out.into_inner())?
         };
     emit(&describe(&reader.name, &reader.header, &reader.streams, reader.file_bytes), None)
+}
+
+fn verify(a: &VerifyArgs) -> Result<()> {
+    let reader = Reader::open(&a.file, a.compression)?;
+    warn(&reader.warning().into_iter().collect::<Vec<_>>());
+    reader.validate()?;
+    let h = &reader.header;
+    let blocks: usize = reader.streams.iter().map(|s| s.blocks.len()).sum();
+    let checked = if reader.layout().checksums {
+        "every checksum, block, count and footprint page checked"
+    } else {
+        "no checksums in this version; every block, count and footprint page checked"
+    };
+    let text = format!(
+        "{}: ok: compact trace v{}, {} streams, {blocks} blocks, {} records, {} bytes: {checked}\n",
+        reader.name, h.version, h.streams, h.records, reader.file_bytes
+    );
+    emit(&text, None)
 }
 
 /// The text of `trace info` (and `record`'s summary).
@@ -388,8 +437,10 @@ pub(super) fn run_traces(
             sets.push((key.to_owned(), v.to_string()));
         }
     }
-    TraceParams::with_sets(&sets).context("trace replay")?;
+    let params = TraceParams::with_sets(&sets).context("trace replay")?;
     let traces = TraceSet::prepare(&t.traces, t.read.options())?;
+    warn(&traces.warnings());
+    traces.check_skip(params.skip)?;
     let Some(&first) = schemes.first() else { bail!("--schemes names no scheme") };
     let spec = RunSpec {
         workload_sets: sets,

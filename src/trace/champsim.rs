@@ -57,6 +57,51 @@ fn u64_at(rec: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Records [`implausible`] looks at, at most.
+const SNIFF_RECORDS: usize = 256;
+
+/// Whether `v` is an address of a 57-bit (or narrower) canonical address space: bits 63 to 56
+/// all equal. Every x86-64 (LA57 included) and RISC-V virtual address is; random bytes rarely
+/// are (1 in 128).
+const fn canonical57(v: u64) -> bool {
+    let top = v >> 56;
+    top == 0 || top == 0xFF
+}
+
+/// Why the records at the start of an input are not plausibly ChampSim `input_instr` records,
+/// or `None` if they are: in each of the first whole records (up to [`SNIFF_RECORDS`]) the two
+/// branch flags are 0 or 1, the instruction pointer is not 0 and every address is 0 (an unused
+/// slot) or canonical. Input shorter than one record is left to the reader, which reports the
+/// truncated record.
+pub fn implausible(head: &[u8]) -> Option<String> {
+    let size = Variant::Input.record_bytes();
+    for (i, rec) in head.chunks_exact(size).take(SNIFF_RECORDS).enumerate() {
+        let at = i * size;
+        if rec[8] > 1 || rec[9] > 1 {
+            return Some(format!(
+                "record {i} at byte {at}: branch flags {} and {}, not 0 or 1",
+                rec[8], rec[9]
+            ));
+        }
+        let ip = u64_at(rec, 0);
+        if ip == 0 || !canonical57(ip) {
+            return Some(format!("record {i} at byte {at}: instruction pointer {ip:#x}"));
+        }
+        let layout = Variant::Input.layout();
+        for slot in (0..layout.stores.1).map(|k| layout.stores.0 + 8 * k).chain(
+            (0..layout.loads.1).map(|k| layout.loads.0 + 8 * k),
+        ) {
+            let addr = u64_at(rec, slot);
+            if !canonical57(addr) {
+                return Some(format!(
+                    "record {i} at byte {at}: memory address {addr:#x} is not canonical"
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// Per-stream state while reading.
 #[derive(Debug)]
 struct StreamState {
@@ -208,6 +253,26 @@ mod tests {
         );
         assert_eq!(sink.streams[0].2, 0);
         Ok(())
+    }
+
+    #[test]
+    fn plausibility_accepts_champsim_records_and_refuses_noise() {
+        let mut t = input_instr(0x40_1000, &[0x7ffc_0000_fff8], &[0x5555_0000_0010]);
+        t.extend(input_instr(0xffff_ffff_8100_0000, &[], &[]));
+        assert_eq!(implausible(&t), None);
+        let mut branch = t.clone();
+        branch[64 + 8] = 7;
+        assert!(implausible(&branch).is_some_and(|e| e.contains("record 1 at byte 64")));
+        let zero_ip = input_instr(0, &[], &[0x1000]);
+        assert!(implausible(&zero_ip).is_some_and(|e| e.contains("instruction pointer 0x0")));
+        let wild = input_instr(0x1000, &[], &[0, 0x1234_5678_9abc_def0]);
+        assert!(implausible(&wild).is_some_and(|e| e.contains("not canonical")));
+        // Random bytes fail within a record or two.
+        let mut rng = crate::rng::Rng::new(9, 9);
+        let noise: Vec<u8> = (0..640).map(|_| rng.below(256).to_le_bytes()[0]).collect();
+        assert!(implausible(&noise).is_some());
+        // Less than one record is the reader's to report.
+        assert_eq!(implausible(&[0xAB; 63]), None);
     }
 
     #[test]

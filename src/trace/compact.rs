@@ -1,11 +1,18 @@
-//! memvirt's compact trace format, version 1 (docs/trace-format.md has the byte layout).
+//! memvirt's compact trace format, version 2 (docs/trace-format.md has the byte layout).
 //!
-//! A file is a 48-byte header (magic, version, source, address width, counts, the directory's
-//! offset), then blocks of up to [`BLOCK_RECORDS`] records of one stream each, then a directory:
-//! per stream its process metadata, counts by kind, address range, block index and footprint
-//! (runs of touched 4 KiB pages with how they were touched). Streams' blocks may interleave, so
-//! `memvirt record` can write every process as it runs. The header is written last: a writer
-//! that did not finish leaves a directory offset of 0, which readers refuse.
+//! A file is a 64-byte header (magic, version, source, address width, counts, the directory's
+//! offset and checksum, the header's own checksum), then blocks of up to [`BLOCK_RECORDS`]
+//! records of one stream each, then a directory: per stream its process metadata, counts by
+//! kind, address range, block index and footprint (runs of touched 4 KiB pages with how they
+//! were touched). Streams' blocks may interleave, so `memvirt record` can write every process as
+//! it runs. The header is written last: a writer that did not finish leaves a directory offset
+//! of 0, which readers refuse.
+//!
+//! Every part is covered by a CRC-32: the header by its own, the directory by one in the header,
+//! each block by one in its block header (over that header and the compressed records), so a
+//! flipped bit anywhere is refused rather than replayed as different numbers. Version 1, the
+//! same layout without the checksums (48-byte header, 28-byte block headers), is still read:
+//! [`Layout`] says where the two differ.
 //!
 //! A block is one zstd frame (with its checksum) of records encoded back to back
 //! ([`encode_records`]): an op byte (kind, size code, gap code), the escaped gap and size if
@@ -22,11 +29,13 @@ use super::{Kind, Record, RecordSink, Source, StreamMeta, TraceError};
 
 /// The first 8 bytes of every compact file.
 pub const MAGIC: [u8; 8] = *b"MVTRACE\0";
-/// The version this memvirt writes and reads.
-pub const VERSION: u16 = 1;
+/// The version this memvirt writes.
+pub const VERSION: u16 = 2;
+/// The version before checksums, still read (with a warning).
+pub const LEGACY_VERSION: u16 = 1;
 /// Header bytes.
 pub const HEADER_BYTES: u64 = HEADER_LEN as u64;
-pub(crate) const HEADER_LEN: usize = 48;
+pub(crate) const HEADER_LEN: usize = 64;
 /// Records per block at most.
 pub const BLOCK_RECORDS: usize = 32 * 1024;
 /// The zstd level of `trace convert` and `record` unless told (zstd's default).
@@ -34,8 +43,48 @@ pub const DEFAULT_LEVEL: i32 = 3;
 
 pub(crate) const BLOCK_TAG: [u8; 4] = *b"MVBK";
 pub(crate) const DIR_TAG: [u8; 4] = *b"MVDR";
-pub(crate) const BLOCK_HEADER_BYTES: u64 = BLOCK_HEADER_LEN as u64;
-pub(crate) const BLOCK_HEADER_LEN: usize = 28;
+pub(crate) const BLOCK_HEADER_LEN: usize = 32;
+/// Where a block header's checksum is (version 2); the bytes before it are version 1's header.
+const BLOCK_CHECKSUM_AT: usize = 28;
+/// Where the header's own checksum is; it covers every byte before it.
+pub(crate) const HEADER_CHECKSUM_AT: usize = 60;
+
+/// Where the versions' layouts differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Bytes of the file header.
+    pub header_bytes: u64,
+    /// Bytes of a block header.
+    pub block_header_bytes: u64,
+    /// Whether the header, the directory and the blocks carry CRC-32 checksums.
+    pub checksums: bool,
+}
+
+impl Layout {
+    /// The layout of `version`, if this memvirt reads it.
+    pub const fn of(version: u16) -> Option<Layout> {
+        match version {
+            LEGACY_VERSION => {
+                Some(Layout { header_bytes: 48, block_header_bytes: 28, checksums: false })
+            }
+            VERSION => Some(Layout {
+                header_bytes: HEADER_BYTES,
+                block_header_bytes: BLOCK_HEADER_LEN as u64,
+                checksums: true,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The CRC-32 (IEEE, as zlib and gzip compute it) of `parts` one after another.
+pub(crate) fn checksum(parts: &[&[u8]]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize()
+}
 /// The largest encoded record: op, gap varint (5), size varint (3), address varint (10).
 pub(crate) const MAX_RECORD_BYTES: usize = 1 + 5 + 3 + 10;
 /// The largest directory a reader accepts (decompressed).
@@ -60,6 +109,8 @@ pub struct Header {
     pub source_bytes: u64,
     /// Where the directory starts.
     pub dir_offset: u64,
+    /// The CRC-32 of the directory (its 12-byte head and compressed bytes); 0 in version 1.
+    pub dir_checksum: u32,
 }
 
 /// Where one block is.
@@ -110,7 +161,12 @@ pub struct StreamInfo {
 impl StreamInfo {
     /// Pages touched.
     pub fn footprint_pages(&self) -> u64 {
-        self.footprint.iter().map(|r| r.pages).sum()
+        self.footprint_pages_checked().unwrap_or(u64::MAX)
+    }
+
+    /// Pages touched, `None` if a (corrupt) directory's runs add up past `u64::MAX`.
+    pub fn footprint_pages_checked(&self) -> Option<u64> {
+        self.footprint.iter().try_fold(0u64, |a, r| a.checked_add(r.pages))
     }
 }
 
@@ -327,6 +383,11 @@ impl<W: Write + Seek> Writer<W> {
         })
     }
 
+    /// Records pushed so far, all streams.
+    pub fn records(&self) -> u64 {
+        self.streams.iter().map(|s| s.info.records).sum()
+    }
+
     /// Sets the source the header will name.
     pub fn set_source(&mut self, source: Source) {
         self.source = source;
@@ -366,6 +427,8 @@ impl<W: Write + Seek> Writer<W> {
         head.extend_from_slice(&raw_len.to_le_bytes());
         head.extend_from_slice(&comp_len.to_le_bytes());
         head.extend_from_slice(&u64::to_le_bytes(instructions));
+        debug_assert_eq!(head.len(), BLOCK_CHECKSUM_AT);
+        head.extend_from_slice(&checksum(&[&head, &comp]).to_le_bytes());
         self.write(&head)?;
         self.write(&comp)?;
         self.streams[stream as usize].info.blocks.push(BlockRef { offset, records, instructions });
@@ -410,6 +473,7 @@ impl<W: Write + Seek> Writer<W> {
             instructions: infos.iter().map(|i| i.instructions).sum(),
             source_bytes,
             dir_offset,
+            dir_checksum: checksum(&[&head, &comp]),
         };
         let err = |source| TraceError::Write { file: self.name.clone(), source };
         self.out.seek(SeekFrom::Start(0)).map_err(err)?;
@@ -497,6 +561,10 @@ fn encode_header(h: &Header) -> [u8; HEADER_LEN] {
     b[24..32].copy_from_slice(&h.instructions.to_le_bytes());
     b[32..40].copy_from_slice(&h.source_bytes.to_le_bytes());
     b[40..48].copy_from_slice(&h.dir_offset.to_le_bytes());
+    b[48..52].copy_from_slice(&h.dir_checksum.to_le_bytes());
+    // 52..60 reserved, zero.
+    let own = checksum(&[&b[..HEADER_CHECKSUM_AT]]);
+    b[HEADER_CHECKSUM_AT..].copy_from_slice(&own.to_le_bytes());
     b
 }
 
@@ -587,6 +655,25 @@ impl Drop for FileOutput {
             let _ = fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// `file` (a whole version-2 trace) with its directory replaced by `streams`, checksums and
+/// header made to match: a well-formed file whose directory may lie about its records.
+#[cfg(test)]
+pub(crate) fn with_directory(file: &[u8], header: &Header, streams: &[StreamInfo]) -> Vec<u8> {
+    let mut dir = Vec::new();
+    encode_directory(streams, &mut dir);
+    let comp = zstd::bulk::compress(&dir, 1).unwrap_or_default();
+    let at = usize::try_from(header.dir_offset).unwrap_or(usize::MAX);
+    let mut out = file[..at].to_vec();
+    let mut head = DIR_TAG.to_vec();
+    head.extend_from_slice(&u32::try_from(dir.len()).unwrap_or(0).to_le_bytes());
+    head.extend_from_slice(&u32::try_from(comp.len()).unwrap_or(0).to_le_bytes());
+    let h = Header { dir_checksum: checksum(&[&head, &comp]), ..*header };
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&comp);
+    out[..HEADER_LEN].copy_from_slice(&encode_header(&h));
+    out
 }
 
 #[cfg(test)]

@@ -13,11 +13,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::compact::{
-    decode_records, get_varint, BlockRef, Header, PageRun, StreamInfo, BLOCK_HEADER_BYTES,
-    BLOCK_HEADER_LEN, BLOCK_RECORDS, BLOCK_TAG, DIR_TAG, HEADER_BYTES, HEADER_LEN, MAGIC,
-    MAX_DIR_BYTES, MAX_RECORD_BYTES, VERSION,
+    checksum, decode_records, get_varint, BlockRef, Header, Layout, PageRun, StreamInfo,
+    BLOCK_HEADER_LEN, BLOCK_RECORDS, BLOCK_TAG, DIR_TAG, HEADER_CHECKSUM_AT, HEADER_LEN,
+    LEGACY_VERSION, MAGIC, MAX_DIR_BYTES, MAX_RECORD_BYTES, VERSION,
 };
-use super::{display_name, Compression, Record, Source, StreamMeta, TraceError};
+use super::{
+    display_name, Compression, PageFlags, Record, Source, StreamMeta, TraceError, PAGE_BYTES,
+};
 
 /// A seekable byte source that can move to another thread.
 pub trait ReadSeek: Read + Seek + Send {}
@@ -131,6 +133,7 @@ impl Reader {
         Ok(StreamDecoder {
             name: self.name.clone(),
             source: self.source()?,
+            layout: self.layout(),
             stream: id,
             blocks: info.blocks.clone(),
             next: 0,
@@ -151,14 +154,183 @@ impl Reader {
         Ok(all)
     }
 
-    /// Decodes every block of every stream: the whole file is sound.
+    /// The byte layout of the file's version.
+    pub fn layout(&self) -> Layout {
+        Layout::of(self.header.version).unwrap_or(Layout {
+            header_bytes: HEADER_LEN as u64,
+            block_header_bytes: BLOCK_HEADER_LEN as u64,
+            checksums: true,
+        })
+    }
+
+    /// A warning to show the user about this file, if any: a version-1 file has no checksums.
+    pub fn warning(&self) -> Option<String> {
+        (!self.layout().checksums).then(|| {
+            format!(
+                "{}: compact trace version {} has no checksums, so damage to it may go \
+                 unnoticed; `memvirt trace convert {} NEW.mvt` rewrites it as version {VERSION}",
+                self.name, self.header.version, self.name
+            )
+        })
+    }
+
+    /// Decodes every block of every stream and checks what the directory claims against the
+    /// records: counts by kind, the address range and the footprint, page by page and flag by
+    /// flag. `Ok` means the whole file is sound and its directory exact.
     pub fn validate(&self) -> Result<(), TraceError> {
         let mut batch = Vec::new();
-        for s in 0..self.streams.len() {
+        for (s, info) in self.streams.iter().enumerate() {
+            let claim = |detail: String| {
+                format(&self.name, self.header.dir_offset, format!("directory: stream {s}: {detail}"))
+            };
+            let mut check = ClaimCheck::new(info).map_err(claim)?;
             let mut dec = self.stream(s, 0, u64::MAX)?;
-            while dec.next_batch(&mut batch)? {}
+            while dec.next_batch(&mut batch)? {
+                for r in &batch {
+                    check.record(r).map_err(claim)?;
+                }
+            }
+            check.finish().map_err(claim)?;
         }
         Ok(())
+    }
+}
+
+/// Checks one stream's directory entry against its records as they are decoded.
+struct ClaimCheck<'a> {
+    info: &'a StreamInfo,
+    /// Each run's first index into `seen`.
+    first: Vec<u64>,
+    /// How the records touched each page of the footprint, in footprint order.
+    seen: Vec<u8>,
+    /// The run the last page was found in.
+    run: usize,
+    records: u64,
+    by_kind: [u64; 4],
+    min: u64,
+    max: u64,
+}
+
+/// Pages one record touches at most: a `u16` size crosses at most 16 page boundaries.
+const MAX_PAGES_PER_RECORD: u64 = (u16::MAX as u64).div_ceil(PAGE_BYTES) + 1;
+
+impl<'a> ClaimCheck<'a> {
+    fn new(info: &'a StreamInfo) -> Result<Self, String> {
+        let pages = info.footprint_pages_checked().ok_or("the footprint's page count overflows")?;
+        if pages > info.records.saturating_mul(MAX_PAGES_PER_RECORD) {
+            return Err(format!(
+                "the footprint claims {pages} pages, more than its {} records can touch",
+                info.records
+            ));
+        }
+        let mut first = Vec::with_capacity(info.footprint.len());
+        let mut at = 0u64;
+        for r in &info.footprint {
+            if r.flags == 0 || r.flags & !(PageFlags::READ | PageFlags::WRITE | PageFlags::EXEC) != 0 {
+                return Err(format!("footprint run at page {:#x} has flags {:#x}", r.start, r.flags));
+            }
+            first.push(at);
+            at += r.pages;
+        }
+        Ok(ClaimCheck {
+            info,
+            first,
+            seen: vec![0; usize::try_from(pages).map_err(|_| "footprint too large")?],
+            run: 0,
+            records: 0,
+            by_kind: [0; 4],
+            min: u64::MAX,
+            max: 0,
+        })
+    }
+
+    #[inline]
+    fn record(&mut self, r: &Record) -> Result<(), String> {
+        self.records += 1;
+        self.by_kind[r.kind as usize] += 1;
+        self.min = self.min.min(r.addr);
+        self.max = self.max.max(r.addr.saturating_add(u64::from(r.size.max(1)) - 1));
+        let flags = r.kind.page_flags();
+        let (first, last) = r.pages();
+        for page in first..=last {
+            let runs = &self.info.footprint;
+            let inside = |i: usize| runs.get(i).is_some_and(|x| page >= x.start && page - x.start < x.pages);
+            if !inside(self.run) {
+                let i = runs.partition_point(|x| x.start <= page).saturating_sub(1);
+                if !inside(i) {
+                    return Err(format!(
+                        "record {} ({} at {:#x}) touches page {page:#x}, which its footprint \
+                         does not hold",
+                        self.records - 1,
+                        r.kind.name(),
+                        r.addr
+                    ));
+                }
+                self.run = i;
+            }
+            let run = runs[self.run];
+            if run.flags & flags != flags {
+                return Err(format!(
+                    "record {} ({} at {:#x}) touches page {page:#x}, which its footprint \
+                     marks {}",
+                    self.records - 1,
+                    r.kind.name(),
+                    r.addr,
+                    flag_names(run.flags)
+                ));
+            }
+            let at = self.first[self.run] + (page - run.start);
+            self.seen[usize::try_from(at).unwrap_or(usize::MAX)] |= flags;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), String> {
+        let info = self.info;
+        if self.records != info.records || self.by_kind != info.by_kind {
+            return Err(format!(
+                "the records ({}) disagree with the counts by kind the directory gives",
+                self.records
+            ));
+        }
+        let (min, max) = if self.records == 0 { (0, 0) } else { (self.min, self.max) };
+        if (min, max) != (info.min_addr, info.max_addr) {
+            return Err(format!(
+                "the records span {min:#x}..={max:#x}, the directory says {:#x}..={:#x}",
+                info.min_addr, info.max_addr
+            ));
+        }
+        for (run, &first) in info.footprint.iter().zip(&self.first) {
+            for p in 0..run.pages {
+                let got = self.seen[usize::try_from(first + p).unwrap_or(usize::MAX)];
+                if got != run.flags {
+                    return Err(format!(
+                        "the footprint marks page {:#x} {}, but the records {}",
+                        run.start + p,
+                        flag_names(run.flags),
+                        match got {
+                            0 => "never touch it".to_owned(),
+                            g => format!("touch it {}", flag_names(g)),
+                        }
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `read+write`-style names of footprint flags.
+fn flag_names(flags: u8) -> String {
+    let names: Vec<&str> = [(PageFlags::READ, "read"), (PageFlags::WRITE, "written"), (PageFlags::EXEC, "fetched")]
+        .iter()
+        .filter(|(f, _)| flags & f != 0)
+        .map(|&(_, n)| n)
+        .collect();
+    if names.is_empty() {
+        "untouched".to_owned()
+    } else {
+        names.join("+")
     }
 }
 
@@ -177,7 +349,8 @@ fn read_meta(
     name: &str,
     len: u64,
 ) -> Result<(Header, Vec<StreamInfo>), TraceError> {
-    if len < HEADER_BYTES {
+    let legacy = Layout::of(LEGACY_VERSION).map_or(48, |l| l.header_bytes);
+    if len < legacy {
         return Err(format(
             name,
             0,
@@ -185,36 +358,56 @@ fn read_meta(
         ));
     }
     let mut h = [0u8; HEADER_LEN];
-    read_at(r, name, 0, &mut h)?;
-    let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or([0; 8]));
+    read_at(r, name, 0, &mut h[..48])?;
     if h[..8] != MAGIC {
         return Err(format(name, 0, "not a memvirt compact trace (wrong magic)"));
     }
     let version = u16::from_le_bytes([h[8], h[9]]);
-    if version != VERSION {
-        return Err(format(
+    let layout = Layout::of(version).ok_or_else(|| {
+        format(
             name,
             8,
-            format!("compact trace version {version}; this memvirt reads version {VERSION}"),
-        ));
+            format!(
+                "compact trace version {version}; this memvirt reads versions \
+                 {LEGACY_VERSION} and {VERSION}"
+            ),
+        )
+    })?;
+    if len < layout.header_bytes {
+        return Err(format(name, 0, format!("truncated: {len} bytes, shorter than the header")));
     }
+    if layout.checksums {
+        read_at(r, name, 48, &mut h[48..])?;
+        let stored = u32_le(&h, HEADER_CHECKSUM_AT);
+        if checksum(&[&h[..HEADER_CHECKSUM_AT]]) != stored {
+            return Err(format(name, 0, "corrupt header: its checksum does not match"));
+        }
+        if h[52..HEADER_CHECKSUM_AT].iter().any(|&b| b != 0) {
+            return Err(format(name, 52, "corrupt header: reserved bytes are not zero"));
+        }
+    }
+    let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or([0; 8]));
     let source = Source::from_u8(h[10])
         .ok_or_else(|| format(name, 10, format!("unknown source code {}", h[10])))?;
+    if h[11] > 64 {
+        return Err(format(name, 11, format!("address width of {} bits (at most 64)", h[11])));
+    }
     let header = Header {
         version,
         source,
         addr_bits: h[11],
-        streams: u32::from_le_bytes([h[12], h[13], h[14], h[15]]),
+        streams: u32_le(&h, 12),
         records: u64_at(16),
         instructions: u64_at(24),
         source_bytes: u64_at(32),
         dir_offset: u64_at(40),
+        dir_checksum: if layout.checksums { u32_le(&h, 48) } else { 0 },
     };
     if header.dir_offset == 0 {
         return Err(format(name, 40, "incomplete trace: no directory (its writer did not finish)"));
     }
     let dir_end = header.dir_offset.checked_add(12).filter(|&e| e <= len);
-    if header.dir_offset < HEADER_BYTES || dir_end.is_none() {
+    if header.dir_offset < layout.header_bytes || dir_end.is_none() {
         return Err(format(
             name,
             40,
@@ -230,8 +423,8 @@ fn read_meta(
     if d[..4] != DIR_TAG {
         return Err(format(name, at, "no directory here (truncated or corrupt file)"));
     }
-    let raw_len = u32::from_le_bytes([d[4], d[5], d[6], d[7]]) as usize;
-    let comp_len = u64::from(u32::from_le_bytes([d[8], d[9], d[10], d[11]]));
+    let raw_len = u32_le(&d, 4) as usize;
+    let comp_len = u64::from(u32_le(&d, 8));
     if at + 12 + comp_len != len {
         return Err(format(
             name,
@@ -244,6 +437,9 @@ fn read_meta(
     }
     let mut comp = vec![0u8; usize::try_from(comp_len).unwrap_or(usize::MAX)];
     read_at(r, name, at + 12, &mut comp)?;
+    if layout.checksums && checksum(&[&d, &comp]) != header.dir_checksum {
+        return Err(format(name, at, "corrupt directory: its checksum does not match"));
+    }
     // Streamed, so a corrupt length allocates no more than the data really holds.
     let mut raw = Vec::new();
     zstd::stream::read::Decoder::new(&comp[..])
@@ -252,9 +448,26 @@ fn read_meta(
     if raw.len() != raw_len {
         return Err(format(name, at, "corrupt directory: wrong length"));
     }
-    let streams =
-        parse_directory(&raw, &header).map_err(|e| format(name, at, format!("directory: {e}")))?;
+    let streams = parse_directory(&raw, &header, layout)
+        .map_err(|e| format(name, at, format!("directory: {e}")))?;
+    let max = streams.iter().map(|s| s.max_addr).max().unwrap_or(0);
+    if u32::from(header.addr_bits) != 64 - max.leading_zeros() {
+        return Err(format(
+            name,
+            11,
+            format!(
+                "address width of {} bits, but the highest address {max:#x} needs {}",
+                header.addr_bits,
+                64 - max.leading_zeros()
+            ),
+        ));
+    }
     Ok((header, streams))
+}
+
+/// The little-endian `u32` at `at` of `b` (which holds it).
+fn u32_le(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or([0; 4]))
 }
 
 /// A cursor over the decoded directory.
@@ -284,7 +497,7 @@ impl Cursor2<'_> {
     }
 }
 
-fn parse_directory(raw: &[u8], h: &Header) -> Result<Vec<StreamInfo>, String> {
+fn parse_directory(raw: &[u8], h: &Header, layout: Layout) -> Result<Vec<StreamInfo>, String> {
     let mut c = Cursor2 { raw, i: 0, stream: 0 };
     let count = c.varint("stream count")?;
     if count != u64::from(h.streams) {
@@ -310,14 +523,16 @@ fn parse_directory(raw: &[u8], h: &Header) -> Result<Vec<StreamInfo>, String> {
             info.by_kind[k] = c.varint("count by kind")?;
         }
         let blocks = c.varint("block count")?;
-        let (mut in_blocks, mut gaps, mut last_end) = (0u64, 0u64, HEADER_BYTES);
+        let (mut in_blocks, mut gaps, mut last_end) = (0u64, 0u64, layout.header_bytes);
         for _ in 0..blocks {
             let b = BlockRef {
                 offset: c.varint("block offset")?,
                 records: c.small("block records")?,
                 instructions: c.varint("block instructions")?,
             };
-            if b.offset < last_end || b.offset.saturating_add(BLOCK_HEADER_BYTES) > h.dir_offset {
+            if b.offset < last_end
+                || b.offset.saturating_add(layout.block_header_bytes) > h.dir_offset
+            {
                 return Err(format!(
                     "stream {s}: block at {} out of order or out of the file",
                     b.offset
@@ -329,7 +544,7 @@ fn parse_directory(raw: &[u8], h: &Header) -> Result<Vec<StreamInfo>, String> {
                     b.offset, b.records
                 ));
             }
-            last_end = b.offset + BLOCK_HEADER_BYTES;
+            last_end = b.offset + layout.block_header_bytes;
             in_blocks += u64::from(b.records);
             gaps = gaps.saturating_add(b.instructions);
             info.blocks.push(b);
@@ -385,10 +600,12 @@ impl BlockDecoder {
     }
 
     /// Decodes block `b` of `stream` onto `out` (cleared first). `end` bounds the blocks.
+    #[allow(clippy::too_many_arguments)]
     fn read(
         &mut self,
         r: &mut dyn ReadSeek,
         name: &str,
+        layout: Layout,
         stream: u32,
         b: &BlockRef,
         end: u64,
@@ -396,24 +613,26 @@ impl BlockDecoder {
     ) -> Result<(), TraceError> {
         out.clear();
         let mut h = [0u8; BLOCK_HEADER_LEN];
-        read_at(r, name, b.offset, &mut h)?;
-        let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let h = &mut h[..usize::try_from(layout.block_header_bytes).unwrap_or(BLOCK_HEADER_LEN)];
+        read_at(r, name, b.offset, h)?;
         let bad = |detail: String| format(name, b.offset, detail);
         if h[..4] != BLOCK_TAG {
             return Err(bad("no block here (corrupt file)".into()));
         }
         let instructions = u64::from_le_bytes(h[20..28].try_into().unwrap_or([0; 8]));
-        if u32_at(4) != stream || u32_at(8) != b.records || instructions != b.instructions {
+        if u32_le(h, 4) != stream || u32_le(h, 8) != b.records || instructions != b.instructions {
             return Err(bad("block header disagrees with the directory".into()));
         }
-        let (raw_len, comp_len) = (u32_at(12) as usize, u64::from(u32_at(16)));
-        if raw_len > b.records as usize * MAX_RECORD_BYTES
-            || b.offset + BLOCK_HEADER_BYTES + comp_len > end
-        {
+        let (raw_len, comp_len) = (u32_le(h, 12) as usize, u64::from(u32_le(h, 16)));
+        let payload = b.offset + layout.block_header_bytes;
+        if raw_len > b.records as usize * MAX_RECORD_BYTES || payload + comp_len > end {
             return Err(bad(format!("block lengths {raw_len}/{comp_len} out of bounds")));
         }
         self.comp.resize(usize::try_from(comp_len).unwrap_or(usize::MAX), 0);
-        read_at(r, name, b.offset + BLOCK_HEADER_BYTES, &mut self.comp)?;
+        read_at(r, name, payload, &mut self.comp)?;
+        if layout.checksums && checksum(&[&h[..28], &self.comp]) != u32_le(h, 28) {
+            return Err(bad("corrupt block: its checksum does not match".into()));
+        }
         self.raw.clear();
         self.raw.reserve(raw_len);
         let dec = match &mut self.dec {
@@ -443,6 +662,7 @@ impl BlockDecoder {
 pub struct StreamDecoder {
     name: String,
     source: Box<dyn ReadSeek>,
+    layout: Layout,
     stream: u32,
     blocks: Vec<BlockRef>,
     next: usize,
@@ -469,7 +689,8 @@ impl StreamDecoder {
                 self.skip -= u64::from(b.records);
                 continue;
             }
-            self.block.read(&mut *self.source, &self.name, self.stream, &b, self.end, out)?;
+            let (name, layout) = (&self.name, self.layout);
+            self.block.read(&mut *self.source, name, layout, self.stream, &b, self.end, out)?;
             out.drain(..usize::try_from(self.skip).unwrap_or(out.len()).min(out.len()));
             self.skip = 0;
             out.truncate(usize::try_from(self.left).unwrap_or(usize::MAX));
@@ -565,5 +786,113 @@ impl Drop for Prefetch {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::compact::{with_directory, Writer};
+    use crate::trace::{Kind, RecordSink};
+
+    fn rec(addr: u64, size: u16, kind: Kind) -> Record {
+        Record { addr, gap: 1, size, kind }
+    }
+
+    /// A two-stream trace: code, a stack page, a store crossing into a second heap page.
+    fn sample() -> Result<(Vec<u8>, Reader), TraceError> {
+        let mut w = Writer::new(Cursor::new(Vec::new()), "t.mvt", Source::Lackey, 1)?;
+        let a = w.begin_stream(StreamMeta { pid: 7, ..StreamMeta::default() })?;
+        for r in [
+            rec(0x40_1000, 4, Kind::Fetch),
+            rec(0x7ffc_0000_0ff8, 8, Kind::Load),
+            rec(0x5555_0000_0ffc, 8, Kind::Store),
+            rec(0x5555_0000_0010, 4, Kind::Modify),
+        ] {
+            w.push(a, r)?;
+        }
+        let b = w.begin_stream(StreamMeta { pid: 8, ..StreamMeta::default() })?;
+        w.push(b, rec(0x1000, 1, Kind::Load))?;
+        let bytes = w.finish(0)?.2.into_inner();
+        let reader = Reader::from_bytes("t.mvt".into(), bytes.clone())?;
+        Ok((bytes, reader))
+    }
+
+    fn lie(mutate: impl Fn(&mut Vec<StreamInfo>)) -> Result<String, TraceError> {
+        let (bytes, r) = sample()?;
+        let mut streams = r.streams.clone();
+        mutate(&mut streams);
+        let forged = with_directory(&bytes, &r.header, &streams);
+        let back = Reader::from_bytes("t.mvt".into(), forged)?;
+        Ok(back.validate().err().map(|e| e.to_string()).unwrap_or_default())
+    }
+
+    #[test]
+    fn a_sound_trace_validates_and_its_footprint_is_exact() -> Result<(), TraceError> {
+        let (_, r) = sample()?;
+        r.validate()?;
+        // Stream 0: the code page, the stack page, and two heap pages (the store crosses).
+        assert_eq!(r.streams[0].footprint_pages(), 4);
+        assert_eq!(lie(|_| {})?, "", "the unchanged directory re-encoded is sound");
+        Ok(())
+    }
+
+    #[test]
+    fn a_directory_that_lies_about_its_records_is_refused() -> Result<(), TraceError> {
+        // A page the records touch is missing.
+        let e = lie(|s| {
+            s[0].footprint.remove(0);
+        })?;
+        assert!(e.contains("stream 0") && e.contains("does not hold"), "{e}");
+        // A page is claimed that no record touches.
+        let e = lie(|s| s[1].footprint[0].pages = 2)?;
+        assert!(e.contains("stream 1") && e.contains("never touch"), "{e}");
+        // A written page marked read only.
+        let e = lie(|s| {
+            for r in s[0].footprint.iter_mut().filter(|r| r.flags & PageFlags::WRITE != 0) {
+                r.flags = PageFlags::READ;
+            }
+        })?;
+        assert!(e.contains("marks") && e.contains("store"), "{e}");
+        // A read page also marked written.
+        let e = lie(|s| s[1].footprint[0].flags |= PageFlags::WRITE)?;
+        assert!(e.contains("read+written") && e.contains("touch it read"), "{e}");
+        // Counts by kind and the address range.
+        let e = lie(|s| (s[0].by_kind[0], s[0].by_kind[1]) = (2, 0))?;
+        assert!(e.contains("counts by kind"), "{e}");
+        let e = lie(|s| s[0].max_addr += 1)?;
+        assert!(e.contains("span"), "{e}");
+        // A footprint larger than its records could touch is refused before any allocation.
+        let e = lie(|s| s[1].footprint[0].pages = 1 << 40)?;
+        assert!(e.contains("more than its 1 records can touch"), "{e}");
+        let e = lie(|s| s[1].footprint[0].flags = 0)?;
+        assert!(e.contains("flags 0x0"), "{e}");
+        Ok(())
+    }
+
+    #[test]
+    fn every_flipped_bit_is_refused() -> Result<(), TraceError> {
+        let (bytes, _) = sample()?;
+        for bit in 0..bytes.len() * 8 {
+            let mut bad = bytes.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let verdict = Reader::from_bytes("t.mvt".into(), bad).and_then(|r| r.validate());
+            let e = verdict.err().map(|e| e.to_string());
+            assert!(e.as_ref().is_some_and(|e| e.starts_with("t.mvt: byte ")), "bit {bit}: {e:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_address_width_byte_must_match_the_highest_address() -> Result<(), TraceError> {
+        let (bytes, r) = sample()?;
+        for bits in [0u8, 46, 48, 64, 65, 165] {
+            let h = Header { addr_bits: bits, ..r.header };
+            let forged = with_directory(&bytes, &h, &r.streams);
+            let e = Reader::from_bytes("t.mvt".into(), forged).err().map(|e| e.to_string());
+            assert!(e.as_ref().is_some_and(|e| e.contains("byte 11: address width")), "{bits}: {e:?}");
+        }
+        assert_eq!(r.header.addr_bits, 47);
+        Ok(())
     }
 }

@@ -52,7 +52,9 @@ impl Compression {
 /// The trace formats memvirt reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum InputFormat {
-    /// By content: the compact magic, lackey-like text, else ChampSim `input_instr`.
+    /// By name and content: a `.mvt` file (compressed or not) or the compact magic is the
+    /// compact format, lackey-like text is lackey, a plausible stream of ChampSim `input_instr`
+    /// records is ChampSim; anything else is refused.
     #[default]
     Auto,
     /// memvirt's compact format.
@@ -66,16 +68,39 @@ pub enum InputFormat {
 }
 
 impl InputFormat {
-    /// What `Auto` means for data starting with `head` (decompressed).
-    pub fn sniff(head: &[u8]) -> InputFormat {
+    /// What `Auto` means for decompressed data starting with `head`, or why it is none of the
+    /// formats.
+    pub fn detect(head: &[u8]) -> Result<InputFormat, String> {
+        if head.is_empty() {
+            return Err("empty input: no trace data".into());
+        }
         if head.starts_with(&compact::MAGIC) {
-            return InputFormat::Memvirt;
+            return Ok(InputFormat::Memvirt);
         }
         let texty = [&b"I  "[..], b" L ", b" S ", b" M ", b"==", b"--", b"**"];
         if texty.iter().any(|t| head.starts_with(t)) {
-            InputFormat::Lackey
+            return Ok(InputFormat::Lackey);
+        }
+        match champsim::implausible(head) {
+            None => Ok(InputFormat::Champsim),
+            Some(why) => Err(format!(
+                "not a trace memvirt recognises: not the compact format (no {:?} magic), not \
+                 valgrind lackey text, and not ChampSim input_instr records ({why}); if it is \
+                 one of them, say which with --trace-format memvirt|lackey|champsim|cloudsuite",
+                String::from_utf8_lossy(&compact::MAGIC[..7])
+            )),
+        }
+    }
+
+    /// What `Auto` means by name alone: `Memvirt` for a `.mvt` file (also `.mvt.zst`, `.mvt.gz`
+    /// and `.mvt.xz`), whose content must then be the compact format; `Auto` otherwise.
+    pub fn for_path(path: &Path) -> InputFormat {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = [".xz", ".gz", ".zst"].iter().find_map(|c| name.strip_suffix(c));
+        if stem.unwrap_or(&name).ends_with(".mvt") {
+            InputFormat::Memvirt
         } else {
-            InputFormat::Champsim
+            InputFormat::Auto
         }
     }
 }
@@ -207,7 +232,7 @@ pub struct ReadOptions {
 }
 
 /// What [`read_into`] read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadSummary {
     /// The format it was.
     pub format: InputFormat,
@@ -215,6 +240,8 @@ pub struct ReadSummary {
     pub source: Source,
     /// Bytes of decompressed input (for a compact input, the size of its own source).
     pub bytes: u64,
+    /// What the user should know about the input (a version-1 compact trace has no checksums).
+    pub warnings: Vec<String>,
 }
 
 /// Reads the trace `path` (any format) into `sink`.
@@ -225,6 +252,10 @@ pub fn read_into(
 ) -> Result<ReadSummary, TraceError> {
     let input = open(path, opts.compression)?;
     let label = path.file_name().map_or_else(|| input.name.clone(), |n| n.to_string_lossy().into());
+    let opts = match opts.format {
+        InputFormat::Auto => ReadOptions { format: InputFormat::for_path(path), ..opts },
+        _ => opts,
+    };
     read_input(input, &label, opts, sink)
 }
 
@@ -236,15 +267,17 @@ pub fn read_input(
     opts: ReadOptions,
     sink: &mut dyn RecordSink,
 ) -> Result<ReadSummary, TraceError> {
+    let head = input.reader.fill_buf().map_err(|source| TraceError::Read {
+        file: input.name.clone(),
+        offset: 0,
+        source,
+    })?;
+    let refuse = |detail: String| TraceError::Format { file: input.name.clone(), offset: 0, detail };
+    if head.is_empty() {
+        return Err(refuse("empty input: no trace data".into()));
+    }
     let format = match opts.format {
-        InputFormat::Auto => {
-            let head = input.reader.fill_buf().map_err(|source| TraceError::Read {
-                file: input.name.clone(),
-                offset: 0,
-                source,
-            })?;
-            InputFormat::sniff(head)
-        }
+        InputFormat::Auto => InputFormat::detect(head).map_err(refuse)?,
         f => f,
     };
     let source = match format {
@@ -268,16 +301,18 @@ pub fn read_input(
                 source,
             })?;
             let reader = decode::Reader::from_bytes(input.name.clone(), data)?;
+            reader.validate()?;
             copy_compact(&reader, sink)?;
             let h = reader.header;
             return Ok(ReadSummary {
                 format: InputFormat::Memvirt,
                 source: h.source,
                 bytes: h.source_bytes,
+                warnings: reader.warning().into_iter().collect(),
             });
         }
     };
-    Ok(ReadSummary { format, source, bytes: input.reader.count })
+    Ok(ReadSummary { format, source, bytes: input.reader.count, warnings: Vec::new() })
 }
 
 /// Every stream of a compact trace into `sink`.
@@ -310,6 +345,7 @@ pub fn is_plain_compact(path: &Path, opts: ReadOptions) -> Result<bool, TraceErr
     }
     match opts.format {
         InputFormat::Memvirt => return Ok(true),
+        InputFormat::Auto if InputFormat::for_path(path) == InputFormat::Memvirt => return Ok(true),
         InputFormat::Auto => {}
         _ => return Ok(false),
     }
@@ -346,6 +382,13 @@ pub fn convert(
     let (out, mut writer) = compact::FileOutput::create(output, Source::Unknown, level)?;
     let read = read_into(input, opts, &mut writer)?;
     writer.set_source(read.source);
+    if writer.records() == 0 {
+        return Err(TraceError::Format {
+            file: display_name(input),
+            offset: 0,
+            detail: "the trace holds no memory accesses: nothing to convert".into(),
+        });
+    }
     let (header, streams) = out.commit(writer, read.bytes)?;
     Ok(ConvertSummary { read, header, streams })
 }

@@ -86,6 +86,8 @@ pub struct TraceFile {
     pub label: String,
     /// The compact trace.
     pub reader: Reader,
+    /// What the user should know about it (a version-1 compact trace has no checksums).
+    pub warnings: Vec<String>,
     _temp: Option<TempFile>,
 }
 
@@ -99,13 +101,22 @@ impl TraceSet {
     /// Opens each input: a compact file is checked whole (every block decoded once); any other
     /// is converted to a temporary compact file first (removed with the set).
     pub fn prepare(inputs: &[PathBuf], opts: ReadOptions) -> Result<TraceSet, TraceError> {
+        if inputs.iter().filter(|p| p.as_path() == std::path::Path::new("-")).count() > 1 {
+            return Err(TraceError::Other(
+                "standard input (`--trace -`) can be read only once: give the other traces as files"
+                    .into(),
+            ));
+        }
         let mut files = Vec::with_capacity(inputs.len());
         for (i, path) in inputs.iter().enumerate() {
             let label = path
                 .file_name()
                 .map_or_else(|| trace::display_name(path), |n| n.to_string_lossy().into_owned());
-            let (reader, temp) = if trace::is_plain_compact(path, opts)? {
-                (Reader::open(path, trace::Compression::None)?, None)
+            let (reader, temp, warnings) = if trace::is_plain_compact(path, opts)? {
+                let reader = Reader::open(path, trace::Compression::None)?;
+                reader.validate()?;
+                let warnings = reader.warning().into_iter().collect();
+                (reader, None, warnings)
             } else {
                 let tmp = std::env::temp_dir().join(format!(
                     "memvirt-replay-{}-{i}-{}.mvt",
@@ -114,19 +125,41 @@ impl TraceSet {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.subsec_nanos())
                 ));
-                trace::convert(path, &tmp, opts, trace::compact::DEFAULT_LEVEL)?;
+                let summary = trace::convert(path, &tmp, opts, trace::compact::DEFAULT_LEVEL)?;
                 let temp = TempFile(tmp);
-                (Reader::open(&temp.0, trace::Compression::None)?, Some(temp))
+                (Reader::open(&temp.0, trace::Compression::None)?, Some(temp), summary.read.warnings)
             };
-            if temp.is_none() {
-                reader.validate()?;
+            if reader.header.records == 0 {
+                return Err(TraceError::Format {
+                    file: trace::display_name(path),
+                    offset: 0,
+                    detail: "the trace holds no memory accesses: nothing to replay".into(),
+                });
             }
-            files.push(TraceFile { label, reader, _temp: temp });
+            files.push(TraceFile { label, reader, warnings, _temp: temp });
         }
         if files.is_empty() {
             return Err(TraceError::Other("no trace given".into()));
         }
         Ok(TraceSet { files: Arc::new(files) })
+    }
+
+    /// What the user should know about the traces, one line each.
+    pub fn warnings(&self) -> Vec<String> {
+        self.files.iter().flat_map(|f| f.warnings.iter().cloned()).collect()
+    }
+
+    /// An error if `--skip skip` leaves no record to replay in any stream (a stream shorter
+    /// than the skip replays nothing, which is allowed while another still replays).
+    pub fn check_skip(&self, skip: u64) -> Result<(), TraceError> {
+        let longest = self.files.iter().flat_map(|f| &f.reader.streams).map(|s| s.records).max();
+        match longest {
+            Some(n) if skip >= n => Err(TraceError::Other(format!(
+                "--skip {skip} is past the end of every stream (the longest holds {n} records): \
+                 nothing would be replayed"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The traces.
@@ -398,7 +431,21 @@ impl TraceReplay {
             p.report.replayed += 1;
             p.report.instructions += u64::from(r.gap);
             self.seq += 1;
-            replay_one(os, &p.report.relocation, r, self.seq)?;
+            replay_one(os, &p.report.relocation, r, self.seq).map_err(|e| match e {
+                // The process's VMAs are its trace's footprint, so an access they do not allow
+                // means the directory and the records disagree: the run would go on with a
+                // process missing and wrong numbers.
+                OsError::Killed { .. } => trace_error(TraceError::Other(format!(
+                    "{} stream {}: record {} ({} at {:#x}) falls outside the footprint the \
+                     trace's directory declares ({e}): the trace is inconsistent",
+                    p.report.trace,
+                    p.report.stream,
+                    p.report.skipped + p.report.replayed - 1,
+                    r.kind.name(),
+                    r.addr
+                ))),
+                e => e,
+            })?;
         }
         Ok(Step::Preempted)
     }
@@ -529,6 +576,41 @@ mod tests {
         assert!(vmas.iter().all(|v| v.end.as_u64() <= SV39_TOP));
         assert_eq!(vmas[0].perms, Perms::R | Perms::X);
         assert_eq!(vmas[2].perms, Perms::R | Perms::W);
+        Ok(())
+    }
+
+    #[test]
+    fn a_process_killed_by_a_lying_footprint_fails_the_run() -> Result<(), Box<dyn std::error::Error>>
+    {
+        use crate::trace::compact::{with_directory, Writer};
+        use crate::trace::{RecordSink, Source, StreamMeta};
+        // Two pages loaded; the directory (checksums intact) forgets the second. Unvalidated,
+        // as a reader that trusted the directory would replay it.
+        let mut w = Writer::new(std::io::Cursor::new(Vec::new()), "lie.mvt", Source::Lackey, 1)?;
+        let s = w.begin_stream(StreamMeta::default())?;
+        for addr in [0x10_0000, 0x20_0000, 0x10_0008] {
+            w.push(s, Record { addr, gap: 1, size: 8, kind: Kind::Load })?;
+        }
+        let (header, mut streams, out) = w.finish(0)?;
+        streams[0].footprint.truncate(1);
+        let forged = with_directory(out.get_ref(), &header, &streams);
+        let reader = Reader::from_bytes("lie.mvt".into(), forged)?;
+        assert!(reader.validate().is_err(), "validation refuses it");
+        let file = TraceFile { label: "lie.mvt".into(), reader, warnings: Vec::new(), _temp: None };
+        let set = TraceSet { files: Arc::new(vec![file]) };
+        let profile = crate::profile::Profile::builtin("riscv-sv39")?;
+        let spec = crate::run::RunSpec {
+            traces: Some(set),
+            ..crate::run::RunSpec::new(
+                crate::scheme::SchemeKind::Native,
+                crate::workload::WorkloadKind::Pagefault,
+                profile,
+            )
+        };
+        let e = crate::run::run(&spec, &mut |_, _| {}).err().map(|e| e.to_string());
+        let e = e.unwrap_or_default();
+        assert!(e.contains("lie.mvt stream 0: record 1 (load at 0x200000)"), "{e}");
+        assert!(e.contains("the trace is inconsistent"), "{e}");
         Ok(())
     }
 
