@@ -93,6 +93,108 @@ fn bad_traces_fail_with_the_file_and_place() {
     assert!(err.contains("need --trace"), "{err}");
 }
 
+/// Bytes that are no trace: a fixed pseudo-random stream (the test must not depend on luck).
+fn noise(n: usize) -> Vec<u8> {
+    let mut rng = memvirt::rng::Rng::new(17, 3);
+    (0..n).map(|_| rng.below(256).to_le_bytes()[0]).collect()
+}
+
+#[test]
+fn input_that_is_no_trace_is_refused_with_the_way_to_force_a_format() {
+    let dir = Dir::new("cli-detect");
+    let junk = noise(640);
+    // A `.mvt` name promises the compact format.
+    let mvt = dir.file("r.mvt", &junk);
+    let err = fails(&memvirt(&["run", "--scheme", "nested", "--trace", p(&mvt)]));
+    assert!(err.contains("r.mvt: byte 0: not a memvirt compact trace"), "{err}");
+    let zst = dir.file("r.mvt.zst", &zstd::bulk::compress(&junk, 1).expect("zstd"));
+    let err = fails(&memvirt(&["run", "--scheme", "nested", "--trace", p(&zst)]));
+    assert!(err.contains("r.mvt.zst: byte 0: not a memvirt compact trace"), "{err}");
+    // Without a telling name, `auto` refuses what is neither lackey nor plausible ChampSim.
+    let bin = dir.file("r.bin", &junk);
+    let err = fails(&memvirt(&["run", "--scheme", "nested", "--trace", p(&bin)]));
+    assert!(err.contains("r.bin: byte 0: not a trace memvirt recognises"), "{err}");
+    assert!(err.contains("--trace-format"), "{err}");
+    // A damaged magic is no longer taken for ChampSim either.
+    let good = dir.path("g.mvt");
+    let lackey = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/small.lackey");
+    ok(&memvirt(&["trace", "convert", p(&lackey), p(&good)]));
+    let mut bytes = std::fs::read(&good).expect("written");
+    bytes[3] ^= 0x40;
+    let damaged = dir.file("damaged.trace", &bytes);
+    let err = fails(&memvirt(&["run", "--scheme", "nested", "--trace", p(&damaged)]));
+    assert!(err.contains("not a trace memvirt recognises"), "{err}");
+    // Forcing the format reads the bytes as asked.
+    let forced = memvirt(&["trace", "info", "--trace-format", "champsim", p(&bin)]);
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+}
+
+#[test]
+fn empty_input_and_replay_options_that_replay_nothing_are_errors() {
+    let dir = Dir::new("cli-empty");
+    let empty = dir.file("e.champsimtrace", b"");
+    let xz = dir.file("e.champsimtrace.xz", &tracegen::xz(b""));
+    let gz = dir.file("e.lackey.gz", &tracegen::gzip(b""));
+    let zst = dir.file("e.trace.zst", &zstd::bulk::compress(b"", 1).expect("zstd"));
+    for f in [&empty, &xz, &gz, &zst] {
+        let err = fails(&memvirt(&["run", "--scheme", "native", "--trace", p(f)]));
+        assert!(err.contains("empty input"), "{}: {err}", f.display());
+        let err = fails(&memvirt(&["trace", "convert", p(f), p(&dir.path("o.mvt"))]));
+        assert!(err.contains("empty input"), "{err}");
+    }
+    let stdin = Command::new(env!("CARGO_BIN_EXE_memvirt"))
+        .args(["run", "--scheme", "native", "--trace", "-"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("runs");
+    assert!(fails(&stdin).contains("<stdin>: byte 0: empty input"));
+    // Lackey text with no access at all.
+    let quiet = dir.file("q.lackey", b"==1== Command: ./q\n==1== done\n");
+    let err = fails(&memvirt(&["run", "--scheme", "native", "--trace", p(&quiet)]));
+    assert!(err.contains("no memory accesses"), "{err}");
+    let lackey = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/small.lackey");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--scheme", "native", "--trace", p(&lackey)];
+        args.extend_from_slice(extra);
+        memvirt(&args)
+    };
+    // small.lackey holds 6 records.
+    let err = fails(&run(&["--skip", "6"]));
+    assert!(err.contains("--skip 6 is past the end of every stream (the longest holds 6"), "{err}");
+    ok(&run(&["--skip", "5"]));
+    let zero = run(&["--limit", "0"]);
+    assert_eq!(zero.status.code(), Some(2), "{}", text(&zero.stderr));
+    assert!(text(&zero.stderr).contains("--limit"));
+    let err = fails(&memvirt(&["run", "--scheme", "native", "--trace", "-", "--trace", "-"]));
+    assert!(err.contains("can be read only once"), "{err}");
+}
+
+#[test]
+fn verify_and_info_fail_on_a_damaged_trace() {
+    let dir = Dir::new("cli-verify");
+    let lackey = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/small.lackey");
+    let good = dir.path("s.mvt");
+    ok(&memvirt(&["trace", "convert", p(&lackey), p(&good)]));
+    let out = ok(&memvirt(&["trace", "verify", p(&good)]));
+    assert!(out.contains("s.mvt: ok: compact trace v2, 1 streams, 1 blocks, 6 records"), "{out}");
+    let bytes = std::fs::read(&good).expect("written");
+    // A bit in the block's compressed records, one in the directory.
+    for (at, what) in [(100, "corrupt block"), (bytes.len() - 3, "corrupt directory")] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 1;
+        let f = dir.file("bad.mvt", &bad);
+        for cmd in ["verify", "info"] {
+            let err = fails(&memvirt(&["trace", cmd, p(&f)]));
+            assert!(err.contains("bad.mvt: byte ") && err.contains(what), "{cmd} {at}: {err}");
+        }
+    }
+    // A version-1 file verifies with a warning.
+    let v1 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/small-v1.mvt");
+    let out = memvirt(&["trace", "verify", p(&v1)]);
+    assert!(text(&out.stdout).contains("ok: compact trace v1"), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("warning") && text(&out.stderr).contains("no checksums"));
+}
+
 #[test]
 fn record_without_valgrind_names_the_package() {
     let err =
