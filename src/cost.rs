@@ -1,7 +1,14 @@
 //! Cycle costs. Every default says where it comes from or that it is an assumption; profiles
 //! (TOML) override them.
 
+use crate::config::ConfigError;
 use serde::{Deserialize, Serialize};
+
+/// The largest cost any one event may be set to: 2^32 cycles (over a second at 4 GHz). A cost
+/// is multiplied by per-event counts (entries, levels, pages) that stay far below 2^32, so
+/// every product fits in 64 bits; totals are added saturating and a run whose totals do not fit
+/// fails (see [`crate::stats::Cycles::checked_total`]).
+pub const MAX_COST: u64 = 1 << 32;
 
 /// Cycle costs of the modelled events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +114,23 @@ impl Default for Costs {
 }
 
 impl Costs {
+    /// Refuses a cost above [`MAX_COST`], naming it as `costs.NAME`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fields =
+            serde_json::to_value(self).map_err(|e| ConfigError::Invalid(format!("costs: {e}")))?;
+        let Some(fields) = fields.as_object() else { return Ok(()) };
+        for (name, value) in fields {
+            let value = value.as_u64().unwrap_or(u64::MAX);
+            if value > MAX_COST {
+                return Err(ConfigError::Invalid(format!(
+                    "costs.{name} = {value} is more than the largest cost, {MAX_COST} cycles \
+                     (2^32): counts multiplied by it would overflow the cycle totals"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Page-table read latency by cache level (l1, l2, llc, memory).
     pub const fn pt_latency(&self) -> [u64; 4] {
         [self.pt_l1, self.pt_l2, self.pt_llc, self.pt_memory]

@@ -14,6 +14,7 @@ use crate::oracle::{Oracle, Translation, Violation};
 use crate::paging::mapper::TableStore;
 use crate::paging::walk::PageTable;
 use crate::paging::{Access, Format, Regime};
+use crate::stats::Charge;
 use crate::stats::Stats;
 
 /// Simulator errors (never guest-visible events).
@@ -232,7 +233,7 @@ impl Platform {
     pub fn account_walk(&mut self) -> u64 {
         let lat = self.costs.pt_latency();
         let cycles = self.mmu.account_walk(&lat);
-        self.stats.cycles.walk += cycles;
+        self.stats.cycles.walk.charge(cycles);
         if self.arch.refill == Refill::Software {
             self.charge_refill_trap();
         }
@@ -244,7 +245,8 @@ impl Platform {
     pub fn charge_refill_trap(&mut self) {
         let entries = self.mmu.trace.total() as u64;
         self.stats.trap(crate::stats::TrapCause::TlbRefill);
-        self.stats.cycles.hw_trap += self.costs.hw_trap + self.costs.refill_per_entry * entries;
+        let cost = self.costs.hw_trap + self.costs.refill_per_entry * entries;
+        self.stats.cycles.hw_trap.charge(cost);
     }
 }
 
@@ -349,8 +351,9 @@ impl<S: Scheme> Machine<S> {
         p.stats.accesses += 1;
         let hpa = match p.mmu.lookup_l1(gva, access) {
             Some(hpa) => {
-                p.stats.cycles.tlb +=
+                let cost =
                     if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { p.costs.tlb_l1_hit };
+                p.stats.cycles.tlb.charge(cost);
                 hpa
             }
             None => self.access_slow(gva, access)?,
@@ -367,13 +370,13 @@ impl<S: Scheme> Machine<S> {
         let p = &mut self.platform;
         if let Some(hpa) = p.mmu.lookup_l2(gva, access) {
             // A software TLB's second level is the victim TLB, probed after the inline miss.
-            p.stats.cycles.tlb +=
-                p.costs.tlb_l2_hit + if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { 0 };
+            let inline = if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { 0 };
+            p.stats.cycles.tlb.charge(p.costs.tlb_l2_hit + inline);
             return Ok(hpa);
         }
         // A software TLB has no second level: the miss cost the failed inline lookup.
-        p.stats.cycles.tlb +=
-            if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { p.costs.tlb_l2_hit };
+        let cost = if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { p.costs.tlb_l2_hit };
+        p.stats.cycles.tlb.charge(cost);
         if p.oracle.is_some() {
             return self.tlb_miss_verified(gva, access);
         }

@@ -248,7 +248,7 @@ impl Profile {
         in_range("kernel.asids", u64::from(k.asids), 1, u64::from(MAX_ASIDS))?;
         in_range("kernel.time_slice", k.time_slice, 1, u64::MAX)?;
         in_range("kernel.range_flush_threshold", k.range_flush_threshold, 1, u64::MAX)?;
-        Ok(())
+        self.costs.validate()
     }
 
     /// The formats and regimes (SUM and MXR off; the A/D mode applies to both stages).

@@ -190,10 +190,16 @@ fn execute<S: Scheme>(
         oracle.reset_counts();
     }
     workload::drive(&mut os, &mut workload, progress)?;
-    Ok(report(&mut os, spec, &workload))
+    report(&mut os, spec, &workload)
 }
 
-fn report<S: Scheme>(os: &mut Os<S>, spec: &RunSpec, workload: &Workload) -> Report {
+/// The run's report; an error if its cycle totals do not fit in 64 bits (the costs are too large
+/// for this run's length), since any number printed would be wrong.
+fn report<S: Scheme>(
+    os: &mut Os<S>,
+    spec: &RunSpec,
+    workload: &Workload,
+) -> Result<Report, OsError> {
     let user_accesses = os.machine.platform.stats.accesses - os.stats.kernel_accesses;
     let history = os.history();
     let p = &mut os.machine.platform;
@@ -201,8 +207,15 @@ fn report<S: Scheme>(os: &mut Os<S>, spec: &RunSpec, workload: &Workload) -> Rep
     let trace = workload.trace_report();
     p.stats.cycles.compute = match &trace {
         Some(t) => t.instructions.saturating_mul(t.cycles_per_instruction),
-        None => user_accesses * p.costs.compute_per_access,
+        None => user_accesses.saturating_mul(p.costs.compute_per_access),
     };
+    if p.stats.cycles.checked_total().is_none() {
+        return Err(OsError::Sim(SimError::Config(format!(
+            "the cycle totals overflow 64 bits ({:?}): the costs are too large for a run this \
+             long; lower the costs or shorten the run",
+            p.stats.cycles
+        ))));
+    }
     let p = &os.machine.platform;
     let stats = &p.stats;
     let mmu = &p.mmu.stats;
@@ -211,7 +224,7 @@ fn report<S: Scheme>(os: &mut Os<S>, spec: &RunSpec, workload: &Workload) -> Rep
     let mut counters = BTreeMap::new();
     os.machine.scheme.counters(&mut counters);
     let faults = FaultResolution::ALL.iter().map(|&r| (r.name(), guest.faults[r as usize]));
-    Report {
+    Ok(Report {
         scheme: spec.scheme.name().to_owned(),
         workload: spec.workload_name(),
         profile: spec.profile.name.clone(),
@@ -258,7 +271,7 @@ fn report<S: Scheme>(os: &mut Os<S>, spec: &RunSpec, workload: &Workload) -> Rep
         scheme_counters: counters,
         oracle: p.oracle.as_ref().map(|o| o.counts()),
         trace,
-    }
+    })
 }
 
 /// Runs every scheme in `schemes` on `spec`'s workload, plus `native` for the overhead column

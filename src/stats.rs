@@ -84,15 +84,39 @@ pub struct Cycles {
 }
 
 impl Cycles {
-    /// The sum of every category.
+    /// The sum of every category (saturating; see [`Cycles::checked_total`]).
     pub fn total(&self) -> u64 {
-        self.tlb
-            + self.walk
-            + self.vm_exit
-            + self.hw_trap
-            + self.guest_kernel
-            + self.compute
-            + self.emulator
+        self.checked_total().unwrap_or(u64::MAX)
+    }
+
+    /// The sum of every category, `None` if a category saturated or the sum does not fit in
+    /// 64 bits: the costs are too large for the run, and no number would be right.
+    pub fn checked_total(&self) -> Option<u64> {
+        let all = [
+            self.tlb,
+            self.walk,
+            self.vm_exit,
+            self.hw_trap,
+            self.guest_kernel,
+            self.compute,
+            self.emulator,
+        ];
+        all.iter().try_fold(0u64, |sum, &c| (c != u64::MAX).then(|| sum.checked_add(c)).flatten())
+    }
+}
+
+/// Adding cycles to a counter without ever wrapping: a sum that would pass `u64::MAX` stays
+/// there, where [`Cycles::checked_total`] sees it and the run fails instead of reporting a
+/// wrapped, plausible-looking number.
+pub trait Charge {
+    /// Adds `cycles`, saturating.
+    fn charge(&mut self, cycles: u64);
+}
+
+impl Charge for u64 {
+    #[inline(always)]
+    fn charge(&mut self, cycles: u64) {
+        *self = self.saturating_add(cycles);
     }
 }
 
@@ -151,5 +175,23 @@ impl Stats {
     /// Counts a flush by its kind.
     pub fn count_flush(&mut self, op: &FlushOp) {
         *self.flushes.entry(op.name()).or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_charge_saturates_and_the_checked_total_then_refuses() {
+        let mut cycles = Cycles { tlb: u64::MAX - 2, ..Cycles::default() };
+        cycles.walk.charge(5);
+        assert_eq!(cycles.checked_total(), None, "the sum passes 2^64");
+        cycles.walk = 0;
+        assert_eq!(cycles.checked_total(), Some(u64::MAX - 2));
+        cycles.tlb.charge(7);
+        assert_eq!(cycles.tlb, u64::MAX, "a charge stays at the maximum instead of wrapping");
+        assert_eq!(cycles.checked_total(), None, "a saturated category is never a total");
+        assert_eq!(cycles.total(), u64::MAX);
     }
 }

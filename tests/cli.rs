@@ -238,6 +238,26 @@ fn a_workload_setting_no_selected_workload_has_is_an_error() {
 }
 
 #[test]
+fn a_cost_whose_products_could_overflow_the_totals_is_refused() {
+    let huge = "costs.vm_exit=100000000000000000";
+    fails(&["run", "--scheme", "nested", "--workload", "random", "--set", huge], &[huge, "2^32"]);
+    fails(
+        &[
+            "run",
+            "--scheme",
+            "spec-shadow",
+            "--workload",
+            "random",
+            "--set",
+            "scheme.squash_penalty=4294967297",
+        ],
+        &["scheme.squash_penalty", "4294967297", "2^32"],
+    );
+    // The largest cost is accepted.
+    ok(&["run", "--scheme", "nested", "--workload", "stream", "--set", "costs.vm_exit=4294967296"]);
+}
+
+#[test]
 fn output_writes_the_file_atomically_and_nothing_on_stdout() {
     let dir = scratch("output");
     let file = dir.join("reports.json");

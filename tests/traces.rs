@@ -350,7 +350,10 @@ fn version_1_traces_still_read_with_a_warning() -> Result<(), TraceError> {
     assert_eq!(v2.warning(), None);
     assert_eq!(v1.records(0)?, v2.records(0)?);
     let without_blocks = |r: &Reader| {
-        r.streams.iter().map(|s| compact::StreamInfo { blocks: vec![], ..s.clone() }).collect::<Vec<_>>()
+        r.streams
+            .iter()
+            .map(|s| compact::StreamInfo { blocks: vec![], ..s.clone() })
+            .collect::<Vec<_>>()
     };
     assert_eq!(without_blocks(&v1), without_blocks(&v2), "blocks start after the larger header");
     // Converting the old file writes the current version, and says what it read.

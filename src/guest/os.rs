@@ -20,6 +20,7 @@ use super::config::KernelConfig;
 use super::frames::FrameAllocator;
 use super::policy::{Flushes, TlbPolicy};
 use super::process::{Layout, Mm, Pid, Process, Vma};
+use crate::stats::Charge;
 
 /// How the kernel resolved a page fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -305,9 +306,14 @@ impl<S: Scheme> Os<S> {
         )))
     }
 
+    /// Charges `cycles` of guest-kernel work.
+    pub(super) fn charge_kernel(&mut self, cycles: u64) {
+        self.machine.platform.stats.cycles.guest_kernel.charge(cycles);
+    }
+
     /// Kernel entry: its cost and its own accesses (to the current kernel stack).
     pub(super) fn kernel_entry(&mut self, cycles: u64) -> Result<(), OsError> {
-        self.machine.platform.stats.cycles.guest_kernel += cycles;
+        self.charge_kernel(cycles);
         let Some(stack) = self.current.and_then(|p| self.procs.get(&p)).map(|p| p.kernel_stack)
         else {
             return Ok(());
@@ -419,12 +425,12 @@ impl<S: Scheme> Os<S> {
         let dst = p.back(new)?.ok_or_else(|| internal(format!("{new:?} outside guest memory")))?;
         if old == self.zero_frame {
             p.host.zero_frame(dst);
-            p.stats.cycles.guest_kernel += costs.page_zero;
+            p.stats.cycles.guest_kernel.charge(costs.page_zero);
         } else {
             let src =
                 p.back(old)?.ok_or_else(|| internal(format!("{old:?} outside guest memory")))?;
             p.host.copy_frame(src, dst);
-            p.stats.cycles.guest_kernel += costs.page_copy;
+            p.stats.cycles.guest_kernel.charge(costs.page_copy);
         }
         self.machine.scheme.guest_frame_written(&mut self.machine.platform, new)?;
         self.update_leaf(root, page, |_| {
@@ -463,7 +469,7 @@ impl<S: Scheme> Os<S> {
         if let Some(hfn) = p.back(gfn)? {
             p.host.zero_frame(hfn);
         }
-        p.stats.cycles.guest_kernel += p.costs.page_zero;
+        p.stats.cycles.guest_kernel.charge(p.costs.page_zero);
         self.machine.scheme.guest_frame_written(&mut self.machine.platform, gfn)?;
         Ok(gfn)
     }
@@ -485,8 +491,7 @@ impl<S: Scheme> Os<S> {
         if let Some(e) = store.error.take() {
             return Err(e.into());
         }
-        self.machine.platform.stats.cycles.guest_kernel +=
-            tables * self.machine.platform.costs.page_zero;
+        self.charge_kernel(tables * self.machine.platform.costs.page_zero);
         result.map_err(|e| match e {
             MapError::Memory(m) => OsError::from(m),
             other => internal(format!("mapping {va}: {other}")),

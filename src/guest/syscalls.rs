@@ -9,6 +9,7 @@ use crate::paging::{Decoded, Perms};
 
 use super::os::{internal, Os, OsError};
 use super::process::{Mm, Pid, Process, Vma, TEXT_PAGES};
+use crate::stats::Charge;
 
 /// Entries per 4 KiB table.
 const ENTRIES: u64 = 512;
@@ -18,8 +19,7 @@ impl<S: Scheme> Os<S> {
     /// Creates a process with a fresh address space (text and stack VMAs) and queues it. The
     /// first process created also becomes the running one.
     pub fn spawn(&mut self) -> Result<Pid, OsError> {
-        self.machine.platform.stats.cycles.guest_kernel +=
-            self.machine.platform.costs.process_create;
+        self.charge_kernel(self.machine.platform.costs.process_create);
         let mm = self.new_mm_with_image()?;
         let pid = self.add_process(mm)?;
         if self.current.is_none() {
@@ -44,8 +44,7 @@ impl<S: Scheme> Os<S> {
             }
             mm.insert(*v);
         }
-        self.machine.platform.stats.cycles.guest_kernel +=
-            self.machine.platform.costs.process_create;
+        self.charge_kernel(self.machine.platform.costs.process_create);
         let pid = self.add_process(mm)?;
         if self.current.is_none() {
             self.switch_to(pid)?;
@@ -276,7 +275,7 @@ impl<S: Scheme> Os<S> {
                 return Err(internal(format!("migrate_page: frames outside guest memory at {va}")));
             };
             p.host.copy_frame(src, dst);
-            p.stats.cycles.guest_kernel += p.costs.page_copy;
+            p.stats.cycles.guest_kernel.charge(p.costs.page_copy);
             self.machine.scheme.guest_frame_written(&mut self.machine.platform, new)?;
             self.update_leaf(&root, page, |_| {
                 fmt.encode_leaf(new.addr().as_u64(), Level::L0, attrs)
@@ -293,8 +292,7 @@ impl<S: Scheme> Os<S> {
     /// copy-on-write in both (write-protected with stores, then `flush_tlb_mm` of the parent).
     pub fn fork(&mut self, parent: Pid) -> Result<Pid, OsError> {
         self.syscall()?;
-        self.machine.platform.stats.cycles.guest_kernel +=
-            self.machine.platform.costs.process_create;
+        self.charge_kernel(self.machine.platform.costs.process_create);
         let (vmas, brk, proot, asid) = {
             let p = self.running(parent)?;
             (p.mm.vmas.clone(), p.mm.brk, p.mm.root, p.mm.asid.unwrap_or_default())
@@ -364,8 +362,7 @@ impl<S: Scheme> Os<S> {
     /// `execve()`: a fresh address space replaces the old one, which is then torn down.
     pub fn exec(&mut self, pid: Pid) -> Result<(), OsError> {
         self.syscall()?;
-        self.machine.platform.stats.cycles.guest_kernel +=
-            self.machine.platform.costs.process_create;
+        self.charge_kernel(self.machine.platform.costs.process_create);
         self.running(pid)?;
         let mm = self.new_mm_with_image()?;
         let old = match self.procs.get_mut(&pid) {

@@ -24,6 +24,7 @@ use crate::machine::{HostTableStore, Platform, Scheme, SimError, Stop};
 use crate::mmu::Combined;
 use crate::paging::mapper::MapError;
 use crate::paging::{Access, FaultKind, FlatTable, LeafAttrs, NestedTable, Perms, Stage};
+use crate::stats::Charge;
 use crate::stats::ExitCause;
 
 /// Options of the flat-nested scheme.
@@ -86,7 +87,7 @@ impl FlatNestedMap {
     /// `gfn` is outside guest memory.
     pub fn nested_fault(&mut self, p: &mut Platform, gfn: Gfn) -> Result<bool, SimError> {
         p.stats.exit(ExitCause::NestedFault);
-        p.stats.cycles.vm_exit += p.costs.vm_exit + p.costs.hv_per_entry;
+        p.stats.cycles.vm_exit.charge(p.costs.vm_exit + p.costs.hv_per_entry);
         self.map(p, gfn)
     }
 

@@ -50,6 +50,7 @@ use crate::mmu::flush::{AsidScope, TlbScope};
 use crate::mmu::{FlushOp, TranslationFault};
 use crate::paging::walk::{walk, NoWalkCache, PageTable, WalkError, WalkFault};
 use crate::paging::{Access, AdPolicy, Decoded, FaultKind, Leaf, Perms, Privilege};
+use crate::stats::Charge;
 
 /// Most regions `hspt-private` accepts.
 pub const MAX_REGIONS: u64 = 4096;
@@ -289,7 +290,7 @@ impl Hspt {
         let result = walk(root, gva, access, &regime, &mut mem, &mut NoWalkCache);
         let path = mem.path;
         let work = u64::from(path.reads + path.writes);
-        p.stats.cycles.emulator += p.costs.emu_walk_per_entry * work;
+        p.stats.cycles.emulator.charge(p.costs.emu_walk_per_entry * work);
         Ok(match result {
             Ok(leaf) => GuestWalk::Leaf { leaf, path },
             Err(WalkError::Fault(fault)) => GuestWalk::Fault { fault },
@@ -334,7 +335,7 @@ impl Hspt {
         let edit = self.host.map(&mut p.host, hva, leaf.base, leaf.size, leaf.perms)?;
         after_edit(&mut p.mmu, edit);
         self.stats.maps += 1;
-        p.stats.cycles.emulator += p.costs.host_mmap;
+        p.stats.cycles.emulator.charge(p.costs.host_mmap);
         Ok(())
     }
 
@@ -348,7 +349,7 @@ impl Hspt {
         access: Access,
     ) -> Result<(), Stop> {
         self.stats.host_faults += 1;
-        p.stats.cycles.emulator += p.costs.host_signal;
+        p.stats.cycles.emulator.charge(p.costs.host_signal);
         let root = p.current_root()?;
         let format = root.table.format();
         let guest_fault = |this: &mut Self, p: &mut Platform, fault: TranslationFault| {
@@ -393,7 +394,7 @@ impl Hspt {
         after_edit(&mut p.mmu, edit);
         self.stats.region_wipes += 1;
         self.stats.mprotects += 1;
-        p.stats.cycles.emulator += p.costs.host_mprotect + p.costs.hv_per_entry * mapped;
+        p.stats.cycles.emulator.charge(p.costs.host_mprotect + p.costs.hv_per_entry * mapped);
         let scope = match self.org {
             // One region serves every ASID.
             Organization::Shared | Organization::Prefill => AsidScope::All,
@@ -548,7 +549,7 @@ impl Scheme for Hspt {
                     let hva = self.host.hva(r, va);
                     if let Some(edit) = self.host.unmap(&mut p.host, hva) {
                         self.stats.mprotects += 1;
-                        p.stats.cycles.emulator += p.costs.host_mprotect;
+                        p.stats.cycles.emulator.charge(p.costs.host_mprotect);
                         after_edit(&mut p.mmu, edit);
                     }
                 }

@@ -11,6 +11,7 @@ use crate::paging::flat::NestedTable;
 use crate::paging::mapper::{self, MapError};
 use crate::paging::walk::PageTable;
 use crate::paging::{Access, FaultKind, LeafAttrs, Perms, Stage};
+use crate::stats::Charge;
 use crate::stats::ExitCause;
 
 /// Who performs the two-dimensional walk on a TLB miss.
@@ -156,7 +157,7 @@ impl Nested {
         }
         p.stats.exit(ExitCause::NestedFault);
         let levels = u64::from(self.table.format().levels);
-        p.stats.cycles.vm_exit += p.costs.vm_exit + p.costs.hv_per_entry * levels;
+        p.stats.cycles.vm_exit.charge(p.costs.vm_exit + p.costs.hv_per_entry * levels);
         self.map(p, gfn)
     }
 

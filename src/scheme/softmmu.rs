@@ -47,6 +47,7 @@ use crate::mmu::tlb::{Geometry, TlbConfig};
 use crate::mmu::{FlushOp, Mmu, MmuConfig, TranslationFault};
 use crate::paging::walk::{WalkError, WalkFault};
 use crate::paging::{Access, AccessKind, FaultKind, Perms, Privilege};
+use crate::stats::Charge;
 
 /// log2 of a backing chunk's bytes.
 const CHUNK_SHIFT: u32 = CHUNK_SIZE.shift();
@@ -211,9 +212,12 @@ impl Scheme for Softmmu {
         let result =
             p.mmu.walk_native(&mut p.host, &mut p.guest_mem, &root.table, &regime, gva, access);
         let lat = p.costs.pt_latency();
-        p.stats.cycles.walk += p.mmu.account_walk(&lat);
+        p.stats.cycles.walk.charge(p.mmu.account_walk(&lat));
         let entries = p.mmu.trace.total() as u64;
-        p.stats.cycles.emulator += p.costs.soft_tlb_refill + p.costs.emu_walk_per_entry * entries;
+        p.stats
+            .cycles
+            .emulator
+            .charge(p.costs.soft_tlb_refill + p.costs.emu_walk_per_entry * entries);
         let fault = |kind| {
             let f = WalkFault {
                 kind,
@@ -272,7 +276,7 @@ impl Scheme for Softmmu {
         if self.host_mmu.lookup_l1(key, host_access).is_some() {
             return Ok(());
         }
-        p.stats.cycles.tlb += p.costs.tlb_l2_hit;
+        p.stats.cycles.tlb.charge(p.costs.tlb_l2_hit);
         if self.host_mmu.lookup_l2(key, host_access).is_some() {
             return Ok(());
         }
@@ -280,7 +284,7 @@ impl Scheme for Softmmu {
         let lat = p.costs.pt_latency();
         for _ in 0..2 {
             let walked = self.host.walk(&mut self.host_mmu, &mut p.host, hva, host_access);
-            p.stats.cycles.walk += self.host_mmu.account_walk(&lat);
+            p.stats.cycles.walk.charge(self.host_mmu.account_walk(&lat));
             if let Ok(leaf) = walked {
                 let allow = self.host.allow(leaf.perms);
                 self.host_mmu.fill(key, leaf.size, leaf.base, false, allow);

@@ -88,9 +88,10 @@ pub fn implausible(head: &[u8]) -> Option<String> {
             return Some(format!("record {i} at byte {at}: instruction pointer {ip:#x}"));
         }
         let layout = Variant::Input.layout();
-        for slot in (0..layout.stores.1).map(|k| layout.stores.0 + 8 * k).chain(
-            (0..layout.loads.1).map(|k| layout.loads.0 + 8 * k),
-        ) {
+        for slot in (0..layout.stores.1)
+            .map(|k| layout.stores.0 + 8 * k)
+            .chain((0..layout.loads.1).map(|k| layout.loads.0 + 8 * k))
+        {
             let addr = u64_at(rec, slot);
             if !canonical57(addr) {
                 return Some(format!(

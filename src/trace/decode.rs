@@ -181,7 +181,11 @@ impl Reader {
         let mut batch = Vec::new();
         for (s, info) in self.streams.iter().enumerate() {
             let claim = |detail: String| {
-                format(&self.name, self.header.dir_offset, format!("directory: stream {s}: {detail}"))
+                format(
+                    &self.name,
+                    self.header.dir_offset,
+                    format!("directory: stream {s}: {detail}"),
+                )
             };
             let mut check = ClaimCheck::new(info).map_err(claim)?;
             let mut dec = self.stream(s, 0, u64::MAX)?;
@@ -226,8 +230,13 @@ impl<'a> ClaimCheck<'a> {
         let mut first = Vec::with_capacity(info.footprint.len());
         let mut at = 0u64;
         for r in &info.footprint {
-            if r.flags == 0 || r.flags & !(PageFlags::READ | PageFlags::WRITE | PageFlags::EXEC) != 0 {
-                return Err(format!("footprint run at page {:#x} has flags {:#x}", r.start, r.flags));
+            if r.flags == 0
+                || r.flags & !(PageFlags::READ | PageFlags::WRITE | PageFlags::EXEC) != 0
+            {
+                return Err(format!(
+                    "footprint run at page {:#x} has flags {:#x}",
+                    r.start, r.flags
+                ));
             }
             first.push(at);
             at += r.pages;
@@ -254,7 +263,8 @@ impl<'a> ClaimCheck<'a> {
         let (first, last) = r.pages();
         for page in first..=last {
             let runs = &self.info.footprint;
-            let inside = |i: usize| runs.get(i).is_some_and(|x| page >= x.start && page - x.start < x.pages);
+            let inside =
+                |i: usize| runs.get(i).is_some_and(|x| page >= x.start && page - x.start < x.pages);
             if !inside(self.run) {
                 let i = runs.partition_point(|x| x.start <= page).saturating_sub(1);
                 if !inside(i) {
@@ -322,11 +332,12 @@ impl<'a> ClaimCheck<'a> {
 
 /// `read+write`-style names of footprint flags.
 fn flag_names(flags: u8) -> String {
-    let names: Vec<&str> = [(PageFlags::READ, "read"), (PageFlags::WRITE, "written"), (PageFlags::EXEC, "fetched")]
-        .iter()
-        .filter(|(f, _)| flags & f != 0)
-        .map(|&(_, n)| n)
-        .collect();
+    let names: Vec<&str> =
+        [(PageFlags::READ, "read"), (PageFlags::WRITE, "written"), (PageFlags::EXEC, "fetched")]
+            .iter()
+            .filter(|(f, _)| flags & f != 0)
+            .map(|&(_, n)| n)
+            .collect();
     if names.is_empty() {
         "untouched".to_owned()
     } else {
@@ -890,7 +901,10 @@ mod tests {
             let h = Header { addr_bits: bits, ..r.header };
             let forged = with_directory(&bytes, &h, &r.streams);
             let e = Reader::from_bytes("t.mvt".into(), forged).err().map(|e| e.to_string());
-            assert!(e.as_ref().is_some_and(|e| e.contains("byte 11: address width")), "{bits}: {e:?}");
+            assert!(
+                e.as_ref().is_some_and(|e| e.contains("byte 11: address width")),
+                "{bits}: {e:?}"
+            );
         }
         assert_eq!(r.header.addr_bits, 47);
         Ok(())

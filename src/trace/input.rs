@@ -272,7 +272,8 @@ pub fn read_input(
         offset: 0,
         source,
     })?;
-    let refuse = |detail: String| TraceError::Format { file: input.name.clone(), offset: 0, detail };
+    let refuse =
+        |detail: String| TraceError::Format { file: input.name.clone(), offset: 0, detail };
     if head.is_empty() {
         return Err(refuse("empty input: no trace data".into()));
     }
@@ -345,7 +346,9 @@ pub fn is_plain_compact(path: &Path, opts: ReadOptions) -> Result<bool, TraceErr
     }
     match opts.format {
         InputFormat::Memvirt => return Ok(true),
-        InputFormat::Auto if InputFormat::for_path(path) == InputFormat::Memvirt => return Ok(true),
+        InputFormat::Auto if InputFormat::for_path(path) == InputFormat::Memvirt => {
+            return Ok(true)
+        }
         InputFormat::Auto => {}
         _ => return Ok(false),
     }

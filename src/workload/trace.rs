@@ -127,7 +127,11 @@ impl TraceSet {
                 ));
                 let summary = trace::convert(path, &tmp, opts, trace::compact::DEFAULT_LEVEL)?;
                 let temp = TempFile(tmp);
-                (Reader::open(&temp.0, trace::Compression::None)?, Some(temp), summary.read.warnings)
+                (
+                    Reader::open(&temp.0, trace::Compression::None)?,
+                    Some(temp),
+                    summary.read.warnings,
+                )
             };
             if reader.header.records == 0 {
                 return Err(TraceError::Format {
@@ -580,8 +584,8 @@ mod tests {
     }
 
     #[test]
-    fn a_process_killed_by_a_lying_footprint_fails_the_run() -> Result<(), Box<dyn std::error::Error>>
-    {
+    fn a_process_killed_by_a_lying_footprint_fails_the_run(
+    ) -> Result<(), Box<dyn std::error::Error>> {
         use crate::trace::compact::{with_directory, Writer};
         use crate::trace::{RecordSink, Source, StreamMeta};
         // Two pages loaded; the directory (checksums intact) forgets the second. Unvalidated,

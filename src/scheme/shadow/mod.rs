@@ -33,6 +33,7 @@ use crate::mmu::{FlushOp, TranslationFault};
 use crate::paging::flat::NestedTable;
 use crate::paging::walk::{walk, NoWalkCache, WalkError};
 use crate::paging::{Access, AccessKind, AdPolicy, FaultKind, Perms, Regime, Stage};
+use crate::stats::Charge;
 use crate::stats::{ExitCause, TrapCause};
 
 /// Counters of the shadow schemes, reported under `scheme_counters`.
@@ -140,14 +141,14 @@ impl Shadow {
 
     fn exit(p: &mut Platform, cause: ExitCause, entries: u64) {
         p.stats.exit(cause);
-        p.stats.cycles.vm_exit += p.costs.vm_exit + p.costs.hv_per_entry * entries;
+        p.stats.cycles.vm_exit.charge(p.costs.vm_exit + p.costs.hv_per_entry * entries);
     }
 
     /// A hardware-mode trap; its handler's entry work is charged at the same per-entry cost as
     /// the hypervisor's (assumption).
     fn trap(p: &mut Platform, cause: TrapCause, entries: u64) {
         p.stats.trap(cause);
-        p.stats.cycles.hw_trap += p.costs.hw_trap + p.costs.hv_per_entry * entries;
+        p.stats.cycles.hw_trap.charge(p.costs.hw_trap + p.costs.hv_per_entry * entries);
     }
 
     /// Cached walk pointers may lead into shadow pages that changed or were freed: drop them.
@@ -312,7 +313,7 @@ impl Shadow {
         // entry is a refill handler's (`costs.refill_per_entry`).
         let reads = p.mmu.trace.total() as u64;
         let latency = p.costs.pt_latency();
-        p.stats.cycles.walk += p.mmu.account_walk(&latency);
+        p.stats.cycles.walk.charge(p.mmu.account_walk(&latency));
         let handler = p.costs.refill_per_entry * reads;
         match walked {
             Ok(c) => {
@@ -330,7 +331,7 @@ impl Shadow {
                 });
                 let Some(shadow) = shadow.filter(|_| fits) else {
                     // The attempt's cycles are paid; the fault is counted where it is handled.
-                    p.stats.cycles.hw_trap += p.costs.hw_trap + handler;
+                    p.stats.cycles.hw_trap.charge(p.costs.hw_trap + handler);
                     self.stats.hw_forwarded += 1;
                     return Ok(HwFill::Forward);
                 };
@@ -338,12 +339,13 @@ impl Shadow {
                 self.after_edit(p, edit);
                 self.stats.hw_fills += 1;
                 p.stats.trap(TrapCause::LeafFill);
-                p.stats.cycles.hw_trap +=
-                    p.costs.hw_trap + handler + p.costs.refill_per_entry * Self::work(edit);
+                p.stats.cycles.hw_trap.charge(
+                    p.costs.hw_trap + handler + p.costs.refill_per_entry * Self::work(edit),
+                );
                 Ok(HwFill::Filled)
             }
             Err(f) if f.stage == Stage::Nested && f.kind == FaultKind::NotPresent => {
-                p.stats.cycles.hw_trap += p.costs.hw_trap + handler;
+                p.stats.cycles.hw_trap.charge(p.costs.hw_trap + handler);
                 let gpa = f.gpa.unwrap_or(Gpa::ZERO);
                 Ok(if nested.nested_fault(p, gpa.page())? {
                     HwFill::Retry
@@ -358,7 +360,7 @@ impl Shadow {
             Err(f) => {
                 self.stats.hw_guest_faults += 1;
                 p.stats.trap(TrapCause::GuestFault);
-                p.stats.cycles.hw_trap += p.costs.hw_trap + handler;
+                p.stats.cycles.hw_trap.charge(p.costs.hw_trap + handler);
                 p.stats.guest_faults += 1;
                 Err(Stop::GuestFault(f))
             }
@@ -694,7 +696,7 @@ impl Scheme for Shadow {
         let Some(scope) = op.effect(p.mmu.vmid, p.mmu.asid).tlb else { return Ok(()) };
         let (at, work) = self.handle_flush(p, scope)?;
         if part_of_switch {
-            p.stats.cycles.vm_exit += p.costs.hv_per_entry * work;
+            p.stats.cycles.vm_exit.charge(p.costs.hv_per_entry * work);
         } else {
             match at {
                 HandlerAt::Hypervisor => Self::exit(p, ExitCause::Flush, work),

@@ -42,6 +42,7 @@ use crate::addr::{Gfn, Gpa, Gva, Hpa};
 use crate::machine::{Platform, Scheme, SimError, Stop};
 use crate::paging::walk::WalkRef;
 use crate::paging::{Access, FlatTable};
+use crate::stats::Charge;
 
 /// Counters of `spec-shadow`, reported under `scheme_counters`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -125,16 +126,16 @@ impl Scheme for SpecShadow {
         // 1. One probe, always on the critical path.
         self.probe.clear();
         self.probe.extend(self.inverted.probe_refs(self.inverted.set_of(key)));
-        p.stats.cycles.walk += p.mmu.account_refs(&self.probe, &latency);
+        p.stats.cycles.walk.charge(p.mmu.account_refs(&self.probe, &latency));
         self.stats.probes += 1;
         let found = self.inverted.lookup(&p.host, key);
         let speculated = found.map(|(_, s)| s).filter(|s| Self::permits(p, s, access));
         self.stats.hits += u64::from(speculated.is_some());
 
         // 2. The verifying walk (retried after nested faults); its cycles are charged below.
-        let (mut walk_cycles, mut reads) = (0, 0);
+        let (mut walk_cycles, mut reads) = (0u64, 0);
         let verified = self.flat.walk(p, gva, access, |p| {
-            walk_cycles += p.mmu.account_walk(&latency);
+            walk_cycles.charge(p.mmu.account_walk(&latency));
             reads += p.mmu.trace.reads() as u64;
         });
         self.stats.verification_reads += reads;
@@ -147,13 +148,13 @@ impl Scheme for SpecShadow {
         };
         if wrong {
             self.stats.mis_speculations += 1;
-            self.stats.squash_cycles += self.opts.squash_penalty;
-            p.stats.cycles.walk += self.opts.squash_penalty;
+            self.stats.squash_cycles.charge(self.opts.squash_penalty);
+            p.stats.cycles.walk.charge(self.opts.squash_penalty);
         }
         if speculated.is_none() || wrong || self.opts.expose_verification {
-            p.stats.cycles.walk += walk_cycles;
+            p.stats.cycles.walk.charge(walk_cycles);
         } else {
-            self.stats.hidden_verification_cycles += walk_cycles;
+            self.stats.hidden_verification_cycles.charge(walk_cycles);
         }
 
         // 4. Commit only the verified translation.

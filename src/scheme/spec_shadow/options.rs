@@ -109,6 +109,13 @@ impl SpecShadowOptions {
                 self.entries, self.ways, self.ways
             ));
         }
+        if self.squash_penalty > crate::cost::MAX_COST {
+            return bad(format!(
+                "scheme.squash_penalty = {} is more than the largest cost, {} cycles (2^32)",
+                self.squash_penalty,
+                crate::cost::MAX_COST
+            ));
+        }
         Ok(())
     }
 
