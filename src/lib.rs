@@ -28,6 +28,7 @@ pub mod machine;
 pub mod mem;
 pub mod mmu;
 pub mod oracle;
+pub mod outfile;
 pub mod output;
 pub mod paging;
 pub mod plot;

@@ -6,7 +6,6 @@
 //! keep clap's exit code 2.
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,6 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use memvirt::config;
+use memvirt::outfile;
 use memvirt::output::{self, BenchRow, Format};
 use memvirt::profile::{self, Profile};
 use memvirt::report::Report;
@@ -109,6 +109,18 @@ struct MachineArgs {
     /// scheme and both translations. JSON reports gain `oracle` counts. Slows runs down.
     #[arg(long)]
     verify: bool,
+}
+
+impl MachineArgs {
+    /// Files this command reads (the profile, when it is a file), which no output may replace.
+    fn inputs(&self) -> Vec<&Path> {
+        let profile = Path::new(&self.profile);
+        if profile.is_file() {
+            vec![profile]
+        } else {
+            vec![]
+        }
+    }
 }
 
 /// Where and how results go.
@@ -205,11 +217,29 @@ struct SweepArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(&e),
+    };
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("memvirt: error: {}", chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints clap's help, version or usage error; help that cannot be written (`--help >
+/// /dev/full`) is a failure, not a silent success.
+fn usage(e: &clap::Error) -> ExitCode {
+    let printed = e.print().and_then(|()| std::io::stdout().flush());
+    match printed {
+        Ok(()) if e.exit_code() == 0 => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2)),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("memvirt: error: cannot write to standard output: {err}");
             ExitCode::FAILURE
         }
     }
@@ -460,7 +490,7 @@ fn run_one(args: &RunArgs) -> Result<()> {
     }
     args.trace.check_unused()?;
     let Some(workload) = args.workload else { bail!("run needs --workload or --trace") };
-    check_output(&args.out)?;
+    check_output(&args.out, &args.machine.inputs())?;
     let setup = Setup::new(&args.machine, &[args.scheme], &[workload])?;
     let spec = setup.spec(args.scheme, workload, true);
     let runs = if args.scheme == SchemeKind::Native { 1 } else { 2 };
@@ -504,7 +534,7 @@ fn compare(args: &CompareArgs) -> Result<()> {
         return trace_cmd::run_traces(m, &schemes, t, out, "compare");
     }
     args.trace.check_unused()?;
-    check_output(&args.out)?;
+    check_output(&args.out, &args.machine.inputs())?;
     let workloads = selected(&args.workloads, &WorkloadKind::DEFAULT_MIX);
     let setup = Setup::new(&args.machine, &schemes, &workloads)?;
     let per_workload = schemes.len() + usize::from(!schemes.contains(&SchemeKind::Native));
@@ -523,7 +553,7 @@ fn compare(args: &CompareArgs) -> Result<()> {
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {
-    check_output(&args.out)?;
+    check_output(&args.out, &args.machine.inputs())?;
     let schemes = selected(&args.schemes, &[SchemeKind::Native, SchemeKind::Nested]);
     let workloads = selected(&args.workloads, &WorkloadKind::ALL);
     let setup = Setup::new(&args.machine, &schemes, &workloads)?;
@@ -593,24 +623,11 @@ fn write_reports(reports: &[Report], out: &OutputArgs, title: &str) -> Result<()
 // ---------------------------------------------------------------------------------------------
 // output
 
-/// Fails early, before any simulation, if `--output`'s directory does not exist.
-fn check_output(out: &OutputArgs) -> Result<()> {
+/// Fails early, before any simulation, if `--output` cannot be written or is one of `inputs`
+/// (see [`memvirt::outfile::check`]).
+fn check_output(out: &OutputArgs, inputs: &[&Path]) -> Result<()> {
     let Some(path) = &out.output else { return Ok(()) };
-    let dir = parent_dir(path);
-    if !dir.is_dir() {
-        bail!("cannot write {}: directory {} does not exist", path.display(), dir.display());
-    }
-    if path.is_dir() || path.file_name().is_none() {
-        bail!("cannot write {}: not a file name (a directory?)", path.display());
-    }
-    Ok(())
-}
-
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
+    Ok(outfile::check(path, inputs)?)
 }
 
 /// Writes `text` to `path`, or to standard output when there is none.
@@ -628,27 +645,9 @@ fn emit(text: &str, path: Option<&Path>) -> Result<()> {
     }
 }
 
-/// Writes a temporary file beside `path` and renames it over `path`, so a failure never leaves
-/// a truncated file nor destroys an existing one.
+/// Writes `text` whole to `path` or not at all (see [`memvirt::outfile::write_atomically`]).
 fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("cannot write {}: not a file name", path.display()))?;
-    let tmp =
-        parent_dir(path).join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-    let fail = || format!("cannot write {}", path.display());
-    let mut file =
-        fs::OpenOptions::new().write(true).create_new(true).open(&tmp).with_context(fail)?;
-    let written = file
-        .write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .and_then(|()| fs::rename(&tmp, path));
-    if let Err(e) = written {
-        // Best effort: the temporary file is ours and incomplete.
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(fail);
-    }
-    Ok(())
+    Ok(outfile::write_atomically(path, text.as_bytes())?)
 }
 
 // ---------------------------------------------------------------------------------------------

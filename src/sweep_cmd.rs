@@ -8,16 +8,16 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use memvirt::output::{self, Format};
+use memvirt::output;
 use memvirt::plot;
 use memvirt::scheme::SchemeKind;
 use memvirt::sweep::{self, SweepSpec};
 use memvirt::workload::WorkloadKind;
 
 use super::{
-    check_output, emit, has_param, selected, write_atomically, OutputArgs, Progress, Setup,
-    SweepArgs,
+    check_output, emit, has_param, selected, write_atomically, Progress, Setup, SweepArgs,
 };
+use memvirt::outfile;
 
 /// What `--lsp-micro` stands for.
 const LSP_MICRO_VARY: &str = "workload.modify_ratio=0:1:0.1";
@@ -25,11 +25,14 @@ const LSP_MICRO_SCHEMES: [SchemeKind; 5] =
     [SchemeKind::Tsp, SchemeKind::TspUnsync, SchemeKind::Ssp, SchemeKind::Lsp, SchemeKind::Rvirt];
 
 pub(super) fn sweep(args: &SweepArgs) -> Result<()> {
-    check_output(&args.out)?;
+    let inputs = args.machine.inputs();
+    check_output(&args.out, &inputs)?;
     if let Some(svg) = &args.svg {
+        if args.out.output.as_ref().is_some_and(|o| o == svg) {
+            bail!("--svg and --output both name {}: give each its own file", svg.display());
+        }
         // The same early check as --output's.
-        check_output(&OutputArgs { format: Format::Table, output: Some(svg.clone()) })
-            .context("--svg")?;
+        outfile::check(svg, &inputs).context("--svg")?;
     }
     let (workload, vary, default_schemes) = if args.lsp_micro {
         (WorkloadKind::LspMicro, LSP_MICRO_VARY, &LSP_MICRO_SCHEMES[..])

@@ -177,6 +177,7 @@ pub(super) fn warn(warnings: &[String]) {
 }
 
 fn convert(a: &ConvertArgs) -> Result<()> {
+    memvirt::outfile::check(&a.output, &[])?;
     let start = Instant::now();
     let s = trace::convert(&a.input, &a.output, a.read.options(), a.level)?;
     warn(&s.read.warnings);
@@ -387,10 +388,8 @@ pub(super) fn record(a: &RecordArgs) -> Result<()> {
             PathBuf::from(name)
         }
     };
-    check_output(&OutputArgs {
-        format: memvirt::output::Format::Table,
-        output: Some(output.clone()),
-    })?;
+    let program = a.command.first().map(Path::new);
+    memvirt::outfile::check(&output, &program.into_iter().collect::<Vec<_>>())?;
     let opts = RecordOptions {
         output: output.clone(),
         fetches: a.fetches,
@@ -429,7 +428,9 @@ pub(super) fn run_traces(
     out: &OutputArgs,
     command: &str,
 ) -> Result<()> {
-    check_output(out)?;
+    let mut inputs = machine.inputs();
+    inputs.extend(t.traces.iter().map(PathBuf::as_path));
+    check_output(out, &inputs)?;
     let setup = Setup::new(machine, schemes, &[])?;
     let mut sets = setup.workload_sets.clone();
     for (key, v) in [("skip", t.skip), ("limit", t.limit)] {

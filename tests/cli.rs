@@ -10,6 +10,8 @@ use serde_json::Value;
 
 /// Small enough that a run takes milliseconds, large enough to fault, walk and exit.
 const SMALL_PAGES: &str = "workload.pages=200";
+/// The flag before [`SMALL_PAGES`].
+const SMALL_PAGES_SET: &str = "--set";
 
 fn memvirt(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_memvirt")).args(args).output().expect("the binary runs")
@@ -281,6 +283,72 @@ fn output_into_a_missing_directory_fails_naming_it_and_leaves_nothing() {
     args.extend(["--format", "csv", "--output", &path]);
     fails(&args, &[&path]);
     assert!(entries(&dir).is_empty(), "{:?}", entries(&dir));
+}
+
+#[test]
+fn an_output_that_is_a_link_fifo_device_or_input_is_refused_before_the_run() {
+    let dir = scratch("output-kinds");
+    let target = dir.join("target.json");
+    std::fs::write(&target, "precious").expect("seed the file");
+    let link = dir.join("link.json");
+    std::os::unix::fs::symlink(&target, &link).expect("a symbolic link");
+    let fifo = dir.join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+    assert!(made.success());
+    let run = |out: &Path| {
+        let out = out.to_string_lossy().into_owned();
+        ["run", "--scheme", "native", "--workload", "stream", SMALL_PAGES_SET, SMALL_PAGES]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(["--output".to_owned(), out])
+            .collect::<Vec<_>>()
+    };
+    let args = run(&link);
+    fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["link.json", "symbolic link"]);
+    assert!(std::fs::symlink_metadata(&link).expect("the link").file_type().is_symlink());
+    let args = run(&fifo);
+    fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["fifo", "not a regular file"]);
+    let args = run(Path::new("/dev/null"));
+    fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["/dev/null", "regular file"]);
+    // /proc takes no new files even for root: the run must not start.
+    let args = run(Path::new("/proc/memvirt-report.json"));
+    fails(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["/proc", "does not take new files"],
+    );
+    // A profile file given as the output would be replaced by the report.
+    let profile = dir.join("p.toml");
+    std::fs::write(&profile, "base = \"x86-64\"\n").expect("a profile");
+    let p = profile.to_string_lossy().into_owned();
+    fails(
+        &["run", "--scheme", "native", "--workload", "stream", "--profile", &p, "--output", &p],
+        &["p.toml", "also an input"],
+    );
+    assert_eq!(std::fs::read_to_string(&target).ok().as_deref(), Some("precious"));
+    let svg = dir.join("same").to_string_lossy().into_owned();
+    fails(
+        &["sweep", "--workload", "stream", "--vary", "workload.pages=8,16", "--schemes", "native"]
+            .into_iter()
+            .chain(["--output", &svg, "--svg", &svg])
+            .collect::<Vec<_>>(),
+        &["--svg and --output"],
+    );
+}
+
+#[test]
+fn help_and_version_that_cannot_be_written_fail() {
+    for args in [&["--help"][..], &["--version"], &["run", "--help"]] {
+        let full = std::fs::File::create("/dev/full").expect("/dev/full");
+        let out = Command::new(env!("CARGO_BIN_EXE_memvirt"))
+            .args(args)
+            .stdout(full)
+            .output()
+            .expect("the binary runs");
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("No space left"), "{args:?}: {}", stderr(&out));
+    }
+    let help = memvirt(&["--help"]);
+    assert!(help.status.success() && stdout(&help).contains("Usage"));
 }
 
 #[test]

@@ -334,3 +334,25 @@ fn record_a_real_program_and_replay_it_under_every_scheme_verified() {
         assert_eq!(r["workload"], "prog.mvt");
     }
 }
+
+#[test]
+fn a_report_never_replaces_the_trace_it_came_from() {
+    let dir = Dir::new("cli-output-is-input");
+    let body = b"I  0401000,3\n L 7ff000100,8\n S 7ff000200,8\n";
+    let trace = dir.file("t.lackey", body);
+    let other_name = dir.path("same-file.lackey");
+    std::fs::hard_link(&trace, &other_name).expect("a hard link");
+    for output in [&trace, &other_name] {
+        let err = fails(&memvirt(&[
+            "run",
+            "--scheme",
+            "nested",
+            "--trace",
+            p(&trace),
+            "--output",
+            p(output),
+        ]));
+        assert!(err.contains("also an input"), "{err}");
+    }
+    assert_eq!(std::fs::read(&trace).expect("the trace"), body, "the trace is intact");
+}
