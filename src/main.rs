@@ -210,6 +210,20 @@ struct SweepArgs {
     /// --metric and --set still apply).
     #[arg(long, conflicts_with_all = ["workload", "vary"])]
     lsp_micro: bool,
+    /// Where each finished point is appended as it finishes (JSON Lines), so an interrupted
+    /// sweep keeps its work; removed once the results are written [default: `OUTPUT.partial.jsonl`
+    /// beside --output, else beside --svg, else `memvirt-sweep-DIGEST.partial.jsonl` here, DIGEST
+    /// naming the sweep].
+    #[arg(long, value_name = "FILE", conflicts_with = "no_journal")]
+    journal: Option<PathBuf>,
+    /// Continue an interrupted sweep: the points its journal holds are not run again (the
+    /// journal must be of the same sweep: workload, profile, seed, --set values and key; values
+    /// and schemes may differ). Without it, an existing journal is an error.
+    #[arg(long, conflicts_with = "no_journal")]
+    resume: bool,
+    /// Keep no journal: an interrupted sweep loses every finished point.
+    #[arg(long)]
+    no_journal: bool,
     #[command(flatten)]
     machine: MachineArgs,
     #[command(flatten)]

@@ -32,7 +32,7 @@ use crate::paging::walk::PageTable;
 use crate::paging::{Access, AccessKind, AdPolicy, AllowMask, Decoded, Perms, Privilege};
 
 /// What the oracle counted, reported under `oracle` in the JSON report when `--verify` is on.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OracleCounts {
     /// Translations checked (every TLB fill).
     pub checks: u64,

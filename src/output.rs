@@ -245,11 +245,11 @@ fn cycle_categories(r: &Report) -> [(&'static str, u64); 7] {
 
 /// The CSV columns, derived from the reports: the cause columns are every cause any report
 /// names (each report names every cause, so in practice those of the first).
-fn csv_header(reports: &[Report]) -> (Vec<String>, Vec<&'static str>, Vec<&'static str>) {
-    let exits: BTreeSet<&'static str> =
-        reports.iter().flat_map(|r| r.vm_exits.by_cause.keys().copied()).collect();
-    let traps: BTreeSet<&'static str> =
-        reports.iter().flat_map(|r| r.hw_traps.by_cause.keys().copied()).collect();
+fn csv_header(reports: &[Report]) -> (Vec<String>, Vec<&str>, Vec<&str>) {
+    let exits: BTreeSet<&str> =
+        reports.iter().flat_map(|r| r.vm_exits.by_cause.keys().map(String::as_str)).collect();
+    let traps: BTreeSet<&str> =
+        reports.iter().flat_map(|r| r.hw_traps.by_cause.keys().map(String::as_str)).collect();
     let exits: Vec<_> = exits.into_iter().collect();
     let traps: Vec<_> = traps.into_iter().collect();
     let mut header: Vec<String> = [
@@ -279,7 +279,7 @@ fn report_csv(reports: &[Report]) -> String {
     let mut out = String::new();
     csv_line(&mut out, &header);
     // A cause a report lacks (none does) is an empty cell rather than an invented 0.
-    let count = |map: &std::collections::BTreeMap<&'static str, u64>, c: &str| {
+    let count = |map: &std::collections::BTreeMap<String, u64>, c: &str| {
         map.get(c).map(u64::to_string).unwrap_or_default()
     };
     for r in reports {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::mmu::MmuStats;
 use crate::oracle::OracleCounts;
@@ -11,31 +11,33 @@ use crate::stats::{Cycles, ExitCause, Stats, TrapCause};
 
 /// Counts by cause, with their total. Serializes as `{"total": n, "<cause>": n, ...}` with every
 /// cause present, so consumers never meet a missing key.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CauseCounts {
     /// Sum over causes.
     pub total: u64,
     /// Count per cause name, in report order.
     #[serde(flatten)]
-    pub by_cause: BTreeMap<&'static str, u64>,
+    pub by_cause: BTreeMap<String, u64>,
 }
 
 impl CauseCounts {
     /// VM exits by cause.
     pub fn exits(stats: &Stats) -> Self {
-        let by_cause = ExitCause::ALL.iter().map(|&c| (c.name(), stats.exits_for(c))).collect();
+        let by_cause =
+            ExitCause::ALL.iter().map(|&c| (c.name().to_owned(), stats.exits_for(c))).collect();
         CauseCounts { total: stats.total_exits(), by_cause }
     }
 
     /// Hardware-mode traps by cause.
     pub fn traps(stats: &Stats) -> Self {
-        let by_cause = TrapCause::ALL.iter().map(|&c| (c.name(), stats.traps_for(c))).collect();
+        let by_cause =
+            TrapCause::ALL.iter().map(|&c| (c.name().to_owned(), stats.traps_for(c))).collect();
         CauseCounts { total: stats.total_traps(), by_cause }
     }
 }
 
 /// TLB behaviour.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TlbReport {
     /// Hits in an L1 TLB.
     pub l1_hits: u64,
@@ -48,7 +50,7 @@ pub struct TlbReport {
 }
 
 /// Page walks and their memory references.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WalkReport {
     /// Walks performed.
     pub walks: u64,
@@ -71,11 +73,11 @@ pub struct WalkReport {
 }
 
 /// What the guest kernel did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestReport {
     /// Page faults by how the kernel resolved them (`demand_zero`, `zero_page`, `cow_copy`,
     /// `cow_reuse`, `accessed_dirty`, `spurious`, `segv`).
-    pub faults: BTreeMap<&'static str, u64>,
+    pub faults: BTreeMap<String, u64>,
     /// Leaf page-table entries the kernel wrote.
     pub leaf_pte_writes: u64,
     /// Every page-table entry store the kernel made (leaves, tables, teardown).
@@ -100,7 +102,7 @@ pub struct GuestReport {
 }
 
 /// Memory the hypervisor and the simulator used.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TablesReport {
     /// Host frames holding page-table entries (guest, nested and shadow tables).
     pub host_table_frames: u64,
@@ -109,7 +111,7 @@ pub struct TablesReport {
 }
 
 /// The report of one scheme on one workload.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// Scheme name.
     pub scheme: String,
@@ -143,7 +145,7 @@ pub struct Report {
     /// Walk behaviour.
     pub walk: WalkReport,
     /// Guest TLB-maintenance operations by kind.
-    pub flushes: BTreeMap<&'static str, u64>,
+    pub flushes: BTreeMap<String, u64>,
     /// Guest page-table-root switches.
     pub root_switches: u64,
     /// The guest kernel's counters.
@@ -151,7 +153,7 @@ pub struct Report {
     /// Table memory.
     pub tables: TablesReport,
     /// Scheme-specific counters (nested leaves, shadow pages, ...).
-    pub scheme_counters: BTreeMap<&'static str, u64>,
+    pub scheme_counters: BTreeMap<String, u64>,
     /// What the translation oracle checked; only in verified runs (`--verify`), so that the
     /// JSON of other runs is unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -223,7 +223,8 @@ fn report<S: Scheme>(
     let guest = &os.stats;
     let mut counters = BTreeMap::new();
     os.machine.scheme.counters(&mut counters);
-    let faults = FaultResolution::ALL.iter().map(|&r| (r.name(), guest.faults[r as usize]));
+    let faults =
+        FaultResolution::ALL.iter().map(|&r| (r.name().to_owned(), guest.faults[r as usize]));
     Ok(Report {
         scheme: spec.scheme.name().to_owned(),
         workload: spec.workload_name(),
@@ -249,7 +250,7 @@ fn report<S: Scheme>(
             mpka: if accesses == 0 { 0.0 } else { mmu.misses as f64 * 1000.0 / accesses as f64 },
         },
         walk: WalkReport::from_mmu(mmu),
-        flushes: stats.flushes.clone(),
+        flushes: stats.flushes.iter().map(|(&k, &v)| (k.to_owned(), v)).collect(),
         root_switches: stats.root_switches,
         guest: GuestReport {
             faults: faults.collect(),
@@ -268,7 +269,7 @@ fn report<S: Scheme>(
             host_table_frames: p.host.table_frames(),
             host_frames: p.host.frames_in_use(),
         },
-        scheme_counters: counters,
+        scheme_counters: counters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         oracle: p.oracle.as_ref().map(|o| o.counts()),
         trace,
     })

@@ -64,7 +64,7 @@ cause_enum!(
 );
 
 /// Cycles by category.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Cycles {
     /// TLB lookups.
     pub tlb: u64,

@@ -3,6 +3,7 @@
 //! and writes the chart with the same atomic helper as `--output`.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -11,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use memvirt::output;
 use memvirt::plot;
 use memvirt::scheme::SchemeKind;
-use memvirt::sweep::{self, SweepSpec};
+use memvirt::sweep::{self, Journal, SweepSpec};
 use memvirt::workload::WorkloadKind;
 
 use super::{
@@ -68,9 +69,47 @@ pub(super) fn sweep(args: &SweepArgs) -> Result<()> {
         spec.check_value(value).with_context(|| format!("--vary {}={value}", spec.key))?;
     }
 
+    let journal = match journal_path(args, &spec) {
+        None => None,
+        Some(path) => {
+            outfile::check(&path, &inputs).context("--journal")?;
+            let existed = path.exists();
+            let journal = Journal::open(&path, &spec, args.resume)?;
+            if journal.resumed() > 0 {
+                eprintln!(
+                    "memvirt: note: resuming from {}: {} finished points are not run again",
+                    path.display(),
+                    journal.resumed()
+                );
+            } else if args.resume && !existed {
+                eprintln!(
+                    "memvirt: note: no journal at {} to resume; starting afresh",
+                    path.display()
+                );
+            } else if std::io::stderr().is_terminal() {
+                eprintln!(
+                    "memvirt: note: finished points go to {} as they finish; after an \
+                     interruption, the same command with --resume runs only the rest",
+                    path.display()
+                );
+            }
+            Some(journal)
+        }
+    };
+
     let bar = RunsBar::new(format!("sweep {} on {}", spec.key, workload.name()));
-    let result = sweep::sweep(&spec, &|done, total| bar.update(done, total))?;
+    let result =
+        sweep::sweep_journaled(&spec, journal.as_ref(), &|done, total| bar.update(done, total));
     bar.finish();
+    let result = result.map_err(|e| match &journal {
+        Some(j) => anyhow!(
+            "{e}\nmemvirt: note: the {} finished points are kept in {}; the same command with \
+             --resume runs only the rest",
+            j.points(),
+            j.path().display()
+        ),
+        None => anyhow!(e),
+    })?;
 
     let what = format!("{} of {} over {}", spec.metric.label(), workload.name(), spec.key);
     let title = format!("memvirt sweep: {what}, {}", setup.describe());
@@ -79,7 +118,30 @@ pub(super) fn sweep(args: &SweepArgs) -> Result<()> {
         let chart = plot::svg(&result, &setup.describe())?;
         write_atomically(path, &chart)?;
     }
-    emit(&text, args.out.output.as_deref())
+    emit(&text, args.out.output.as_deref())?;
+    // Everything is written: the journal has nothing left to keep.
+    journal.map_or(Ok(()), Journal::remove)?;
+    Ok(())
+}
+
+/// The journal `args` ask for: `--journal`, else beside `--output` or `--svg`, else in the
+/// current directory; none with `--no-journal`.
+fn journal_path(args: &SweepArgs, spec: &SweepSpec) -> Option<PathBuf> {
+    if args.no_journal {
+        return None;
+    }
+    if let Some(path) = &args.journal {
+        return Some(path.clone());
+    }
+    let beside = args.out.output.as_ref().or(args.svg.as_ref());
+    Some(match beside {
+        Some(file) => {
+            let mut name = file.as_os_str().to_owned();
+            name.push(".partial.jsonl");
+            PathBuf::from(name)
+        }
+        None => PathBuf::from(sweep::default_journal_name(spec)),
+    })
 }
 
 /// The progress bar of a sweep: runs finished out of all runs, drawn like the other commands'

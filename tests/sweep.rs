@@ -167,10 +167,131 @@ fn a_bad_value_or_key_fails_before_simulating() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// the journal
+
+#[test]
+fn an_interrupted_sweep_resumes_from_its_journal_to_the_same_result() {
+    let dir = scratch("journal");
+    let path = dir.join("j.partial.jsonl");
+    let spec = spec(Metric::Cycles);
+    let uninterrupted = run(Metric::Cycles);
+    let journal = sweep::Journal::open(&path, &spec, false).expect("a new journal");
+    let full = sweep::sweep_journaled(&spec, Some(&journal), &|_, _| {}).expect("the sweep runs");
+    assert_eq!(full, uninterrupted, "keeping a journal changes nothing");
+    drop(journal);
+    // One line names the sweep, one per run: 3 values x (tsp, lsp, native).
+    let text = std::fs::read_to_string(&path).expect("the journal");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + 9, "{text}");
+
+    // Interrupted after four points, the fifth half written.
+    let cut = lines[..5].join("\n") + "\n" + &lines[5][..lines[5].len() / 2];
+    std::fs::write(&path, &cut).expect("cut the journal");
+    // Without --resume the earlier work is not thrown away.
+    let e = sweep::Journal::open(&path, &spec, false).unwrap_err().to_string();
+    assert!(e.contains("4 finished points") && e.contains("--resume"), "{e}");
+    // Tamper with one kept point: resuming must take it from the journal, not run it again.
+    let mut tampered: Value = serde_json::from_str(lines[1]).expect("a point line");
+    tampered["report"]["cycles"] = Value::from(7);
+    let kept = (tampered["value"].as_str().map(str::to_owned), tampered["scheme"].clone());
+    let cut = [&tampered.to_string(), &cut[lines[0].len() + 1 + lines[1].len()..]].concat();
+    std::fs::write(&path, [lines[0], "\n", &cut].concat()).expect("tamper");
+    let journal = sweep::Journal::open(&path, &spec, true).expect("resume");
+    assert_eq!(journal.resumed(), 4);
+    let resumed = sweep::sweep_journaled(&spec, Some(&journal), &|_, _| {}).expect("resumed");
+    drop(journal);
+    let (value, scheme) = kept;
+    let v = RATIOS.iter().position(|r| Some(*r) == value.as_deref()).expect("a swept value");
+    let s = resumed.schemes.iter().position(|k| k.name() == scheme);
+    if let Some(s) = s {
+        assert_eq!(resumed.reports[v][s].cycles, 7, "the kept point was not run again");
+    }
+    // The cut line was dropped and every missing point appended: 9 points again.
+    let text = std::fs::read_to_string(&path).expect("the journal");
+    assert_eq!(text.lines().count(), 1 + 9, "{text}");
+    assert!(text.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "{text}");
+    // Untampered, a resumed sweep equals the uninterrupted one.
+    std::fs::write(&path, lines[..5].join("\n") + "\n").expect("cut again");
+    let journal = sweep::Journal::open(&path, &spec, true).expect("resume");
+    let resumed = sweep::sweep_journaled(&spec, Some(&journal), &|_, _| {}).expect("resumed");
+    assert_eq!(resumed, uninterrupted);
+}
+
+#[test]
+fn a_journal_of_another_sweep_is_refused_naming_what_differs() {
+    let dir = scratch("journal-other");
+    let path = dir.join("j.partial.jsonl");
+    let spec = spec(Metric::Cycles);
+    drop(sweep::Journal::open(&path, &spec, false).expect("a new journal"));
+    let mut other = spec.clone();
+    other.base.seed = 2;
+    let e = sweep::Journal::open(&path, &other, true).unwrap_err().to_string();
+    assert!(e.contains("another sweep") && e.contains("seed is 1") && e.contains("is 2"), "{e}");
+    let mut other = spec.clone();
+    other.base.profile.set("costs.vm_exit", "1").expect("a valid cost");
+    let e = sweep::Journal::open(&path, &other, true).unwrap_err().to_string();
+    assert!(e.contains("profile.costs.vm_exit"), "{e}");
+    // Another metric, more values or other schemes are the same sweep.
+    let mut same = spec.clone();
+    same.metric = Metric::Exits;
+    same.values.push("0.25".to_owned());
+    same.schemes.push(SchemeKind::Ssp);
+    sweep::Journal::open(&path, &same, true).expect("the same sweep");
+    std::fs::write(&path, "not json\n").expect("garbage");
+    let e = sweep::Journal::open(&path, &spec, true).unwrap_err().to_string();
+    assert!(e.contains("line 1"), "{e}");
+}
+
+#[test]
+fn the_command_keeps_the_journal_only_until_the_results_are_written() {
+    let dir = scratch("journal-cli");
+    let out = dir.join("s.json").to_string_lossy().into_owned();
+    let journal = format!("{out}.partial.jsonl");
+    let mut args = TINY.to_vec();
+    args.extend(["json", "--output", &out]);
+    let first = memvirt(&args);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(!Path::new(&journal).exists(), "removed once the output is written");
+    let text = std::fs::read_to_string(&out).expect("the output");
+    std::fs::write(&journal, "").expect("an empty journal is a new one");
+    let mut resumed = args.clone();
+    resumed.push("--resume");
+    let again = memvirt(&resumed);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(std::fs::read_to_string(&out).expect("the output"), text);
+    // A sweep whose second value runs out of guest memory keeps the first value's two points
+    // (nested and native) and says how to resume.
+    let failing = [
+        "sweep",
+        "--workload",
+        "pagefault",
+        "--vary",
+        "workload.pages=16,100000",
+        "--schemes",
+        "nested",
+        "--set",
+        "memory.guest_mib=64",
+        "--set",
+        "memory.host_mib=200",
+        "--output",
+        &out,
+    ];
+    fails(&failing, &["memory exhausted", "2 finished points are kept", &journal, "--resume"]);
+    let kept = std::fs::read_to_string(&journal).expect("the journal is kept");
+    assert_eq!(kept.lines().count(), 1 + 2, "{kept}");
+    assert_eq!(std::fs::read_to_string(&out).expect("the output"), text, "output untouched");
+}
+
 // the command line
 
+/// Runs the binary in the target's scratch directory, where a sweep without `--output` keeps
+/// its journal.
 fn memvirt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_memvirt")).args(args).output().expect("the binary runs")
+    Command::new(env!("CARGO_BIN_EXE_memvirt"))
+        .args(args)
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .expect("the binary runs")
 }
 
 fn scratch(test: &str) -> PathBuf {

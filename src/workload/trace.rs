@@ -178,7 +178,7 @@ impl TraceSet {
 }
 
 /// One moved region.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RegionMove {
     /// Its start in the trace (hexadecimal).
     pub from: String,
@@ -194,10 +194,10 @@ pub struct RegionMove {
 /// that reaches above it moves whole, in address order, to the highest 1 GiB regions below the
 /// limit that the trace leaves free, so page offsets, 2 MiB and 1 GiB alignment and which pages
 /// share a page table are all kept; only the regions' places change.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Relocation {
     /// `none` (every address fits) or `gib-regions`.
-    pub method: &'static str,
+    pub method: String,
     /// One past the highest user address of the profile (hexadecimal).
     pub user_limit: String,
     /// The regions moved.
@@ -222,7 +222,7 @@ impl Relocation {
         }
         let (fit, above): (Vec<u64>, Vec<u64>) = regions.iter().partition(|&&g| g < limit);
         let mut reloc = Relocation {
-            method: "none",
+            method: "none".to_owned(),
             user_limit: format!("{user_top:#x}"),
             moved: Vec::new(),
             table: Vec::new(),
@@ -241,7 +241,7 @@ impl Relocation {
                 limit - fit.len() as u64
             ));
         }
-        reloc.method = "gib-regions";
+        reloc.method = "gib-regions".to_owned();
         for (&from, &to) in above.iter().zip(free.iter().rev()) {
             reloc.table.push((from, to));
             reloc.moved.push(RegionMove {
@@ -297,7 +297,7 @@ impl Relocation {
 }
 
 /// What a replay reports about one stream.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StreamReport {
     /// The trace it comes from.
     pub trace: String,
@@ -323,7 +323,7 @@ pub struct StreamReport {
 }
 
 /// The `trace` section of a report of a trace replay.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TraceReport {
     /// Instructions replayed, all streams.
     pub instructions: u64,

@@ -7,6 +7,8 @@
 //! results are gathered in a fixed order, so a sweep gives the same [`Sweep`] whatever the thread
 //! timing. Every value is checked before any simulation, so a bad one fails the sweep at once.
 
+mod journal;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rayon::prelude::*;
@@ -16,6 +18,25 @@ use crate::config::ConfigError;
 use crate::report::Report;
 use crate::run::{self, RunError, RunSpec};
 use crate::scheme::SchemeKind;
+
+pub use journal::{default_name as default_journal_name, Journal, JournalError};
+
+/// Why a sweep failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// A value or a run failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The journal could not be written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+impl From<ConfigError> for SweepError {
+    fn from(e: ConfigError) -> Self {
+        SweepError::Run(RunError::Config(e))
+    }
+}
 
 /// The most values one `--vary` may give: far beyond any plot, small enough to refuse a typo
 /// such as `0:1:0.000001` before it starts a million runs.
@@ -359,21 +380,39 @@ fn whole_as_integers<S: serde::Serializer>(
 pub fn sweep(
     spec: &SweepSpec,
     progress: &(dyn Fn(usize, usize) + Sync),
-) -> Result<Sweep, RunError> {
+) -> Result<Sweep, SweepError> {
+    sweep_journaled(spec, None, progress)
+}
+
+/// [`sweep`], taking the points `journal` holds from it instead of running them, and appending
+/// every point it runs to it as soon as that point finishes (failed points are not recorded).
+/// The result is the same as an uninterrupted sweep's.
+pub fn sweep_journaled(
+    spec: &SweepSpec,
+    journal: Option<&Journal>,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Sweep, SweepError> {
     spec.check()?;
     let per_value = spec.runs_per_value();
     let mut points = Vec::with_capacity(spec.runs());
     for value in &spec.values {
         for &scheme in &per_value {
-            points.push(spec.point(value, scheme)?);
+            points.push((value, scheme, spec.point(value, scheme)?));
         }
     }
     let total = points.len();
     let done = AtomicUsize::new(0);
-    let results: Vec<Result<Report, RunError>> = points
+    let results: Vec<Result<Report, SweepError>> = points
         .par_iter()
-        .map(|point| {
-            let report = run::run(point, &mut |_, _| {});
+        .map(|(value, scheme, point)| {
+            let earlier = journal.and_then(|j| j.finished(value, *scheme)).cloned();
+            let report = match earlier {
+                Some(report) => Ok(report),
+                None => run::run(point, &mut |_, _| {}).map_err(SweepError::from).and_then(|r| {
+                    journal.map_or(Ok(()), |j| j.record(value, *scheme, &r))?;
+                    Ok(r)
+                }),
+            };
             progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
             report
         })
