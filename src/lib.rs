@@ -24,6 +24,7 @@ pub mod config;
 pub mod cost;
 pub mod fixture;
 pub mod guest;
+pub mod interrupt;
 pub mod machine;
 pub mod mem;
 pub mod mmu;

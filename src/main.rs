@@ -231,6 +231,9 @@ struct SweepArgs {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = memvirt::interrupt::install() {
+        eprintln!("memvirt: warning: cannot handle signals ({e}): an interrupted command may leave temporary files");
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage(&e),

@@ -130,6 +130,7 @@ fn probe_directory(path: &Path) -> Result<(), OutputError> {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
     check(path, &[])?;
     let tmp = temporary_sibling(path);
+    let _interrupt = crate::interrupt::TempGuard::new(&tmp);
     let mut file =
         fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io(path, e))?;
     let written =

@@ -356,3 +356,94 @@ fn a_report_never_replaces_the_trace_it_came_from() {
     }
     assert_eq!(std::fs::read(&trace).expect("the trace"), body, "the trace is intact");
 }
+
+/// SIGTERM during `trace convert` removes `OUT.PID.tmp` and exits as the signal would (143);
+/// likewise the temporary compact file of `run --trace -`.
+#[test]
+fn an_interrupted_conversion_leaves_no_temporary_file() {
+    use std::io::Write;
+    let dir = Dir::new("cli-convert-stop");
+    let out = dir.path("o.mvt");
+    for args in [
+        vec!["trace".to_owned(), "convert".into(), "-".into(), p(&out).into()],
+        vec!["run".to_owned(), "--scheme".into(), "native".into(), "--trace".into(), "-".into()],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_memvirt"))
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the binary runs");
+        // One record, then the input stays open: the conversion waits with its file open.
+        let mut input = child.stdin.take().expect("stdin");
+        input.write_all(b"I  0401000,3\n L 7ff000100,8\n").expect("write the trace");
+        input.flush().expect("flush");
+        let pid = child.id();
+        let temporary = |dir: &Path| {
+            std::fs::read_dir(dir).expect("a directory").flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("o.mvt.") || name.starts_with(&format!("memvirt-replay-{pid}-"))
+            })
+        };
+        let started = std::time::Instant::now();
+        while !temporary(dir.0.as_path()) && !temporary(&std::env::temp_dir()) {
+            assert!(started.elapsed().as_secs() < 30, "{args:?}: no temporary file appeared");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let killed = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        assert!(killed.is_ok_and(|s| s.success()));
+        let status = child.wait().expect("memvirt ends");
+        drop(input);
+        assert_eq!(status.code(), Some(128 + 15), "{args:?}: {status}");
+        assert!(!temporary(dir.0.as_path()), "{args:?} left its temporary file");
+        assert!(!temporary(&std::env::temp_dir()), "{args:?} left its temporary file");
+        assert!(!out.exists());
+    }
+}
+
+/// SIGTERM to memvirt alone stops every process of the recorded program, not only valgrind:
+/// here a `sleep` the shell started in the background, under a valgrind of its own.
+#[test]
+fn an_interrupted_recording_stops_the_whole_process_group() {
+    if !have_valgrind() {
+        return;
+    }
+    let dir = Dir::new("cli-record-group");
+    let trace = dir.path("never.mvt");
+    // A number no other process on the machine has in its command line.
+    let mark = format!("{}", 700_000_000 + std::process::id());
+    let script = format!("sleep {mark} & while :; do :; done");
+    // Messages go to a file, not a pipe: a surviving process holding the pipe would make the
+    // test wait for it instead of failing.
+    let messages = dir.path("stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memvirt"))
+        .args(["record", "--output", p(&trace), "--", "/bin/sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&messages).expect("a message file"))
+        .spawn()
+        .expect("the binary runs");
+    let sleeping = || {
+        std::fs::read_dir("/proc").expect("/proc").flatten().any(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.windows(2).any(|w| w[0].ends_with(b"sleep") && w[1] == mark.as_bytes())
+        })
+    };
+    let started = std::time::Instant::now();
+    while !sleeping() {
+        assert!(started.elapsed().as_secs() < 60, "the background sleep never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(killed.is_ok_and(|s| s.success()));
+    let status = child.wait().expect("memvirt ends");
+    let err = std::fs::read_to_string(&messages).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    // SIGKILL is delivered before memvirt exits; give the kernel a moment to reap.
+    let started = std::time::Instant::now();
+    while sleeping() {
+        assert!(started.elapsed().as_secs() < 10, "the background sleep {mark} is still running");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -608,6 +608,8 @@ pub struct FileOutput {
     path: PathBuf,
     tmp: PathBuf,
     committed: bool,
+    /// Removes `tmp` if a signal interrupts the command.
+    _interrupt: crate::interrupt::TempGuard,
 }
 
 impl FileOutput {
@@ -624,7 +626,8 @@ impl FileOutput {
             .create_new(true)
             .open(&tmp)
             .map_err(|source| TraceError::Write { file: name.clone(), source })?;
-        let out = FileOutput { path: path.to_owned(), tmp, committed: false };
+        let _interrupt = crate::interrupt::TempGuard::new(&tmp);
+        let out = FileOutput { path: path.to_owned(), tmp, committed: false, _interrupt };
         let writer = Writer::new(BufWriter::with_capacity(1 << 20, file), &name, source, level)?;
         Ok((out, writer))
     }

@@ -20,6 +20,7 @@ use std::io::{ErrorKind, Read};
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -188,6 +189,8 @@ pub fn record(cmd: &[OsString], opts: &RecordOptions) -> Result<RecordSummary, T
         ));
     }
     check_valgrind(&opts.valgrind)?;
+    // The binary's handler (crate::interrupt) leaves the exit to this loop, which reports it.
+    let _graceful = crate::interrupt::Graceful::start();
     let interrupted = Arc::new(AtomicBool::new(false));
     for signal in [SIGINT, SIGTERM, SIGHUP] {
         signal_hook::flag::register(signal, Arc::clone(&interrupted))
@@ -206,8 +209,12 @@ pub fn record(cmd: &[OsString], opts: &RecordOptions) -> Result<RecordSummary, T
             a
         })
         .args(cmd)
+        // A group of its own: valgrind and every process the program forks (each under a
+        // valgrind of its own) are stopped together, even when a signal reaches memvirt alone.
+        .process_group(0)
         .spawn()
         .map_err(|e| TraceError::Other(format!("cannot start valgrind: {e}")))?;
+    let group = crate::interrupt::GroupGuard::new(&child);
     // By image number, that is in creation order: an image before the one its process execs.
     let mut tails: BTreeMap<u64, Tail> = BTreeMap::new();
     let mut buf = vec![0u8; CHUNK];
@@ -243,10 +250,20 @@ pub fn record(cmd: &[OsString], opts: &RecordOptions) -> Result<RecordSummary, T
             }
         }
     })();
+    // Whatever the program left running in its group (a process it forked and did not wait
+    // for) stops with the recording rather than writing into a removed directory.
+    let stop_group = || {
+        if let Some(g) = &group {
+            g.kill();
+        }
+    };
     let status = match result {
-        Ok(s) => s,
+        Ok(s) => {
+            stop_group();
+            s
+        }
         Err(e) => {
-            // Our own child: stop it rather than leave it writing into a removed directory.
+            stop_group();
             let _ = child.kill();
             let _ = child.wait();
             return Err(e);

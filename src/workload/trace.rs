@@ -68,14 +68,24 @@ impl TraceParams {
     }
 }
 
-/// A temporary compact file, removed when the last run using it is done.
+/// A temporary compact file, removed when the last run using it is done (or by a signal).
 #[derive(Debug)]
-struct TempFile(PathBuf);
+struct TempFile {
+    path: PathBuf,
+    _interrupt: crate::interrupt::TempGuard,
+}
+
+impl TempFile {
+    fn new(path: PathBuf) -> TempFile {
+        let _interrupt = crate::interrupt::TempGuard::new(&path);
+        TempFile { path, _interrupt }
+    }
+}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
         // Best effort: the file is ours.
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -125,10 +135,11 @@ impl TraceSet {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.subsec_nanos())
                 ));
-                let summary = trace::convert(path, &tmp, opts, trace::compact::DEFAULT_LEVEL)?;
-                let temp = TempFile(tmp);
+                let temp = TempFile::new(tmp);
+                let summary =
+                    trace::convert(path, &temp.path, opts, trace::compact::DEFAULT_LEVEL)?;
                 (
-                    Reader::open(&temp.0, trace::Compression::None)?,
+                    Reader::open(&temp.path, trace::Compression::None)?,
                     Some(temp),
                     summary.read.warnings,
                 )
