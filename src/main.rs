@@ -404,6 +404,7 @@ impl Setup {
         let mut profile = profile::load(&m.profile)?;
         let mut workload_sets = Vec::new();
         let mut scheme_sets = Vec::new();
+        let mut profile_sets = Vec::new();
         for raw in &m.sets {
             let (key, value) = config::parse_assignment(raw)?;
             if let Some(k) = key.strip_prefix("workload.") {
@@ -411,8 +412,20 @@ impl Setup {
             } else if let Some(k) = key.strip_prefix("scheme.") {
                 scheme_sets.push((k.to_owned(), value));
             } else {
-                profile.set(&key, &value).with_context(|| format!("--set {raw}"))?;
+                profile_sets.push((key, value));
             }
+        }
+        // All at once, so that the order of dependent settings does not matter; the error names
+        // the --set it is about.
+        if let Err(e) = profile.set_all(&profile_sets) {
+            let text = e.to_string();
+            let culprit = m.sets.iter().rev().find(|raw| {
+                config::parse_assignment(raw).is_ok_and(|(key, _)| text.contains(key.as_str()))
+            });
+            return Err(match culprit {
+                Some(raw) => anyhow!(e).context(format!("--set {raw}")),
+                None => anyhow!(e),
+            });
         }
         profile.platform_config()?;
         check_scheme_sets(&scheme_sets, schemes)?;

@@ -218,6 +218,19 @@ impl Profile {
         Ok(())
     }
 
+    /// Sets every key of `sets` (in order; a later one wins), then validates the result once,
+    /// so that settings that depend on each other (`memory.guest_mib` and `memory.host_mib`)
+    /// may come in any order; on error the profile is left as it was.
+    pub fn set_all(&mut self, sets: &[(String, String)]) -> Result<(), ConfigError> {
+        let mut updated = self.clone();
+        for (key, raw) in sets {
+            updated = config::set(&updated, key, raw)?;
+        }
+        updated.validate()?;
+        *self = updated;
+        Ok(())
+    }
+
     /// Checks what the types cannot: formats that exist and sit at the right stage, an A/D mode
     /// the formats support, memory sizes and kernel tunables in range. MMU geometry is checked by
     /// the MMU when it is built.

@@ -240,6 +240,55 @@ fn a_workload_setting_no_selected_workload_has_is_an_error() {
 }
 
 #[test]
+fn every_cause_key_is_documented_in_json_md() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/json.md"))
+        .expect("docs/json.md");
+    let section = |title: &str| {
+        let start = doc.find(title).unwrap_or_else(|| panic!("no section {title}"));
+        let rest = &doc[start + title.len()..];
+        rest[..rest.find("\n### ").unwrap_or(rest.len())].to_owned()
+    };
+    let reports = json(&ok(&[
+        "run",
+        "--scheme",
+        "ssp",
+        "--workload",
+        "stream",
+        "--set",
+        SMALL_PAGES,
+        "--format",
+        "json",
+    ]));
+    for (field, title) in
+        [("vm_exits", "### `vm_exits` causes"), ("hw_traps", "### `hw_traps` causes")]
+    {
+        let text = section(title);
+        let causes = reports[0][field].as_object().expect("an object");
+        for key in causes.keys().filter(|k| *k != "total") {
+            assert!(text.contains(&format!("`{key}`")), "{field}.{key} is not in docs/json.md");
+        }
+    }
+}
+
+#[test]
+fn dependent_settings_may_come_in_any_order() {
+    let guest = "memory.guest_mib=8192";
+    let host = "memory.host_mib=10000";
+    let run = |first: &str, second: &str| {
+        ok(&["run", "--scheme", "native", "--workload", "stream", "--set", SMALL_PAGES]
+            .into_iter()
+            .chain(["--set", first, "--set", second, "--format", "json"])
+            .collect::<Vec<_>>())
+    };
+    assert_eq!(run(guest, host), run(host, guest));
+    // Still refused when the host is too small, whatever the order, naming the setting.
+    fails(
+        &["run", "--scheme", "native", "--workload", "stream", "--set", guest],
+        &["memory.guest_mib", "memory.host_mib"],
+    );
+}
+
+#[test]
 fn a_cost_whose_products_could_overflow_the_totals_is_refused() {
     let huge = "costs.vm_exit=100000000000000000";
     fails(&["run", "--scheme", "nested", "--workload", "random", "--set", huge], &[huge, "2^32"]);

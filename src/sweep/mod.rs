@@ -153,7 +153,7 @@ pub enum VaryError {
         /// The whole argument.
         arg: String,
         /// How many it gives.
-        count: usize,
+        count: u128,
     },
 }
 
@@ -181,7 +181,8 @@ pub fn parse_vary(arg: &str) -> Result<(String, Vec<String>), VaryError> {
         items
     };
     if values.len() > MAX_VALUES {
-        return Err(VaryError::TooMany { arg: arg.to_owned(), count: values.len() });
+        let count = u128::try_from(values.len()).unwrap_or(u128::MAX);
+        return Err(VaryError::TooMany { arg: arg.to_owned(), count });
     }
     Ok((key.to_owned(), values))
 }
@@ -193,6 +194,26 @@ fn range(arg: &str, text: &str) -> Result<Vec<String>, VaryError> {
     let [start, end, step] = parts[..] else {
         return Err(bad(format!("`{text}` is not START:END:STEP (three numbers)")));
     };
+    // Whole numbers are counted and stepped exactly (an i128 holds any u64 or i64 setting and
+    // their differences), so 9007199254740993:9007199254740995:1 is three exact values.
+    let whole = |text: &str| text.parse::<i128>().ok();
+    if let (Some(a), Some(b), Some(s)) = (whole(start), whole(end), whole(step)) {
+        if s <= 0 {
+            return Err(bad(format!("the step `{step}` must be positive")));
+        }
+        if b < a {
+            return Err(bad(format!("the end `{end}` is below the start `{start}`")));
+        }
+        let count = (b - a) / s + 1;
+        if count > MAX_VALUES as i128 {
+            return Err(VaryError::TooMany {
+                arg: arg.to_owned(),
+                count: u128::try_from(count).unwrap_or(u128::MAX),
+            });
+        }
+        // In range: count <= MAX_VALUES.
+        return Ok((0..count).map(|i| (a + i * s).to_string()).collect());
+    }
     let number =
         |part: &'static str, text: &str| {
             text.parse::<f64>().ok().filter(|x| x.is_finite()).ok_or_else(|| {
@@ -211,10 +232,10 @@ fn range(arg: &str, text: &str) -> Result<Vec<String>, VaryError> {
     let steps = (b - a) / s;
     let steps = (steps + steps.abs() * 1e-9 + 1e-9).floor();
     if steps >= MAX_VALUES as f64 {
-        return Err(VaryError::TooMany {
-            arg: arg.to_owned(),
-            count: MAX_VALUES.saturating_add(1),
-        });
+        // `as` saturates: a count beyond u128 (a step of 1e-300) reads as u128::MAX.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let count = (steps as u128).saturating_add(1);
+        return Err(VaryError::TooMany { arg: arg.to_owned(), count });
     }
     // In range: 0 <= steps < MAX_VALUES.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -482,6 +503,12 @@ mod tests {
         // An end the steps do not reach is left out; a one-point range is fine.
         assert_eq!(values("k=0:10:4"), ["0", "4", "8"]);
         assert_eq!(values("k=3:3:1"), ["3"]);
+        // Whole numbers beyond 2^53 stay exact.
+        assert_eq!(
+            values("k=9007199254740993:9007199254740995:1"),
+            ["9007199254740993", "9007199254740994", "9007199254740995"]
+        );
+        assert_eq!(values("k=18446744073709551614:18446744073709551615:1").len(), 2);
     }
 
     #[test]
@@ -501,7 +528,9 @@ mod tests {
         assert!(err("k=0:1:0").contains("the step `0` must be positive"));
         assert!(err("k=0:1:-0.1").contains("must be positive"));
         assert!(err("k=1:0:0.1").contains("the end `0` is below the start `1`"));
-        assert!(err("k=0:1:0.000001").contains("at most 1000"));
+        assert!(err("k=0:1:0.000001").contains("gives 1000001 values; at most 1000"));
+        assert!(err("k=1:1000000:1").contains("gives 1000000 values"));
+        assert!(err("k=0:1:1e-300").contains("at most 1000"));
     }
 
     #[test]

@@ -175,6 +175,9 @@ fn addr_size(rest: &[u8]) -> Result<(u64, u16), LineError> {
         size = size * 10 + u32::from(b - b'0');
     }
     let size = u16::try_from(size).map_err(|_| format!("size {size} is over 65,535 bytes"))?;
+    if addr.checked_add(u64::from(size.max(1)) - 1).is_none() {
+        return Err(format!("the {size} bytes at {addr:#x} run past the end of the address space"));
+    }
     Ok((addr, size))
 }
 
@@ -271,6 +274,15 @@ mod tests {
             let e = parse(&text).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains("line 2"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn an_access_wrapping_past_the_address_space_is_refused() {
+        let e = parse("I  0401,3\n L fffffffffffffffc,8\n").err().map(|e| e.to_string());
+        let e = e.unwrap_or_default();
+        assert!(e.contains("line 2") && e.contains("past the end of the address space"), "{e}");
+        // The last byte of the address space itself is fine.
+        assert!(parse("I  0401,3\n L fffffffffffffff8,8\n").is_ok());
     }
 
     #[test]
