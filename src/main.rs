@@ -382,6 +382,10 @@ fn names<'a>(items: impl Iterator<Item = &'a str>) -> String {
 // ---------------------------------------------------------------------------------------------
 // settings
 
+/// Estimated accesses of one run beyond which a command warns that it will take long: 10^11,
+/// over an hour at the tens of millions of accesses a second BENCHMARKS.md records.
+const LONG_RUN_ACCESSES: u128 = 100_000_000_000;
+
 /// The profile, workload settings and seed every run of one command shares.
 struct Setup {
     profile: Profile,
@@ -454,8 +458,16 @@ impl Setup {
         }
         let single = workloads.len() == 1;
         for &w in workloads {
-            w.build(setup.seed, &setup.sets_for(w, single))
-                .with_context(|| format!("workload {}", w.name()))?;
+            let sets = setup.sets_for(w, single);
+            w.build(setup.seed, &sets).with_context(|| format!("workload {}", w.name()))?;
+            let accesses = w.estimated_accesses(&sets).unwrap_or(0);
+            if accesses > LONG_RUN_ACCESSES {
+                eprintln!(
+                    "memvirt: warning: workload {} will simulate about {accesses:.1e} accesses per \
+                     scheme, which takes hours at tens of millions a second",
+                    w.name()
+                );
+            }
         }
         Ok(setup)
     }

@@ -35,3 +35,26 @@ fn every_workload_runs_under_every_scheme_with_the_same_guest_history() {
         }
     }
 }
+
+/// The estimate that bounds and warns about long runs is of the right size: for every workload
+/// (small parameters), the user accesses it counts are at least a fifth of what a native run
+/// simulates, the rest being the guest kernel's (3 accesses per demand fault at these sizes).
+#[test]
+fn the_estimated_accesses_are_close_to_the_simulated_ones() {
+    for w in WorkloadKind::ALL {
+        let sets: Vec<(String, String)> =
+            small(w).iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let estimate = w.estimated_accesses(&sets).expect("valid parameters");
+        let r = run(&spec(SchemeKind::Native, w, &small(w)), &mut |_, _| {}).expect("runs");
+        let simulated = u128::from(r.accesses);
+        assert!(
+            estimate <= simulated && simulated <= 5 * estimate,
+            "{}: estimated {estimate}, simulated {simulated}",
+            w.name()
+        );
+    }
+    // The bound: ctxsw.turns x accesses_per_turn beyond 2^46 is refused, naming the count.
+    let huge = [("turns".to_owned(), "1099511627776".to_owned())];
+    let e = WorkloadKind::Ctxsw.build(1, &huge).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("simulated accesses") && e.contains("2^46"), "{e}");
+}

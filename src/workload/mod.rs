@@ -158,16 +158,31 @@ impl WorkloadKind {
         }
     }
 
+    /// About how many user accesses the workload simulates with `sets` applied (see
+    /// [`Validate::estimated_accesses`]).
+    pub fn estimated_accesses(self, sets: &[(String, String)]) -> Result<u128, ConfigError> {
+        fn e<T: Serialize + for<'de> Deserialize<'de> + Default + Validate>(
+            sets: &[(String, String)],
+        ) -> Result<u128, ConfigError> {
+            Ok(params::<T>(sets)?.estimated_accesses())
+        }
+        match self {
+            WorkloadKind::Pagefault => e::<PageFaultParams>(sets),
+            WorkloadKind::Fork => e::<ForkParams>(sets),
+            WorkloadKind::Exec => e::<ExecParams>(sets),
+            WorkloadKind::Mmap => e::<MmapParams>(sets),
+            WorkloadKind::Ctxsw => e::<CtxSwParams>(sets),
+            WorkloadKind::Random => e::<RandomParams>(sets),
+            WorkloadKind::Stream => e::<StreamParams>(sets),
+            WorkloadKind::PointerChase => e::<PointerChaseParams>(sets),
+            WorkloadKind::Server => e::<ServerParams>(sets),
+            WorkloadKind::LspMicro => e::<LspMicroParams>(sets),
+        }
+    }
+
     /// Builds the workload with `sets` (`KEY`, `VALUE` pairs, without the `workload.` prefix)
     /// applied over its defaults.
     pub fn build(self, seed: u64, sets: &[(String, String)]) -> Result<Workload, ConfigError> {
-        fn params<T: Serialize + for<'de> Deserialize<'de> + Default + Validate>(
-            sets: &[(String, String)],
-        ) -> Result<T, ConfigError> {
-            let p = config::set_all(T::default(), sets)?;
-            p.validate()?;
-            Ok(p)
-        }
         Ok(match self {
             WorkloadKind::Pagefault => Workload::PageFault(PageFault::new(params(sets)?)),
             WorkloadKind::Fork => Workload::Fork(Fork::new(params(sets)?)),
@@ -183,6 +198,24 @@ impl WorkloadKind {
             WorkloadKind::LspMicro => Workload::LspMicro(LspMicro::new(params(sets)?, seed)),
         })
     }
+}
+
+/// `T`'s defaults with `sets` applied, validated, and bounded by [`MAX_ESTIMATED_ACCESSES`].
+fn params<T: Serialize + for<'de> Deserialize<'de> + Default + Validate>(
+    sets: &[(String, String)],
+) -> Result<T, ConfigError> {
+    let p = config::set_all(T::default(), sets)?;
+    p.validate()?;
+    let accesses = p.estimated_accesses();
+    if accesses > MAX_ESTIMATED_ACCESSES {
+        return Err(ConfigError::Invalid(format!(
+            "these parameters ask for about {accesses:.1e} simulated accesses, more than \
+                 the {:.1e} (2^46) allowed: over a month at tens of millions a second; \
+                 lower the counts",
+            MAX_ESTIMATED_ACCESSES as f64
+        )));
+    }
+    Ok(p)
 }
 
 const PAGE: u64 = PageSize::Size4K.bytes();
@@ -227,7 +260,20 @@ fn touch<S: Scheme>(
 pub trait Validate {
     /// An error naming the bad parameter, if any.
     fn validate(&self) -> Result<(), ConfigError>;
+
+    /// About how many user accesses these parameters simulate (the kernel's come on top): what
+    /// [`MAX_ESTIMATED_ACCESSES`] bounds and the binary warns about. 0 when unknown (a trace,
+    /// whose length its file states).
+    fn estimated_accesses(&self) -> u128 {
+        0
+    }
 }
+
+/// The most accesses a built-in workload's parameters may ask for: 2^46 (7 x 10^13), over a
+/// month of simulation at tens of millions of accesses a second. Each parameter has its own
+/// range; this bounds their product (`ctxsw.turns` x `accesses_per_turn`, `mmap.iterations` x
+/// `pages`, ...).
+pub const MAX_ESTIMATED_ACCESSES: u128 = 1 << 46;
 
 /// `Err` unless `lo <= value <= hi`.
 pub(crate) fn check_range(key: &str, value: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {

@@ -42,6 +42,12 @@ impl Validate for ForkParams {
         check_range("child_writes", self.child_writes, 0, self.heap_pages)?;
         check_range("child_reads", self.child_reads, 0, self.heap_pages)
     }
+
+    fn estimated_accesses(&self) -> u128 {
+        u128::from(self.heap_pages)
+            + u128::from(self.forks)
+                * (u128::from(self.child_writes) + u128::from(self.child_reads))
+    }
 }
 
 /// `fork`: lmbench's fork + exit, with the child writing part of the inherited heap.
@@ -146,6 +152,10 @@ impl Validate for ExecParams {
         check_range("processes", self.processes, 0, 1 << 24)?;
         check_range("pages", self.pages, 1, MAX_PAGES)?;
         check_range("shell_pages", self.shell_pages, 1, MAX_PAGES)
+    }
+
+    fn estimated_accesses(&self) -> u128 {
+        u128::from(self.processes) * (u128::from(self.pages) + u128::from(self.shell_pages))
     }
 }
 
@@ -270,6 +280,11 @@ impl Validate for CtxSwParams {
         check_range("pages", self.pages, 1, MAX_PAGES)?;
         check_range("turns", self.turns, 0, 1 << 40)?;
         check_range("accesses_per_turn", self.accesses_per_turn, 1, 1 << 30)
+    }
+
+    fn estimated_accesses(&self) -> u128 {
+        u128::from(self.processes) * u128::from(self.pages)
+            + u128::from(self.turns) * u128::from(self.accesses_per_turn)
     }
 }
 
@@ -397,6 +412,12 @@ impl Validate for ServerParams {
         check_range("request_pages", self.request_pages, 1, MAX_PAGES)?;
         check_range("shared_reads", self.shared_reads, 0, 1 << 30)?;
         check_ratio("shared_write_ratio", self.shared_write_ratio)
+    }
+
+    fn estimated_accesses(&self) -> u128 {
+        u128::from(self.shared_pages)
+            + u128::from(self.requests)
+                * (u128::from(self.request_pages) + u128::from(self.shared_reads))
     }
 }
 

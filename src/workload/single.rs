@@ -38,6 +38,10 @@ impl Validate for PageFaultParams {
         check_range("pages", self.pages, 1, MAX_PAGES)?;
         check_range("passes", self.passes, 1, 1 << 20)
     }
+
+    fn estimated_accesses(&self) -> u128 {
+        u128::from(self.pages) * u128::from(self.passes)
+    }
 }
 
 /// `pagefault`: one process touches `pages` fresh pages.
@@ -108,6 +112,10 @@ impl Validate for MmapParams {
     fn validate(&self) -> Result<(), ConfigError> {
         check_range("iterations", self.iterations, 1, MAX_OPS)?;
         check_range("pages", self.pages, 1, MAX_PAGES)
+    }
+
+    fn estimated_accesses(&self) -> u128 {
+        u128::from(self.iterations) * u128::from(self.pages)
     }
 }
 
@@ -185,6 +193,13 @@ impl Validate for RandomParams {
         check_range("pages", self.pages, 1, MAX_PAGES)?;
         check_range("updates", self.updates, 0, MAX_OPS)?;
         check_ratio("write_ratio", self.write_ratio)
+    }
+
+    fn estimated_accesses(&self) -> u128 {
+        // A load per update, and a store after a `write_ratio` of them.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let stores = (self.updates as f64 * self.write_ratio) as u128;
+        u128::from(self.pages) + u128::from(self.updates) + stores
     }
 }
 
@@ -276,6 +291,11 @@ impl Validate for StreamParams {
         check_range("passes", self.passes, 1, 1 << 20)?;
         check_range("stride", self.stride, 8, PAGE)
     }
+
+    fn estimated_accesses(&self) -> u128 {
+        3 * u128::from(self.pages)
+            * (1 + u128::from(self.passes) * u128::from(PAGE / self.stride.max(1)))
+    }
 }
 
 /// `stream`: `a[i] = b[i] + s * c[i]`, one access per stride.
@@ -354,6 +374,10 @@ impl Validate for PointerChaseParams {
         // The permutation is held in memory: 4 bytes per page.
         check_range("pages", self.pages, 2, 1 << 24)?;
         check_range("loads", self.loads, 0, MAX_OPS)
+    }
+
+    fn estimated_accesses(&self) -> u128 {
+        u128::from(self.pages) + u128::from(self.loads)
     }
 }
 
@@ -440,6 +464,10 @@ impl Validate for LspMicroParams {
         check_range("pages", self.pages, 1, MAX_PAGES)?;
         check_range("operations", self.operations, 0, MAX_OPS)?;
         check_ratio("modify_ratio", self.modify_ratio)
+    }
+
+    fn estimated_accesses(&self) -> u128 {
+        u128::from(self.pages) + u128::from(self.operations)
     }
 }
 
