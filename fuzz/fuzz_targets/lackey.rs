@@ -2,15 +2,6 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use memvirt::trace::{self, Compression, Fetches, Input, InputFormat, ReadOptions, VecSink};
+use memvirt::trace::{fuzz, InputFormat};
 
-fuzz_target!(|data: &[u8]| {
-    let raw = Box::new(std::io::Cursor::new(data.to_vec()));
-    let Ok(input) = Input::new("fuzz".into(), raw, Compression::None) else { return };
-    let opts = ReadOptions {
-        format: InputFormat::Lackey,
-        compression: Compression::None,
-        fetches: Fetches::All,
-    };
-    let _ = trace::read_input(input, "fuzz", opts, &mut VecSink::default());
-});
+fuzz_target!(|data: &[u8]| fuzz::reader(InputFormat::Lackey, data));

@@ -20,6 +20,7 @@
 pub mod champsim;
 pub mod compact;
 pub mod decode;
+pub mod fuzz;
 pub mod input;
 pub mod lackey;
 pub mod record;
