@@ -69,7 +69,7 @@ const fn canonical57(v: u64) -> bool {
 }
 
 /// Why the records at the start of an input are not plausibly ChampSim `input_instr` records,
-/// or `None` if they are: in each of the first whole records (up to [`SNIFF_RECORDS`]) the two
+/// or `None` if they are: in each of the first whole records (up to `SNIFF_RECORDS`) the two
 /// branch flags are 0 or 1, the instruction pointer is not 0 and every address is 0 (an unused
 /// slot) or canonical. Input shorter than one record is left to the reader, which reports the
 /// truncated record.
