@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The guest kit for full-system runs (issue 18): QEMU 10 and OpenSBI from Debian's
+# bookworm-backports, and an unmodified Debian riscv64 kernel and busybox, downloaded as .deb
+# files and extracted (never installed), cached under $MEMVIRT_KIT (default
+# ${XDG_CACHE_HOME:-$HOME/.cache}/memvirt/guest-kit).
+#
+#   scripts/guest-kit.sh fetch        install QEMU/OpenSBI/cpio/cross gcc, fetch kernel + busybox
+#   scripts/guest-kit.sh initramfs OUT INIT [FILE...]
+#                                     an initramfs: busybox, INIT as /init, each FILE in /bin
+#   scripts/guest-kit.sh smoke        boot the kernel to a tiny init and check it ran
+#
+# The archive's address is read from this machine's apt sources, never written here. The
+# temporary riscv64 source and architecture are removed again whatever happens.
+set -euo pipefail
+
+KIT=${MEMVIRT_KIT:-${XDG_CACHE_HOME:-$HOME/.cache}/memvirt/guest-kit}
+ARCH_DIR=$KIT/riscv64
+FIRMWARE=/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin
+BACKPORTS=/etc/apt/sources.list.d/memvirt-bookworm-backports.sources
+FOREIGN=/etc/apt/sources.list.d/memvirt-trixie-riscv64.sources
+
+die() { echo "guest-kit: $*" >&2; exit 1; }
+
+if [ "$(id -u)" = 0 ]; then as_root=(); else as_root=(sudo -n); fi
+
+# The first URI of the machine's Debian sources (deb822 or one-line format).
+archive_uri() {
+    local uri=""
+    if [ -r /etc/apt/sources.list.d/debian.sources ]; then
+        uri=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources)
+    fi
+    if [ -z "$uri" ] && [ -r /etc/apt/sources.list ]; then
+        uri=$(awk '$1 == "deb" && $0 !~ /security/ { print $2; exit }' /etc/apt/sources.list)
+    fi
+    [ -n "$uri" ] || die "no Debian archive in this machine's apt sources"
+    echo "$uri"
+}
+
+source_file() { # FILE SUITE [ARCH]
+    local arch_line=""
+    [ -n "${3:-}" ] && arch_line="Architectures: $3"
+    printf 'Types: deb\nURIs: %s\nSuites: %s\nComponents: main\n%s\nSigned-By: %s\n' \
+        "$(archive_uri)" "$2" "$arch_line" /usr/share/keyrings/debian-archive-keyring.gpg |
+        grep -v '^$' | "${as_root[@]}" tee "$1" >/dev/null
+}
+
+install_host_tools() {
+    if command -v qemu-system-riscv64 >/dev/null && [ -r "$FIRMWARE" ] && command -v cpio >/dev/null \
+        && command -v riscv64-linux-gnu-gcc >/dev/null; then
+        return
+    fi
+    [ -e "$BACKPORTS" ] || source_file "$BACKPORTS" bookworm-backports
+    echo "guest-kit: installing QEMU 10, OpenSBI, cpio and the riscv64 cross compiler" >&2
+    "${as_root[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq -t bookworm-backports \
+        qemu-system-riscv opensbi >/dev/null
+    DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq \
+        cpio gcc-riscv64-linux-gnu >/dev/null
+}
+
+remove_foreign() {
+    "${as_root[@]}" rm -f "$FOREIGN"
+    "${as_root[@]}" apt-get update -qq || true
+    "${as_root[@]}" dpkg --remove-architecture riscv64 2>/dev/null || true
+}
+
+fetch_guest() {
+    if [ -r "$ARCH_DIR/kernel" ] && [ -x "$ARCH_DIR/busybox" ]; then
+        return
+    fi
+    mkdir -p "$ARCH_DIR"
+    local work
+    work=$(mktemp -d)
+    trap 'remove_foreign; rm -rf "$work"' RETURN
+    source_file "$FOREIGN" trixie riscv64
+    "${as_root[@]}" dpkg --add-architecture riscv64
+    "${as_root[@]}" apt-get update -qq
+    local kernel
+    kernel=$(apt-cache search --names-only '^linux-image-[0-9.]+\+deb[0-9]+-riscv64$' |
+        awk '{ print $1 }' | sort -V | tail -n 1)
+    [ -n "$kernel" ] || die "no riscv64 kernel package in trixie"
+    echo "guest-kit: downloading $kernel and busybox-static for riscv64" >&2
+    (cd "$work" && apt-get download -qq "$kernel:riscv64" busybox-static:riscv64 2>/dev/null)
+    dpkg-deb -x "$work"/linux-image-*.deb "$work/k"
+    dpkg-deb -x "$work"/busybox-static_*.deb "$work/b"
+    cp "$work"/k/boot/vmlinux-* "$ARCH_DIR/kernel"
+    cp "$work"/k/boot/config-* "$ARCH_DIR/kernel.config"
+    cp "$work/b/usr/bin/busybox" "$ARCH_DIR/busybox"
+    echo "$kernel" >"$ARCH_DIR/kernel.package"
+}
+
+initramfs() { # OUT INIT [FILE...]
+    [ $# -ge 2 ] || die "usage: guest-kit.sh initramfs OUT INIT [FILE...]"
+    local out=$1 init=$2
+    shift 2
+    local root
+    root=$(mktemp -d)
+    mkdir -p "$root"/{bin,proc,sys,dev,tmp}
+    cp "$ARCH_DIR/busybox" "$root/bin/busybox"
+    for applet in sh mount echo cat ls poweroff sleep true; do ln -s busybox "$root/bin/$applet"; done
+    cp "$init" "$root/init"
+    chmod +x "$root/init"
+    for f in "$@"; do cp "$f" "$root/bin/"; done
+    (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out"
+    rm -rf "$root"
+}
+
+smoke() {
+    local tmp
+    tmp=$(mktemp -d)
+    printf '#!/bin/sh\nmount -t proc proc /proc\necho MEMVIRT-GUEST-OK\npoweroff -f\n' >"$tmp/init"
+    initramfs "$tmp/initrd.gz" "$tmp/init"
+    local log=$tmp/console
+    timeout 120 qemu-system-riscv64 -machine virt -m 512M -nographic -bios "$FIRMWARE" \
+        -kernel "$ARCH_DIR/kernel" -initrd "$tmp/initrd.gz" \
+        -append "console=ttyS0 quiet rdinit=/init" >"$log" 2>&1 || true
+    if grep -q MEMVIRT-GUEST-OK "$log"; then
+        echo "guest-kit: $(cat "$ARCH_DIR/kernel.package") booted to init under $(qemu-system-riscv64 --version | head -n 1)"
+        rm -rf "$tmp"
+    else
+        tail -n 20 "$log" >&2
+        die "the guest did not reach its init (console log above, kept in $log)"
+    fi
+}
+
+case "${1:-}" in
+    fetch) install_host_tools; fetch_guest; echo "$ARCH_DIR" ;;
+    initramfs) shift; initramfs "$@" ;;
+    smoke) install_host_tools; fetch_guest; smoke ;;
+    *) die "usage: guest-kit.sh fetch | initramfs OUT INIT [FILE...] | smoke" ;;
+esac
