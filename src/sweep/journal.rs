@@ -128,11 +128,10 @@ impl Journal {
         if !resume {
             return Err(JournalError::Exists { path: name, points: finished.len() });
         }
-        let file = fs::OpenOptions::new().write(true).open(path).map_err(io)?;
-        // Drop a last line cut short by the interruption, so the next point starts a line.
+        // Appending; a last line cut short by the interruption is dropped first, so the next
+        // point starts a line.
+        let file = fs::OpenOptions::new().append(true).open(path).map_err(io)?;
         file.set_len(complete).map_err(io)?;
-        let mut file = file;
-        std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(io)?;
         Ok(Journal {
             path: path.to_owned(),
             finished,

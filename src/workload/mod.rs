@@ -209,9 +209,8 @@ fn params<T: Serialize + for<'de> Deserialize<'de> + Default + Validate>(
     let accesses = p.estimated_accesses();
     if accesses > MAX_ESTIMATED_ACCESSES {
         return Err(ConfigError::Invalid(format!(
-            "these parameters ask for about {accesses:.1e} simulated accesses, more than \
-                 the {:.1e} (2^46) allowed: over a month at tens of millions a second; \
-                 lower the counts",
+            "these parameters ask for about {accesses:.1e} simulated accesses, more than the \
+             {:.1e} (2^46) allowed: over a month at tens of millions a second; lower the counts",
             MAX_ESTIMATED_ACCESSES as f64
         )));
     }
