@@ -173,7 +173,7 @@ impl StreamInfo {
 // ----- varints -----------------------------------------------------------------------------------
 
 #[inline]
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v.to_le_bytes()[0] | 0x80);
         v >>= 7;
@@ -230,13 +230,13 @@ fn get_varint_word(raw: &[u8], i: &mut usize) -> Option<u64> {
 /// The zigzag code of the two's-complement delta `v` (`a.wrapping_sub(b)`): small deltas of
 /// either sign become small codes.
 #[inline]
-const fn zigzag(v: u64) -> u64 {
+pub(crate) const fn zigzag(v: u64) -> u64 {
     (v << 1) ^ (0u64.wrapping_sub(v >> 63))
 }
 
 /// The inverse of [`zigzag`].
 #[inline]
-const fn unzigzag(v: u64) -> u64 {
+pub(crate) const fn unzigzag(v: u64) -> u64 {
     (v >> 1) ^ 0u64.wrapping_sub(v & 1)
 }
 
@@ -406,19 +406,38 @@ impl<W: Write + Seek> Writer<W> {
         if s.pending.is_empty() {
             return Ok(());
         }
-        self.raw.clear();
-        encode_records(&s.pending, &mut self.raw);
+        let mut raw = std::mem::take(&mut self.raw);
+        raw.clear();
+        encode_records(&s.pending, &mut raw);
         let records =
             u32::try_from(s.pending.len()).map_err(|_| TraceError::Limit("records".into()))?;
         let instructions = s.pending.iter().map(|r| u64::from(r.gap)).sum();
         s.pending.clear();
+        let written = self.write_block(stream, &raw, records, instructions);
+        self.raw = raw;
+        written
+    }
+
+    /// Writes one block of `records` already encoded in `raw` (whose gaps sum to
+    /// `instructions`) for `stream`: the door for streams whose blocks are not [`Record`]s
+    /// (full-system streams, [`super::system`]). The caller keeps the stream's directory
+    /// counts with [`Writer::stream_info_mut`].
+    pub fn write_block(
+        &mut self,
+        stream: u32,
+        raw: &[u8],
+        records: u32,
+        instructions: u64,
+    ) -> Result<(), TraceError> {
+        if self.streams.get(stream as usize).is_none() {
+            return Err(TraceError::NoStream(stream));
+        }
         let comp = self
             .compressor
-            .compress(&self.raw)
+            .compress(raw)
             .map_err(|source| TraceError::Write { file: self.name.clone(), source })?;
         let comp_len = u32::try_from(comp.len()).map_err(|_| TraceError::Limit("bytes".into()))?;
-        let raw_len =
-            u32::try_from(self.raw.len()).map_err(|_| TraceError::Limit("bytes".into()))?;
+        let raw_len = u32::try_from(raw.len()).map_err(|_| TraceError::Limit("bytes".into()))?;
         let offset = self.pos;
         let mut head = Vec::with_capacity(BLOCK_HEADER_LEN);
         head.extend_from_slice(&BLOCK_TAG);
@@ -433,6 +452,11 @@ impl<W: Write + Seek> Writer<W> {
         self.write(&comp)?;
         self.streams[stream as usize].info.blocks.push(BlockRef { offset, records, instructions });
         Ok(())
+    }
+
+    /// The directory entry of `stream`, for writers of their own blocks ([`Writer::write_block`]).
+    pub fn stream_info_mut(&mut self, stream: u32) -> Option<&mut StreamInfo> {
+        self.streams.get_mut(stream as usize).map(|s| &mut s.info)
     }
 
     /// Writes what is pending, the directory and the header; returns the header and the

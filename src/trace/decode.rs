@@ -144,6 +144,24 @@ impl Reader {
         })
     }
 
+    /// The blocks of `stream` undecoded (full-system streams); `max_record` bounds the decoded
+    /// bytes of one record.
+    pub fn raw_blocks(&self, stream: usize, max_record: usize) -> Result<RawBlocks, TraceError> {
+        let id = u32::try_from(stream).unwrap_or(u32::MAX);
+        let info = self.streams.get(stream).ok_or(TraceError::NoStream(id))?;
+        Ok(RawBlocks {
+            name: self.name.clone(),
+            source: self.source()?,
+            layout: self.layout(),
+            stream: id,
+            blocks: info.blocks.clone(),
+            next: 0,
+            end: self.header.dir_offset,
+            max_record,
+            block: BlockDecoder::new(),
+        })
+    }
+
     /// Every record of `stream`, in memory (tests, small traces).
     pub fn records(&self, stream: usize) -> Result<Vec<Record>, TraceError> {
         let mut dec = self.stream(stream, 0, u64::MAX)?;
@@ -623,6 +641,29 @@ impl BlockDecoder {
         out: &mut Vec<Record>,
     ) -> Result<(), TraceError> {
         out.clear();
+        self.read_raw(r, name, layout, stream, b, end, MAX_RECORD_BYTES)?;
+        let bad = |detail: String| format(name, b.offset, detail);
+        let gaps = decode_records(&self.raw, b.records as usize, out)
+            .map_err(|e| bad(format!("corrupt block: {e}")))?;
+        if gaps != b.instructions {
+            return Err(bad("corrupt block: instruction count disagrees".into()));
+        }
+        Ok(())
+    }
+
+    /// Reads block `b` of `stream`, checks its header and checksum and decompresses it into
+    /// `self.raw`; `max_record` bounds the decoded bytes per record.
+    #[allow(clippy::too_many_arguments)]
+    fn read_raw(
+        &mut self,
+        r: &mut dyn ReadSeek,
+        name: &str,
+        layout: Layout,
+        stream: u32,
+        b: &BlockRef,
+        end: u64,
+        max_record: usize,
+    ) -> Result<(), TraceError> {
         let mut h = [0u8; BLOCK_HEADER_LEN];
         let h = &mut h[..usize::try_from(layout.block_header_bytes).unwrap_or(BLOCK_HEADER_LEN)];
         read_at(r, name, b.offset, h)?;
@@ -636,7 +677,7 @@ impl BlockDecoder {
         }
         let (raw_len, comp_len) = (u32_le(h, 12) as usize, u64::from(u32_le(h, 16)));
         let payload = b.offset + layout.block_header_bytes;
-        if raw_len > b.records as usize * MAX_RECORD_BYTES || payload + comp_len > end {
+        if raw_len > b.records as usize * max_record || payload + comp_len > end {
             return Err(bad(format!("block lengths {raw_len}/{comp_len} out of bounds")));
         }
         self.comp.resize(usize::try_from(comp_len).unwrap_or(usize::MAX), 0);
@@ -659,12 +700,46 @@ impl BlockDecoder {
         if n != raw_len {
             return Err(bad(format!("corrupt block: {n} bytes decoded, {raw_len} expected")));
         }
-        let gaps = decode_records(&self.raw, b.records as usize, out)
-            .map_err(|e| bad(format!("corrupt block: {e}")))?;
-        if gaps != b.instructions {
-            return Err(bad("corrupt block: instruction count disagrees".into()));
-        }
         Ok(())
+    }
+}
+
+/// One stream's blocks in order, decompressed and checked but not decoded: the reader of
+/// streams whose blocks are not [`Record`]s (full-system streams, [`super::system`]).
+#[derive(Debug)]
+pub struct RawBlocks {
+    name: String,
+    source: Box<dyn ReadSeek>,
+    layout: Layout,
+    stream: u32,
+    blocks: Vec<BlockRef>,
+    next: usize,
+    end: u64,
+    max_record: usize,
+    block: BlockDecoder,
+}
+
+impl RawBlocks {
+    /// The next block: its directory entry and decoded bytes; `None` after the last.
+    pub fn next_block(&mut self) -> Result<Option<(BlockRef, &[u8])>, TraceError> {
+        let Some(b) = self.blocks.get(self.next).copied() else { return Ok(None) };
+        self.next += 1;
+        let (name, layout) = (&self.name, self.layout);
+        self.block.read_raw(
+            &mut *self.source,
+            name,
+            layout,
+            self.stream,
+            &b,
+            self.end,
+            self.max_record,
+        )?;
+        Ok(Some((b, &self.block.raw)))
+    }
+
+    /// Where block `b` starts in the file, for error messages.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 

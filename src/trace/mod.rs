@@ -24,6 +24,7 @@ pub mod fuzz;
 pub mod input;
 pub mod lackey;
 pub mod record;
+pub mod system;
 
 pub use input::{
     convert, display_name, is_plain_compact, open, read_input, read_into, Compression,
@@ -156,14 +157,24 @@ pub enum Source {
     Lackey = 3,
     /// `memvirt record` (valgrind lackey, streamed).
     Record = 4,
+    /// memvirt's QEMU plugin: full-system streams ([`system`]), whose blocks hold events,
+    /// not [`Record`]s.
+    Qemu = 5,
 }
 
 impl Source {
     /// The source with code `b`, if any.
     pub fn from_u8(b: u8) -> Option<Source> {
-        [Source::Unknown, Source::ChampSim, Source::Cloudsuite, Source::Lackey, Source::Record]
-            .into_iter()
-            .find(|s| *s as u8 == b)
+        [
+            Source::Unknown,
+            Source::ChampSim,
+            Source::Cloudsuite,
+            Source::Lackey,
+            Source::Record,
+            Source::Qemu,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == b)
     }
 
     /// The name `trace info` prints.
@@ -174,6 +185,7 @@ impl Source {
             Source::Cloudsuite => "cloudsuite",
             Source::Lackey => "lackey",
             Source::Record => "memvirt record (lackey)",
+            Source::Qemu => "memvirt guest (QEMU, full system)",
         }
     }
 }
