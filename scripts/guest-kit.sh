@@ -8,6 +8,11 @@
 #   scripts/guest-kit.sh initramfs OUT INIT [FILE...]
 #                                     an initramfs: busybox, INIT as /init, each FILE in /bin
 #   scripts/guest-kit.sh smoke        boot the kernel to a tiny init and check it ran
+#   scripts/guest-kit.sh record OUT PAGING TIMEOUT CMD...
+#                                     boot the guest with memvirt's QEMU plugin, run CMD (a
+#                                     shell command line in the guest, between markers 100 and
+#                                     101) and write the full-system trace OUT; PAGING is sv39,
+#                                     sv48 or sv57; the console goes to OUT.console
 #
 # The archive's address is read from this machine's apt sources, never written here. The
 # temporary riscv64 source and architecture are removed again whatever happens.
@@ -105,6 +110,67 @@ initramfs() { # OUT INIT [FILE...]
     rm -rf "$root"
 }
 
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PLUGIN=$REPO/target/release/libmemvirt_qemu_plugin.so
+
+# memvirt's QEMU plugin, built if missing or older than its sources.
+build_plugin() {
+    if [ ! -e "$PLUGIN" ] || [ -n "$(find "$REPO/qemu-plugin" "$REPO/src/trace" -newer "$PLUGIN" -name '*.rs' | head -n 1)" ]; then
+        echo "guest-kit: building memvirt's QEMU plugin" >&2
+        cargo build --quiet --release --manifest-path "$REPO/Cargo.toml" -p memvirt-qemu-plugin
+    fi
+}
+
+# The guest programs of guest/*.c, static riscv64 binaries, rebuilt when their source changes.
+build_programs() {
+    mkdir -p "$ARCH_DIR/bin"
+    local c out
+    for c in "$REPO"/guest/*.c; do
+        out=$ARCH_DIR/bin/$(basename "$c" .c)
+        if [ ! -e "$out" ] || [ "$c" -nt "$out" ]; then
+            riscv64-linux-gnu-gcc -static -O2 -o "$out" "$c"
+        fi
+    done
+}
+
+record() { # OUT PAGING TIMEOUT CMD...
+    [ $# -ge 4 ] || die "usage: guest-kit.sh record OUT PAGING TIMEOUT CMD..."
+    local out=$1 paging=$2 limit=$3
+    shift 3
+    local levels
+    case $paging in
+        sv39) levels=no4lvl ;;
+        sv48) levels=no5lvl ;;
+        sv57) levels="" ;;
+        *) die "paging $paging: give sv39, sv48 or sv57" ;;
+    esac
+    build_plugin
+    build_programs
+    local tmp
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' RETURN
+    {
+        printf '#!/bin/sh\nmount -t proc proc /proc\nexport PATH=/bin\n'
+        printf 'echo memvirt-guest: start\nmemvirt-mark 100\n'
+        printf '%s\n' "$*"
+        printf 'status=$?\nmemvirt-mark 101\necho "memvirt-guest: exit $status"\npoweroff -f\n'
+    } >"$tmp/init"
+    initramfs "$tmp/initrd.gz" "$tmp/init" "$ARCH_DIR"/bin/*
+    local console=$out.console
+    local status=0
+    timeout --foreground -s INT "$limit" qemu-system-riscv64 -machine virt -m 256M -smp 1 \
+        -nographic -bios "$FIRMWARE" -kernel "$ARCH_DIR/kernel" -initrd "$tmp/initrd.gz" \
+        -append "console=ttyS0 quiet rdinit=/init $levels" \
+        -plugin "$PLUGIN,out=$out" >"$console" 2>&1 || status=$?
+    if ! grep -q "memvirt-guest: exit" "$console"; then
+        tail -n 20 "$console" >&2
+        [ "$status" = 124 ] && die "the guest did not finish within $limit s (console: $console)"
+        die "the guest did not finish its command (QEMU status $status; console: $console)"
+    fi
+    grep -a "memvirt plugin:" "$console" >&2 || true
+    grep -a "memvirt-guest: exit" "$console" >&2
+}
+
 smoke() {
     local tmp
     tmp=$(mktemp -d)
@@ -127,5 +193,6 @@ case "${1:-}" in
     fetch) install_host_tools; fetch_guest; echo "$ARCH_DIR" ;;
     initramfs) shift; initramfs "$@" ;;
     smoke) install_host_tools; fetch_guest; smoke ;;
-    *) die "usage: guest-kit.sh fetch | initramfs OUT INIT [FILE...] | smoke" ;;
+    record) shift; install_host_tools; fetch_guest; record "$@" ;;
+    *) die "usage: guest-kit.sh fetch | initramfs OUT INIT [FILE...] | smoke | record OUT PAGING TIMEOUT CMD..." ;;
 esac

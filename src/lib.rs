@@ -23,6 +23,7 @@ pub mod addr;
 pub mod config;
 pub mod cost;
 pub mod fixture;
+pub mod fullsys;
 pub mod guest;
 pub mod interrupt;
 pub mod machine;

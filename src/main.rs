@@ -23,6 +23,7 @@ use memvirt::run::{self, RunSpec};
 use memvirt::scheme::SchemeKind;
 use memvirt::workload::{TraceParams, WorkloadKind};
 
+mod guest_cmd;
 mod sweep_cmd;
 mod trace_cmd;
 
@@ -79,6 +80,9 @@ enum Command {
     /// `valgrind`), streams each process's output into the trace as it is written (one stream
     /// per process image) and prints a summary. Replay it with `run`/`compare --trace FILE`.
     Record(trace_cmd::RecordArgs),
+    /// Real Linux guests under QEMU: `guest record` a full-system trace, `guest replay` it under
+    /// the schemes, `guest run` both (docs/full-system.md).
+    Guest(guest_cmd::GuestArgs),
 }
 
 #[derive(Args, Debug)]
@@ -296,6 +300,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Sweep(args)) => sweep_cmd::sweep(&args),
         Some(Command::Trace(args)) => trace_cmd::trace(&args),
         Some(Command::Record(args)) => trace_cmd::record(&args),
+        Some(Command::Guest(args)) => guest_cmd::guest(&args),
     }
 }
 

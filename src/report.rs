@@ -162,6 +162,9 @@ pub struct Report {
     /// built-in workloads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<crate::workload::TraceReport>,
+    /// A full-system replay's guest facts (docs/json.md); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<crate::fullsys::SystemReport>,
 }
 
 fn rate(hits: u64, lookups: u64) -> f64 {

@@ -117,55 +117,18 @@ pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report,
     // Bad settings are reported before any simulation work.
     let workload = spec.build_workload()?;
     let cfg = spec.profile.platform_config()?;
-    let mut platform = Platform::new(&cfg, spec.profile.costs).map_err(sim)?;
-    let result = match spec.scheme {
-        SchemeKind::Native => execute(Machine::new(platform, Native), spec, workload, progress),
-        SchemeKind::Nested => {
-            let scheme = Nested::new(&mut platform, NestedOptions::default()).map_err(sim)?;
-            execute(Machine::new(platform, scheme), spec, workload, progress)
-        }
-        SchemeKind::Snp => {
-            let snp = SnpOptions::default().with_sets(&spec.scheme.own_sets(&spec.scheme_sets)?)?;
-            let flat = snp.nested_table == NestedTableKind::Flat;
-            let opts =
-                NestedOptions { walk: NestedWalk::Software, flat, ..NestedOptions::default() };
-            let scheme = Nested::new(&mut platform, opts).map_err(sim)?;
-            execute(Machine::new(platform, scheme), spec, workload, progress)
-        }
-        SchemeKind::Softmmu => {
-            let opts =
-                SoftmmuOptions::default().with_sets(&spec.scheme.own_sets(&spec.scheme_sets)?)?;
-            let scheme = Softmmu::new(&mut platform, &cfg.mmu, opts, spec.profile.walk_caches)
-                .map_err(sim)?;
-            execute(Machine::new(platform, scheme), spec, workload, progress)
-        }
-        SchemeKind::HsptShared | SchemeKind::HsptPrefill | SchemeKind::HsptPrivate => {
-            let org =
-                spec.scheme.hspt_organization().unwrap_or(crate::scheme::Organization::Shared);
-            let opts =
-                HsptOptions::default().with_sets(&spec.scheme.own_sets(&spec.scheme_sets)?)?;
-            let scheme =
-                Hspt::new(&mut platform, org, opts, spec.profile.walk_caches).map_err(sim)?;
-            execute(Machine::new(platform, scheme), spec, workload, progress)
-        }
-        SchemeKind::FlatNested => {
-            let scheme =
-                FlatNested::new(&mut platform, FlatNestedOptions::default()).map_err(sim)?;
-            execute(Machine::new(platform, scheme), spec, workload, progress)
-        }
-        SchemeKind::SpecShadow => {
-            let sets = spec.scheme.own_sets(&spec.scheme_sets)?;
-            let opts = SpecShadowOptions::default().with_sets(&sets)?;
-            let scheme = SpecShadow::new(&mut platform, opts, false).map_err(sim)?;
-            execute(Machine::new(platform, scheme), spec, workload, progress)
-        }
-        kind => {
-            let opts = kind.shadow_options().unwrap_or(ShadowOptions::TSP);
-            let opts = opts.with_sets(&kind.own_sets(&spec.scheme_sets)?)?;
-            let scheme = Shadow::new(&mut platform, kind.name(), opts).map_err(sim)?;
-            execute(Machine::new(platform, scheme), spec, workload, progress)
-        }
-    };
+    let platform = Platform::new(&cfg, spec.profile.costs).map_err(sim)?;
+    let result = with_scheme(
+        spec.scheme,
+        &spec.scheme_sets,
+        &spec.profile,
+        platform,
+        Execute { spec, workload, progress },
+    )
+    .map_err(|e| match e {
+        SchemeError::Config(c) => RunError::Config(c),
+        SchemeError::Sim(e) => sim(e),
+    })?;
     result.map_err(|e| match e {
         OsError::Sim(s) => sim(s),
         // Killed processes are handled by the workload loop; one escaping it is a bug.
@@ -173,6 +136,103 @@ pub fn run(spec: &RunSpec, progress: &mut dyn FnMut(u64, u64)) -> Result<Report,
             sim(SimError::Internal { scheme: spec.scheme.name(), detail: killed.to_string() })
         }
     })
+}
+
+/// Why a scheme could not be built.
+#[derive(Debug)]
+pub enum SchemeError {
+    /// A bad `scheme.` setting or profile.
+    Config(ConfigError),
+    /// The platform could not hold the scheme's tables.
+    Sim(SimError),
+}
+
+impl From<ConfigError> for SchemeError {
+    fn from(e: ConfigError) -> Self {
+        SchemeError::Config(e)
+    }
+}
+
+/// What to do with a machine once its scheme is built: the front ends (the guest model with
+/// its workloads, full-system replay) each implement it, so that the per-access loop is
+/// monomorphic in the scheme.
+pub trait Drive {
+    /// What driving returns.
+    type Output;
+    /// Drives `machine`.
+    fn drive<S: Scheme>(self, machine: Machine<S>) -> Self::Output;
+}
+
+/// Builds `scheme` (with its `scheme.` settings `scheme_sets`) on `platform` under `profile`
+/// and hands the machine to `drive`.
+pub fn with_scheme<D: Drive>(
+    scheme: SchemeKind,
+    scheme_sets: &[(String, String)],
+    profile: &Profile,
+    mut platform: Platform,
+    drive: D,
+) -> Result<D::Output, SchemeError> {
+    let cfg = profile.platform_config()?;
+    Ok(match scheme {
+        SchemeKind::Native => drive.drive(Machine::new(platform, Native)),
+        SchemeKind::Nested => {
+            let scheme =
+                Nested::new(&mut platform, NestedOptions::default()).map_err(SchemeError::Sim)?;
+            drive.drive(Machine::new(platform, scheme))
+        }
+        SchemeKind::Snp => {
+            let snp = SnpOptions::default().with_sets(&scheme.own_sets(scheme_sets)?)?;
+            let flat = snp.nested_table == NestedTableKind::Flat;
+            let opts =
+                NestedOptions { walk: NestedWalk::Software, flat, ..NestedOptions::default() };
+            let scheme = Nested::new(&mut platform, opts).map_err(SchemeError::Sim)?;
+            drive.drive(Machine::new(platform, scheme))
+        }
+        SchemeKind::Softmmu => {
+            let opts = SoftmmuOptions::default().with_sets(&scheme.own_sets(scheme_sets)?)?;
+            let scheme = Softmmu::new(&mut platform, &cfg.mmu, opts, profile.walk_caches)
+                .map_err(SchemeError::Sim)?;
+            drive.drive(Machine::new(platform, scheme))
+        }
+        SchemeKind::HsptShared | SchemeKind::HsptPrefill | SchemeKind::HsptPrivate => {
+            let org = scheme.hspt_organization().unwrap_or(crate::scheme::Organization::Shared);
+            let opts = HsptOptions::default().with_sets(&scheme.own_sets(scheme_sets)?)?;
+            let scheme = Hspt::new(&mut platform, org, opts, profile.walk_caches)
+                .map_err(SchemeError::Sim)?;
+            drive.drive(Machine::new(platform, scheme))
+        }
+        SchemeKind::FlatNested => {
+            let scheme = FlatNested::new(&mut platform, FlatNestedOptions::default())
+                .map_err(SchemeError::Sim)?;
+            drive.drive(Machine::new(platform, scheme))
+        }
+        SchemeKind::SpecShadow => {
+            let sets = scheme.own_sets(scheme_sets)?;
+            let opts = SpecShadowOptions::default().with_sets(&sets)?;
+            let scheme = SpecShadow::new(&mut platform, opts, false).map_err(SchemeError::Sim)?;
+            drive.drive(Machine::new(platform, scheme))
+        }
+        kind => {
+            let opts = kind.shadow_options().unwrap_or(ShadowOptions::TSP);
+            let opts = opts.with_sets(&kind.own_sets(scheme_sets)?)?;
+            let scheme = Shadow::new(&mut platform, kind.name(), opts).map_err(SchemeError::Sim)?;
+            drive.drive(Machine::new(platform, scheme))
+        }
+    })
+}
+
+/// The guest-model front end: boots the model kernel and runs the workload.
+struct Execute<'a> {
+    spec: &'a RunSpec,
+    workload: Workload,
+    progress: &'a mut dyn FnMut(u64, u64),
+}
+
+impl Drive for Execute<'_> {
+    type Output = Result<Report, OsError>;
+    fn drive<S: Scheme>(self, machine: Machine<S>) -> Self::Output {
+        execute(machine, self.spec, self.workload, self.progress)
+    }
 }
 
 fn execute<S: Scheme>(
@@ -272,6 +332,7 @@ fn report<S: Scheme>(
         scheme_counters: counters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         oracle: p.oracle.as_ref().map(|o| o.counts()),
         trace,
+        system: None,
     })
 }
 

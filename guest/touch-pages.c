@@ -1,4 +1,4 @@
-/* touch N: maps N fresh anonymous 4 KiB pages and stores one byte to each, between markers 1
+/* touch-pages N: maps N fresh anonymous 4 KiB pages and stores one byte to each, between markers 1
  * and 2. Under Linux each store takes exactly one page fault and one leaf PTE store. */
 #include <stdlib.h>
 #include <sys/mman.h>

@@ -1,0 +1,544 @@
+//! Full-system replay: a real guest's recorded events ([`crate::trace::system`]) drive a
+//! scheme instead of the model kernel.
+//!
+//! The guest's page tables are the real ones: every recorded store lands in the guest-physical
+//! image (host memory behind [`crate::mem::GuestBacking`]) through [`Machine::guest_store`], so
+//! the kernel's own page-table writes reach each scheme's `guest_store` hook (write
+//! protection, unsync, flush interception see exactly what Linux wrote), and the walkers read
+//! the tables entry by entry from that image. `satp` writes become root switches, `sfence.vma`
+//! flushes. A recorded page fault is replayed as the access that faulted, which the scheme must
+//! report as a guest fault (what it costs the hypervisor is the scheme's business); every
+//! access that completed under QEMU must translate, and to the guest-physical address QEMU
+//! recorded: [`SystemReport::pa_mismatches`] and [`SystemReport::unexpected_faults`] count the
+//! exceptions, and a replay of a sound recording has none.
+//!
+//! Machine-mode accesses (OpenSBI) and accesses made while `satp` is bare are untranslated:
+//! their stores reach the image, and nothing else.
+
+use std::path::Path;
+
+use crate::addr::{Asid, Gpa, Gva};
+use crate::machine::{GuestRoot, Machine, Platform, Scheme, SimError, Stop};
+use crate::mmu::FlushOp;
+use crate::paging::walk::PageTable;
+use crate::paging::{Access, AccessKind, AdPolicy, Format, Privilege};
+use crate::profile::Profile;
+use crate::report::{CauseCounts, GuestReport, Report, TablesReport, TlbReport, WalkReport};
+use crate::run::{with_scheme, Drive, RunError, SchemeError};
+use crate::scheme::SchemeKind;
+use crate::trace::decode::Reader;
+use crate::trace::system::{
+    Event, Fence, Mode, SysRecord, SystemStream, FETCH_PAGE_FAULT, LOAD_PAGE_FAULT,
+    STORE_PAGE_FAULT,
+};
+use crate::trace::Compression;
+use crate::trace::{Kind, TraceError};
+
+/// Guest-physical memory a full-system replay gives the guest: QEMU `virt` puts RAM at
+/// 0x8000_0000, so 4 GiB covers up to 2 GiB of guest RAM (frames are backed only when used).
+pub const GUEST_PHYS_BYTES: u64 = 4 << 30;
+
+/// The lowest guest-physical RAM address of QEMU's `virt` machine: stores below it are device
+/// (MMIO) writes and do not enter the image.
+pub const RAM_BASE: u64 = 0x8000_0000;
+
+/// Cycles charged per guest instruction for the compute between accesses, as trace replay's
+/// default `cycles_per_instruction`.
+pub const CYCLES_PER_INSTRUCTION: u64 = 1;
+
+/// What to replay.
+#[derive(Clone, Debug)]
+pub struct SystemSpec {
+    /// The scheme.
+    pub scheme: SchemeKind,
+    /// `scheme.KEY=VALUE` settings without the prefix.
+    pub scheme_sets: Vec<(String, String)>,
+    /// The machine: costs, TLB and cache geometry, the nested format's regime (the guest's
+    /// first-stage format is the one the guest chose, read from `satp`).
+    pub profile: Profile,
+    /// Check every TLB fill against the guest's table (the translation oracle).
+    pub verify: bool,
+    /// Count only from this marker on (`--from-marker`): before it, stores only build the image.
+    pub from_marker: Option<u64>,
+    /// Count only up to this marker (`--to-marker`); the replay stops there.
+    pub to_marker: Option<u64>,
+}
+
+/// What a full-system replay saw besides the usual counters (docs/json.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SystemReport {
+    /// Events replayed (from the first counted one).
+    pub events: u64,
+    /// Guest instructions in the counted part.
+    pub instructions: u64,
+    /// Accesses in user, supervisor and machine mode.
+    pub user_accesses: u64,
+    /// Supervisor-mode accesses.
+    pub kernel_accesses: u64,
+    /// Machine-mode (firmware) accesses, untranslated.
+    pub machine_accesses: u64,
+    /// Stores applied to the guest image.
+    pub stores: u64,
+    /// `satp` writes.
+    pub satp_writes: u64,
+    /// Fences by mnemonic.
+    pub fences: std::collections::BTreeMap<String, u64>,
+    /// Page faults the kernel took, by kind (`fetch`, `load`, `store`).
+    pub page_faults: std::collections::BTreeMap<String, u64>,
+    /// Recorded page faults the replayed tables did not fault on (a fault the real hardware
+    /// took for a reason the image does not show, e.g. a stale entry in QEMU's TLB).
+    pub spurious_faults: u64,
+    /// Other traps (system calls, interrupts) by `scause`.
+    pub other_traps: u64,
+    /// Accesses that translated to another guest-physical address than QEMU recorded.
+    pub pa_mismatches: u64,
+    /// Accesses that completed under QEMU but faulted in the replay.
+    pub unexpected_faults: u64,
+    /// The first mismatch or unexpected fault, described.
+    pub first_discrepancy: Option<String>,
+    /// Markers seen, in order.
+    pub markers: Vec<u64>,
+    /// The guest's first-stage format.
+    pub guest_format: String,
+}
+
+/// Opens a full-system trace.
+pub fn open(path: &Path) -> Result<Reader, TraceError> {
+    let reader = Reader::open(path, Compression::Auto)?;
+    crate::trace::system::require_system(&reader)?;
+    if reader.streams.len() != 1 {
+        return Err(TraceError::Other(format!(
+            "{}: {} vCPU streams; full-system replay takes one vCPU",
+            reader.name,
+            reader.streams.len()
+        )));
+    }
+    Ok(reader)
+}
+
+/// The guest format of `satp` mode `mode` (8, 9, 10).
+fn format_of(mode: u64) -> Option<(Format, Format)> {
+    match mode {
+        8 => Some((Format::SV39, Format::SV39X4)),
+        9 => Some((Format::SV48, Format::SV48X4)),
+        10 => Some((Format::SV57, Format::SV57X4)),
+        _ => None,
+    }
+}
+
+/// The first translating `satp` mode of the trace, which fixes the guest format.
+fn first_mode(reader: &Reader) -> Result<u64, TraceError> {
+    let mut stream = SystemStream::open(reader, 0)?;
+    let mut batch = Vec::new();
+    while stream.next_batch(&mut batch)? {
+        for r in &batch {
+            if let Event::Satp { value } = r.event {
+                if value >> 60 != 0 {
+                    return Ok(value >> 60);
+                }
+            }
+        }
+    }
+    Err(TraceError::Other(format!("{}: the guest never turned translation on", reader.name)))
+}
+
+/// Replays `reader` (from [`open`]) under `spec`. `progress(events, total)` is called now and
+/// then.
+pub fn replay(
+    spec: &SystemSpec,
+    reader: &Reader,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Report, RunError> {
+    let sim = |error: SimError| RunError::Sim {
+        scheme: spec.scheme.name(),
+        workload: reader.name.clone(),
+        error,
+    };
+    let trace = |e: TraceError| sim(SimError::Config(e.to_string()));
+    let mode = first_mode(reader).map_err(trace)?;
+    let (guest_format, nested_format) = format_of(mode).ok_or_else(|| {
+        sim(SimError::Config(format!(
+            "{}: satp mode {mode} is not Sv39, Sv48 or Sv57",
+            reader.name
+        )))
+    })?;
+    let mut cfg = spec.profile.platform_config()?;
+    cfg.arch.guest_format = guest_format;
+    cfg.arch.nested_format = nested_format;
+    // The recorded accesses all passed the real permission checks (with sstatus.SUM as the
+    // kernel set it), so the replay allows supervisor access to user pages; A/D bits are what
+    // the kernel stored, never set by the replay's walker.
+    cfg.arch.guest_regime.sum = true;
+    cfg.arch.guest_regime.ad = AdPolicy::Ignore;
+    cfg.guest_bytes = GUEST_PHYS_BYTES;
+    let platform = Platform::new(&cfg, spec.profile.costs).map_err(sim)?;
+    let run = Replay { spec, reader, format: guest_format, progress };
+    let result = with_scheme(spec.scheme, &spec.scheme_sets, &spec.profile, platform, run)
+        .map_err(|e| match e {
+            SchemeError::Config(c) => RunError::Config(c),
+            SchemeError::Sim(e) => sim(e),
+        })?;
+    result.map_err(|e| match e {
+        ReplayError::Sim(e) => sim(e),
+        ReplayError::Trace(e) => trace(e),
+    })
+}
+
+enum ReplayError {
+    Sim(SimError),
+    Trace(TraceError),
+}
+
+impl From<SimError> for ReplayError {
+    fn from(e: SimError) -> Self {
+        ReplayError::Sim(e)
+    }
+}
+
+impl From<TraceError> for ReplayError {
+    fn from(e: TraceError) -> Self {
+        ReplayError::Trace(e)
+    }
+}
+
+impl From<crate::mem::MemError> for ReplayError {
+    fn from(e: crate::mem::MemError) -> Self {
+        ReplayError::Sim(SimError::Memory(e))
+    }
+}
+
+struct Replay<'a> {
+    spec: &'a SystemSpec,
+    reader: &'a Reader,
+    format: Format,
+    progress: &'a mut dyn FnMut(u64, u64),
+}
+
+impl Drive for Replay<'_> {
+    type Output = Result<Report, ReplayError>;
+    fn drive<S: Scheme>(self, machine: Machine<S>) -> Self::Output {
+        let mut state = State {
+            machine,
+            format: self.format,
+            root: None,
+            counting: self.spec.from_marker.is_none(),
+            report: SystemReport {
+                guest_format: self.format.name.to_owned(),
+                ..SystemReport::default()
+            },
+            history: History::default(),
+        };
+        if self.spec.verify {
+            state.machine.enable_oracle();
+        }
+        let total = self.reader.streams[0].records;
+        let mut stream = SystemStream::open(self.reader, 0)?;
+        let mut batch: Vec<SysRecord> = Vec::new();
+        let mut done = 0u64;
+        'replay: while stream.next_batch(&mut batch)? {
+            for r in &batch {
+                if let Event::Marker { id } = r.event {
+                    state.report.markers.push(id);
+                    if self.spec.to_marker == Some(id) && state.counting {
+                        break 'replay;
+                    }
+                    if self.spec.from_marker == Some(id) && !state.counting {
+                        state.start_counting()?;
+                    }
+                    continue;
+                }
+                state.event(r)?;
+            }
+            done += batch.len() as u64;
+            (self.progress)(done, total);
+        }
+        if let Some(m) = self.spec.from_marker.filter(|_| !state.counting) {
+            return Err(ReplayError::Trace(TraceError::Other(format!(
+                "{}: marker {m} never occurs (markers seen: {:?})",
+                self.reader.name, state.report.markers
+            ))));
+        }
+        Ok(state.finish(self.spec, &self.reader.name))
+    }
+}
+
+/// A digest of the guest-visible outcome of every counted access (translated or faulted, and
+/// whether to the recorded address): equal for every scheme that translates correctly.
+#[derive(Default)]
+struct History(u64);
+
+impl History {
+    fn add(&mut self, v: u64) {
+        // FNV-1a over the value's bytes.
+        for b in v.to_le_bytes() {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+struct State<S: Scheme> {
+    machine: Machine<S>,
+    format: Format,
+    /// The current root while translation is on.
+    root: Option<GuestRoot>,
+    counting: bool,
+    report: SystemReport,
+    history: History,
+}
+
+impl<S: Scheme> State<S> {
+    /// The marker `--from-marker` names: counters restart, the scheme learns the current root.
+    fn start_counting(&mut self) -> Result<(), SimError> {
+        self.counting = true;
+        let p = &mut self.machine.platform;
+        p.stats = crate::stats::Stats::default();
+        p.mmu.stats = crate::mmu::MmuStats::default();
+        if let Some(oracle) = p.oracle.as_deref_mut() {
+            oracle.reset_counts();
+        }
+        if let Some(root) = self.root {
+            self.machine.guest_root_switch(root)?;
+            self.machine.platform.stats.root_switches = 0;
+        }
+        let markers = std::mem::take(&mut self.report.markers);
+        self.report = SystemReport {
+            guest_format: std::mem::take(&mut self.report.guest_format),
+            markers,
+            ..SystemReport::default()
+        };
+        Ok(())
+    }
+
+    fn event(&mut self, r: &SysRecord) -> Result<(), ReplayError> {
+        if self.counting {
+            self.report.events += 1;
+            self.report.instructions += u64::from(r.gap);
+        }
+        match r.event {
+            Event::Access { kind, mode, size, va, pa, value } => {
+                if self.counting {
+                    match mode {
+                        Mode::User => self.report.user_accesses += 1,
+                        Mode::Supervisor => self.report.kernel_accesses += 1,
+                        Mode::Machine => self.report.machine_accesses += 1,
+                    }
+                    if mode != Mode::Machine && self.root.is_some() {
+                        self.translate(kind, mode, va, pa)?;
+                    }
+                }
+                if kind == Kind::Store {
+                    self.store(pa, size, value)?;
+                }
+            }
+            Event::Satp { value } => self.satp(value)?,
+            Event::Fence { fence, rs1, rs2 } => {
+                if self.counting {
+                    *self.report.fences.entry(fence.name().to_owned()).or_default() += 1;
+                    if fence == Fence::SfenceVma {
+                        // rs2 holds an ASID in its low ASIDLEN bits (16 on RV64).
+                        let asid = rs2.map(|a| Asid((a & 0xffff) as u16));
+                        let op = FlushOp::SfenceVma { va: rs1.map(Gva::new), asid };
+                        self.machine.guest_flush(op)?;
+                    }
+                }
+            }
+            Event::Trap { cause, tval, from } => {
+                if self.counting {
+                    self.trap(cause, tval, from)?;
+                }
+            }
+            Event::Marker { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn translate(&mut self, kind: Kind, mode: Mode, va: u64, pa: u64) -> Result<(), ReplayError> {
+        let access = access_of(kind, mode);
+        match self.machine.access(Gva::new(va), access) {
+            Ok(hpa) => {
+                let mut ok = true;
+                if kind != Kind::Fetch {
+                    let expected = self.machine.platform.gpa_to_hpa(Gpa::new(pa))?;
+                    if expected != Some(hpa) {
+                        ok = false;
+                        self.report.pa_mismatches += 1;
+                        self.note(format!(
+                            "{} at {va:#x} ({}) translated to host {hpa}, but QEMU recorded \
+                             guest-physical {pa:#x}",
+                            kind.name(),
+                            mode.name()
+                        ));
+                    }
+                }
+                self.history.add(va ^ u64::from(ok) << 63);
+            }
+            Err(Stop::GuestFault(f)) => {
+                self.report.unexpected_faults += 1;
+                self.note(format!(
+                    "{} at {va:#x} ({}) completed under QEMU but faulted in the replay: {f:?}",
+                    kind.name(),
+                    mode.name()
+                ));
+                self.history.add(!va);
+            }
+            Err(Stop::Error(e)) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, what: String) {
+        self.report.first_discrepancy.get_or_insert(what);
+    }
+
+    /// A recorded trap: a page fault is replayed as the access that took it.
+    fn trap(&mut self, cause: u64, tval: u64, from: Mode) -> Result<(), ReplayError> {
+        let kind = match cause {
+            FETCH_PAGE_FAULT => Kind::Fetch,
+            LOAD_PAGE_FAULT => Kind::Load,
+            STORE_PAGE_FAULT => Kind::Store,
+            _ => {
+                self.report.other_traps += 1;
+                return Ok(());
+            }
+        };
+        *self.report.page_faults.entry(kind.name().to_owned()).or_default() += 1;
+        if self.root.is_none() {
+            return Ok(());
+        }
+        match self.machine.access(Gva::new(tval), access_of(kind, from)) {
+            Ok(_) => self.report.spurious_faults += 1,
+            Err(Stop::GuestFault(_)) => self.history.add(tval.rotate_left(1)),
+            Err(Stop::Error(e)) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    fn satp(&mut self, value: u64) -> Result<(), ReplayError> {
+        if self.counting {
+            self.report.satp_writes += 1;
+        }
+        let mode = value >> 60;
+        if mode == 0 {
+            self.root = None;
+            return Ok(());
+        }
+        match format_of(mode) {
+            Some((f, _)) if f == self.format => {}
+            _ => {
+                return Err(ReplayError::Sim(SimError::Config(format!(
+                    "satp {value:#x} switches to mode {mode}, but the guest started with {}",
+                    self.format.name
+                ))))
+            }
+        }
+        let table = PageTable::new(Gpa::new((value & ((1 << 44) - 1)) << 12), self.format);
+        let root = GuestRoot { table, asid: Asid((value >> 44 & 0xffff) as u16) };
+        self.root = Some(root);
+        if self.counting {
+            self.machine.guest_root_switch(root)?;
+        }
+        Ok(())
+    }
+
+    /// A store of the low `size` bytes of `value` at guest-physical `pa`, merged into the
+    /// image's 8-byte words (a 16-byte store's high half was not recorded; it is left as is).
+    fn store(&mut self, pa: u64, size: u8, value: u64) -> Result<(), ReplayError> {
+        if !(RAM_BASE..GUEST_PHYS_BYTES).contains(&pa) {
+            return Ok(());
+        }
+        if self.counting {
+            self.report.stores += 1;
+        }
+        let len = u64::from(size.min(8));
+        let mut done = 0u64;
+        while done < len {
+            let at = pa + done;
+            let word = at & !7;
+            let shift = (at - word) * 8;
+            let n = (8 - (at - word)).min(len - done);
+            let mask = if n == 8 { u64::MAX } else { ((1u64 << (n * 8)) - 1) << shift };
+            let part = (value >> (done * 8)) << shift & mask;
+            let gpa = Gpa::new(word);
+            let p = &mut self.machine.platform;
+            let old = p.read_guest_u64(gpa)?;
+            let new = old & !mask | part;
+            if self.counting {
+                self.machine.guest_store(gpa, new)?;
+            } else if let Some(hpa) = p.gpa_to_hpa(gpa)? {
+                p.host.write_u64(hpa, new);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, spec: &SystemSpec, name: &str) -> Report {
+        let p: &mut Platform = &mut self.machine.platform;
+        // The instructions between accesses cost what trace replay charges by default
+        // (`workload.cycles_per_instruction` = 1).
+        p.stats.cycles.compute = self.report.instructions.saturating_mul(CYCLES_PER_INSTRUCTION);
+        let p = &self.machine.platform;
+        let (stats, mmu) = (&p.stats, &p.mmu.stats);
+        let accesses = stats.accesses;
+        let mut counters = std::collections::BTreeMap::new();
+        self.machine.scheme.counters(&mut counters);
+        let faults: u64 = self.report.page_faults.values().sum();
+        Report {
+            scheme: spec.scheme.name().to_owned(),
+            workload: name.to_owned(),
+            profile: spec.profile.name.clone(),
+            seed: 0,
+            accesses,
+            tlb_misses: mmu.misses,
+            walk_refs_per_miss: if mmu.walks == 0 {
+                0.0
+            } else {
+                (mmu.guest_refs + mmu.nested_refs) as f64 / mmu.walks as f64
+            },
+            vm_exits: CauseCounts::exits(stats),
+            hw_traps: CauseCounts::traps(stats),
+            guest_page_faults: stats.guest_faults,
+            cycles: stats.cycles.total(),
+            overhead_vs_native: None,
+            cycles_by_category: stats.cycles,
+            tlb: TlbReport {
+                l1_hits: mmu.l1_hits,
+                l2_hits: mmu.l2_hits,
+                misses: mmu.misses,
+                mpka: if accesses == 0 {
+                    0.0
+                } else {
+                    mmu.misses as f64 * 1000.0 / accesses as f64
+                },
+            },
+            walk: WalkReport::from_mmu(mmu),
+            flushes: stats.flushes.iter().map(|(&k, &v)| (k.to_owned(), v)).collect(),
+            root_switches: stats.root_switches,
+            guest: GuestReport {
+                faults: [("recorded".to_owned(), faults)].into_iter().collect(),
+                syscalls: self.report.other_traps,
+                history: format!("{:016x}", self.history.0),
+                ..GuestReport::default()
+            },
+            tables: TablesReport {
+                host_table_frames: p.host.table_frames(),
+                host_frames: p.host.frames_in_use(),
+            },
+            scheme_counters: counters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            oracle: p.oracle.as_ref().map(|o| o.counts()),
+            trace: None,
+            system: Some(self.report),
+        }
+    }
+}
+
+/// The MMU access of a recorded one.
+fn access_of(kind: Kind, mode: Mode) -> Access {
+    let kind = match kind {
+        Kind::Store | Kind::Modify => AccessKind::Store,
+        Kind::Fetch => AccessKind::Fetch,
+        Kind::Load => AccessKind::Load,
+    };
+    let privilege = if mode == Mode::User { Privilege::User } else { Privilege::Supervisor };
+    Access { kind, privilege }
+}
