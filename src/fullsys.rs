@@ -79,6 +79,8 @@ pub struct SystemReport {
     pub machine_accesses: u64,
     /// Stores applied to the guest image.
     pub stores: u64,
+    /// User-mode stores (the program's own).
+    pub user_stores: u64,
     /// `satp` writes.
     pub satp_writes: u64,
     /// Fences by mnemonic.
@@ -327,6 +329,9 @@ impl<S: Scheme> State<S> {
                     }
                 }
                 if kind == Kind::Store {
+                    if self.counting && mode == Mode::User {
+                        self.report.user_stores += 1;
+                    }
                     self.store(pa, size, value)?;
                 }
             }
