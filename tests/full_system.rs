@@ -32,7 +32,8 @@ fn kit_ready() -> bool {
 }
 
 #[test]
-fn a_real_guest_replays_oracle_clean_under_every_scheme() -> Result<(), Box<dyn std::error::Error>> {
+fn a_real_guest_replays_oracle_clean_under_every_scheme() -> Result<(), Box<dyn std::error::Error>>
+{
     if !kit_ready() {
         if std::env::var_os("MEMVIRT_REQUIRE_GUEST").is_some() {
             return Err("MEMVIRT_REQUIRE_GUEST is set but QEMU or the guest kit is missing".into());

@@ -355,7 +355,7 @@ impl<W: Write + Seek> SystemWriter<W> {
         for r in &s.records {
             if let Event::Access { va, size, .. } = r.event {
                 let end = va.saturating_add(u64::from(size.max(1)) - 1);
-                if info.records == 0 && info.by_kind.iter().all(|&k| k == 0) {
+                if info.by_kind[0] + info.by_kind[1] + info.by_kind[3] == 0 {
                     (info.min_addr, info.max_addr) = (va, end);
                 } else {
                     info.min_addr = info.min_addr.min(va);
