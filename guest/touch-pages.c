@@ -1,5 +1,5 @@
 /* touch-pages N: maps N fresh anonymous 4 KiB pages and stores one byte to each, between markers 1
- * and 2. Under Linux each store takes exactly one page fault and one leaf PTE store. */
+ * and 2. Under Linux each store takes exactly one page fault (tests/full_system.rs checks it). */
 #include <stdlib.h>
 #include <sys/mman.h>
 

@@ -23,8 +23,8 @@ use crate::mmu::FlushOp;
 use crate::paging::walk::PageTable;
 use crate::paging::{Access, AccessKind, AdPolicy, Format, Privilege};
 use crate::profile::Profile;
-use crate::report::{CauseCounts, GuestReport, Report, TablesReport, TlbReport, WalkReport};
-use crate::run::{with_scheme, Drive, RunError, SchemeError};
+use crate::report::{GuestReport, Report};
+use crate::run::{machine_report, with_scheme, Drive, ReportId, RunError, SchemeError};
 use crate::scheme::SchemeKind;
 use crate::trace::decode::Reader;
 use crate::trace::system::{
@@ -45,6 +45,9 @@ pub const RAM_BASE: u64 = 0x8000_0000;
 /// Cycles charged per guest instruction for the compute between accesses, as trace replay's
 /// default `cycles_per_instruction`.
 pub const CYCLES_PER_INSTRUCTION: u64 = 1;
+
+/// The `scause` of an environment call from user mode: a system call.
+const USER_ECALL: u64 = 8;
 
 /// What to replay.
 #[derive(Clone, Debug)]
@@ -71,7 +74,7 @@ pub struct SystemReport {
     pub events: u64,
     /// Guest instructions in the counted part.
     pub instructions: u64,
-    /// Accesses in user, supervisor and machine mode.
+    /// User-mode accesses.
     pub user_accesses: u64,
     /// Supervisor-mode accesses.
     pub kernel_accesses: u64,
@@ -90,7 +93,9 @@ pub struct SystemReport {
     /// Recorded page faults the replayed tables did not fault on (a fault the real hardware
     /// took for a reason the image does not show, e.g. a stale entry in QEMU's TLB).
     pub spurious_faults: u64,
-    /// Other traps (system calls, interrupts) by `scause`.
+    /// System calls: environment calls from user mode (`scause` 8).
+    pub syscalls: u64,
+    /// Other traps (interrupts, other exceptions).
     pub other_traps: u64,
     /// Accesses that translated to another guest-physical address than QEMU recorded.
     pub pa_mismatches: u64,
@@ -260,7 +265,7 @@ impl Drive for Replay<'_> {
                 self.reader.name, state.report.markers
             ))));
         }
-        Ok(state.finish(self.spec, &self.reader.name))
+        Ok(state.finish(self.spec, &self.reader.name)?)
     }
 }
 
@@ -363,8 +368,12 @@ impl<S: Scheme> State<S> {
             Ok(hpa) => {
                 let mut ok = true;
                 if kind != Kind::Fetch {
-                    let expected = self.machine.platform.gpa_to_hpa(Gpa::new(pa))?;
-                    if expected != Some(hpa) {
+                    // A lookup, not `gpa_to_hpa`: the check must not back frames itself.
+                    let gpa = Gpa::new(pa);
+                    let expected = self.machine.platform.guest_mem.lookup(gpa.page()).map(|hfn| {
+                        hfn.addr().as_u64() | gpa.page_offset(crate::addr::PageSize::Size4K)
+                    });
+                    if expected != Some(hpa.as_u64()) {
                         ok = false;
                         self.report.pa_mismatches += 1;
                         self.note(format!(
@@ -401,6 +410,10 @@ impl<S: Scheme> State<S> {
             FETCH_PAGE_FAULT => Kind::Fetch,
             LOAD_PAGE_FAULT => Kind::Load,
             STORE_PAGE_FAULT => Kind::Store,
+            USER_ECALL => {
+                self.report.syscalls += 1;
+                return Ok(());
+            }
             _ => {
                 self.report.other_traps += 1;
                 return Ok(());
@@ -465,8 +478,8 @@ impl<S: Scheme> State<S> {
             let part = (value >> (done * 8)) << shift & mask;
             let gpa = Gpa::new(word);
             let p = &mut self.machine.platform;
-            let old = p.read_guest_u64(gpa)?;
-            let new = old & !mask | part;
+            // A whole aligned word needs nothing of the old one.
+            let new = if mask == u64::MAX { part } else { p.read_guest_u64(gpa)? & !mask | part };
             if self.counting {
                 self.machine.guest_store(gpa, new)?;
             } else if let Some(hpa) = p.gpa_to_hpa(gpa)? {
@@ -477,63 +490,26 @@ impl<S: Scheme> State<S> {
         Ok(())
     }
 
-    fn finish(mut self, spec: &SystemSpec, name: &str) -> Report {
+    fn finish(mut self, spec: &SystemSpec, name: &str) -> Result<Report, SimError> {
         let p: &mut Platform = &mut self.machine.platform;
         // The instructions between accesses cost what trace replay charges by default
         // (`workload.cycles_per_instruction` = 1).
         p.stats.cycles.compute = self.report.instructions.saturating_mul(CYCLES_PER_INSTRUCTION);
-        let p = &self.machine.platform;
-        let (stats, mmu) = (&p.stats, &p.mmu.stats);
-        let accesses = stats.accesses;
-        let mut counters = std::collections::BTreeMap::new();
-        self.machine.scheme.counters(&mut counters);
-        let faults: u64 = self.report.page_faults.values().sum();
-        Report {
-            scheme: spec.scheme.name().to_owned(),
+        let guest = GuestReport {
+            faults: [("recorded".to_owned(), self.report.page_faults.values().sum())].into(),
+            syscalls: self.report.syscalls,
+            history: format!("{:016x}", self.history.0),
+            ..GuestReport::default()
+        };
+        let id = ReportId {
+            scheme: spec.scheme,
             workload: name.to_owned(),
             profile: spec.profile.name.clone(),
             seed: 0,
-            accesses,
-            tlb_misses: mmu.misses,
-            walk_refs_per_miss: if mmu.walks == 0 {
-                0.0
-            } else {
-                (mmu.guest_refs + mmu.nested_refs) as f64 / mmu.walks as f64
-            },
-            vm_exits: CauseCounts::exits(stats),
-            hw_traps: CauseCounts::traps(stats),
-            guest_page_faults: stats.guest_faults,
-            cycles: stats.cycles.total(),
-            overhead_vs_native: None,
-            cycles_by_category: stats.cycles,
-            tlb: TlbReport {
-                l1_hits: mmu.l1_hits,
-                l2_hits: mmu.l2_hits,
-                misses: mmu.misses,
-                mpka: if accesses == 0 {
-                    0.0
-                } else {
-                    mmu.misses as f64 * 1000.0 / accesses as f64
-                },
-            },
-            walk: WalkReport::from_mmu(mmu),
-            flushes: stats.flushes.iter().map(|(&k, &v)| (k.to_owned(), v)).collect(),
-            root_switches: stats.root_switches,
-            guest: GuestReport {
-                faults: [("recorded".to_owned(), faults)].into_iter().collect(),
-                syscalls: self.report.other_traps,
-                history: format!("{:016x}", self.history.0),
-                ..GuestReport::default()
-            },
-            tables: TablesReport {
-                host_table_frames: p.host.table_frames(),
-                host_frames: p.host.frames_in_use(),
-            },
-            scheme_counters: counters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            oracle: p.oracle.as_ref().map(|o| o.counts()),
-            trace: None,
-            system: Some(self.report),
-        }
+        };
+        let mut report = machine_report(&self.machine, id, guest)?;
+        report.system = Some(self.report);
+        Ok(report)
     }
 }
 

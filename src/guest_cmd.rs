@@ -45,7 +45,7 @@ enum GuestCommand {
 /// The built-in guest programs (guest/*.c, and busybox).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Program {
-    /// Map 256 fresh pages and store to each: 256 page faults, 256 leaf PTE stores.
+    /// Map 256 fresh pages and store one byte to each: one page fault per page.
     TouchPages,
     /// GUPS-like random read-modify-writes over 16 MiB (200,000 updates).
     Gups,

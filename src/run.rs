@@ -269,27 +269,75 @@ fn report<S: Scheme>(
         Some(t) => t.instructions.saturating_mul(t.cycles_per_instruction),
         None => user_accesses.saturating_mul(p.costs.compute_per_access),
     };
-    if p.stats.cycles.checked_total().is_none() {
-        return Err(OsError::Sim(SimError::Config(format!(
-            "the cycle totals overflow 64 bits ({:?}): the costs are too large for a run this \
-             long; lower the costs or shorten the run",
-            p.stats.cycles
-        ))));
-    }
-    let p = &os.machine.platform;
-    let stats = &p.stats;
-    let mmu = &p.mmu.stats;
-    let accesses = stats.accesses;
+    let faults = FaultResolution::ALL
+        .iter()
+        .map(|&r| (r.name().to_owned(), os.stats.faults[r as usize]))
+        .collect();
     let guest = &os.stats;
-    let mut counters = BTreeMap::new();
-    os.machine.scheme.counters(&mut counters);
-    let faults =
-        FaultResolution::ALL.iter().map(|&r| (r.name().to_owned(), guest.faults[r as usize]));
-    Ok(Report {
-        scheme: spec.scheme.name().to_owned(),
+    let guest = GuestReport {
+        faults,
+        leaf_pte_writes: guest.leaf_pte_writes,
+        pte_writes: guest.pte_writes,
+        syscalls: guest.syscalls,
+        context_switches: guest.context_switches,
+        processes: guest.processes,
+        killed: guest.killed,
+        frames_in_use: os.frames.in_use(),
+        peak_frames: os.frames.peak(),
+        kill_log: guest.kill_log.clone(),
+        history: format!("{history:016x}"),
+    };
+    let id = ReportId {
+        scheme: spec.scheme,
         workload: spec.workload_name(),
         profile: spec.profile.name.clone(),
         seed: spec.seed,
+    };
+    let mut report = machine_report(&os.machine, id, guest).map_err(OsError::Sim)?;
+    report.trace = trace;
+    Ok(report)
+}
+
+/// Who a report is about.
+#[derive(Clone, Debug)]
+pub struct ReportId {
+    /// The scheme.
+    pub scheme: SchemeKind,
+    /// The workload's name (or the trace's).
+    pub workload: String,
+    /// The profile's name.
+    pub profile: String,
+    /// The seed.
+    pub seed: u64,
+}
+
+/// The report of `machine` after a run, whichever front end drove it, with `guest` as its
+/// guest section (`trace` and `system` are the caller's); an error if its cycle totals do not
+/// fit in 64 bits (the costs are too large for the run's length), since any number printed
+/// would be wrong. The caller has set `cycles.compute`.
+pub fn machine_report<S: Scheme>(
+    machine: &Machine<S>,
+    id: ReportId,
+    guest: GuestReport,
+) -> Result<Report, SimError> {
+    let p = &machine.platform;
+    if p.stats.cycles.checked_total().is_none() {
+        return Err(SimError::Config(format!(
+            "the cycle totals overflow 64 bits ({:?}): the costs are too large for a run this \
+             long; lower the costs or shorten the run",
+            p.stats.cycles
+        )));
+    }
+    let stats = &p.stats;
+    let mmu = &p.mmu.stats;
+    let accesses = stats.accesses;
+    let mut counters = BTreeMap::new();
+    machine.scheme.counters(&mut counters);
+    Ok(Report {
+        scheme: id.scheme.name().to_owned(),
+        workload: id.workload,
+        profile: id.profile,
+        seed: id.seed,
         accesses,
         tlb_misses: mmu.misses,
         walk_refs_per_miss: if mmu.walks == 0 {
@@ -312,26 +360,14 @@ fn report<S: Scheme>(
         walk: WalkReport::from_mmu(mmu),
         flushes: stats.flushes.iter().map(|(&k, &v)| (k.to_owned(), v)).collect(),
         root_switches: stats.root_switches,
-        guest: GuestReport {
-            faults: faults.collect(),
-            leaf_pte_writes: guest.leaf_pte_writes,
-            pte_writes: guest.pte_writes,
-            syscalls: guest.syscalls,
-            context_switches: guest.context_switches,
-            processes: guest.processes,
-            killed: guest.killed,
-            frames_in_use: os.frames.in_use(),
-            peak_frames: os.frames.peak(),
-            kill_log: guest.kill_log.clone(),
-            history: format!("{history:016x}"),
-        },
+        guest,
         tables: TablesReport {
             host_table_frames: p.host.table_frames(),
             host_frames: p.host.frames_in_use(),
         },
         scheme_counters: counters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         oracle: p.oracle.as_ref().map(|o| o.counts()),
-        trace,
+        trace: None,
         system: None,
     })
 }

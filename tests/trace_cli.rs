@@ -8,6 +8,7 @@
 
 mod tracegen;
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -446,4 +447,14 @@ fn an_interrupted_recording_stops_the_whole_process_group() {
         assert!(started.elapsed().as_secs() < 10, "the background sleep {mark} is still running");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+#[test]
+fn guest_replay_refuses_a_trace_that_is_not_full_system() {
+    let v1 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/small-v1.mvt");
+    let out = memvirt(&[OsStr::new("guest"), OsStr::new("replay"), v1.as_os_str()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("small-v1.mvt: not a full-system trace"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

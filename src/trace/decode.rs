@@ -121,6 +121,13 @@ impl Reader {
         })
     }
 
+    /// Stream `stream`'s number and block index.
+    fn blocks_of(&self, stream: usize) -> Result<(u32, Vec<BlockRef>), TraceError> {
+        let id = u32::try_from(stream).unwrap_or(u32::MAX);
+        let info = self.streams.get(stream).ok_or(TraceError::NoStream(id))?;
+        Ok((id, info.blocks.clone()))
+    }
+
     /// A decoder of stream `stream` that skips its first `skip` records and stops after `limit`.
     pub fn stream(
         &self,
@@ -128,14 +135,13 @@ impl Reader {
         skip: u64,
         limit: u64,
     ) -> Result<StreamDecoder, TraceError> {
-        let id = u32::try_from(stream).unwrap_or(u32::MAX);
-        let info = self.streams.get(stream).ok_or(TraceError::NoStream(id))?;
+        let (id, blocks) = self.blocks_of(stream)?;
         Ok(StreamDecoder {
             name: self.name.clone(),
             source: self.source()?,
             layout: self.layout(),
             stream: id,
-            blocks: info.blocks.clone(),
+            blocks,
             next: 0,
             skip,
             left: limit,
@@ -147,14 +153,13 @@ impl Reader {
     /// The blocks of `stream` undecoded (full-system streams); `max_record` bounds the decoded
     /// bytes of one record.
     pub fn raw_blocks(&self, stream: usize, max_record: usize) -> Result<RawBlocks, TraceError> {
-        let id = u32::try_from(stream).unwrap_or(u32::MAX);
-        let info = self.streams.get(stream).ok_or(TraceError::NoStream(id))?;
+        let (id, blocks) = self.blocks_of(stream)?;
         Ok(RawBlocks {
             name: self.name.clone(),
             source: self.source()?,
             layout: self.layout(),
             stream: id,
-            blocks: info.blocks.clone(),
+            blocks,
             next: 0,
             end: self.header.dir_offset,
             max_record,
@@ -196,6 +201,9 @@ impl Reader {
     /// records: counts by kind, the address range and the footprint, page by page and flag by
     /// flag. `Ok` means the whole file is sound and its directory exact.
     pub fn validate(&self) -> Result<(), TraceError> {
+        if self.header.source == Source::Qemu {
+            return super::system::validate(self);
+        }
         let mut batch = Vec::new();
         for (s, info) in self.streams.iter().enumerate() {
             let claim = |detail: String| {
@@ -735,11 +743,6 @@ impl RawBlocks {
             self.max_record,
         )?;
         Ok(Some((b, &self.block.raw)))
-    }
-
-    /// Where block `b` starts in the file, for error messages.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 

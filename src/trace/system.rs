@@ -405,6 +405,7 @@ impl SystemFile {
 /// Reads one full-system stream, a block at a time.
 #[derive(Debug)]
 pub struct SystemStream {
+    name: String,
     blocks: RawBlocks,
 }
 
@@ -412,14 +413,15 @@ impl SystemStream {
     /// The events of stream `stream` of `reader`, which must be a full-system trace.
     pub fn open(reader: &Reader, stream: usize) -> Result<SystemStream, TraceError> {
         require_system(reader)?;
-        Ok(SystemStream { blocks: reader.raw_blocks(stream, MAX_SYS_RECORD_BYTES)? })
+        let blocks = reader.raw_blocks(stream, MAX_SYS_RECORD_BYTES)?;
+        Ok(SystemStream { name: reader.name.clone(), blocks })
     }
 
     /// Replaces `out` with the next block's records; `false` after the last.
     pub fn next_batch(&mut self, out: &mut Vec<SysRecord>) -> Result<bool, TraceError> {
         out.clear();
-        let name = self.blocks.name().to_owned();
         let Some((b, raw)) = self.blocks.next_block()? else { return Ok(false) };
+        let name = &self.name;
         let bad =
             |detail: String| TraceError::Format { file: name.clone(), offset: b.offset, detail };
         let gaps =
@@ -538,6 +540,8 @@ mod tests {
         let (_, _, cursor) = w.into_inner()?.finish(0)?;
         let reader = Reader::from_bytes("sys.mvt".into(), cursor.into_inner())?;
         validate(&reader)?;
+        // `trace verify` and `trace info` reach the same check through the container's reader.
+        reader.validate()?;
         let mut stream = SystemStream::open(&reader, 0)?;
         let (mut all, mut batch) = (Vec::new(), Vec::new());
         while stream.next_batch(&mut batch)? {

@@ -124,6 +124,13 @@ impl TraceSet {
                 .map_or_else(|| trace::display_name(path), |n| n.to_string_lossy().into_owned());
             let (reader, temp, warnings) = if trace::is_plain_compact(path, opts)? {
                 let reader = Reader::open(path, trace::Compression::None)?;
+                if reader.header.source == trace::Source::Qemu {
+                    return Err(TraceError::Other(format!(
+                        "{}: a full-system trace (memvirt guest record); `memvirt guest replay` \
+                         replays it",
+                        reader.name
+                    )));
+                }
                 reader.validate()?;
                 let warnings = reader.warning().into_iter().collect();
                 (reader, None, warnings)
