@@ -312,6 +312,10 @@ pub trait Scheme {
         let _ = out;
     }
 
+    /// Zeroes the scheme's event counters (fills, syncs, ...) at the end of a warm-up; what
+    /// describes its state (pages in use, leaves mapped) stays.
+    fn reset_counters(&mut self) {}
+
     /// The guest freed an address space whose root was `root`.
     fn guest_address_space_freed(
         &mut self,
@@ -342,6 +346,18 @@ impl<S: Scheme> Machine<S> {
     /// fills the TLB with is checked against the guest's table, and a violation stops the run.
     pub fn enable_oracle(&mut self) {
         self.platform.oracle = Some(Box::new(Oracle::new(self.scheme.name())));
+    }
+
+    /// Ends a warm-up: every event counter (platform, MMU, oracle, scheme) restarts from zero,
+    /// while TLBs, caches and tables keep what the warm-up left in them.
+    pub fn reset_counts(&mut self) {
+        let p = &mut self.platform;
+        p.stats = crate::stats::Stats::default();
+        p.mmu.stats = crate::mmu::MmuStats::default();
+        if let Some(oracle) = p.oracle.as_deref_mut() {
+            oracle.reset_counts();
+        }
+        self.scheme.reset_counters();
     }
 
     /// One guest access: the L1 TLB, else the L2, else the scheme's miss path.

@@ -779,6 +779,62 @@ impl Drop for Progress {
     }
 }
 
+/// The progress bar of runs that go on in parallel (a sweep's points, a guest replay's
+/// schemes), drawn like [`Progress`] (on a terminal, after [`Progress::DELAY`]). Runs finish on
+/// rayon's threads, so the bar sits behind a mutex.
+struct SharedBar {
+    enabled: bool,
+    start: Instant,
+    message: String,
+    template: &'static str,
+    bar: std::sync::Mutex<Option<ProgressBar>>,
+}
+
+impl SharedBar {
+    /// Counts whole runs: `update(done runs, runs)`.
+    const RUNS: &'static str = "{msg:32} [{bar:30}] {pos}/{len} runs {elapsed}";
+    /// Counts any unit, shown as a share: `update(done, total)`.
+    const SHARE: &'static str = "{msg:32} [{bar:30}] {percent:>3}% {elapsed}";
+
+    fn new(message: String, template: &'static str) -> Self {
+        SharedBar {
+            enabled: std::io::stderr().is_terminal(),
+            start: Instant::now(),
+            message,
+            template,
+            bar: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn update(&self, done: usize, total: usize) {
+        if !self.enabled {
+            return;
+        }
+        // A panicked holder leaves a usable bar: it only draws.
+        let mut slot = self.bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() && self.start.elapsed() < Progress::DELAY {
+            return;
+        }
+        let bar = slot.get_or_insert_with(|| {
+            let style = ProgressStyle::with_template(self.template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            let length = u64::try_from(total).unwrap_or(u64::MAX);
+            ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr())
+                .with_style(style)
+                .with_message(self.message.clone())
+        });
+        bar.set_position(u64::try_from(done).unwrap_or(u64::MAX));
+    }
+
+    fn finish(&self) {
+        let mut slot = self.bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(bar) = slot.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

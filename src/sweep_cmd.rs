@@ -4,11 +4,8 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use memvirt::output;
 use memvirt::plot;
 use memvirt::scheme::SchemeKind;
@@ -16,7 +13,7 @@ use memvirt::sweep::{self, Journal, SweepSpec};
 use memvirt::workload::WorkloadKind;
 
 use super::{
-    check_output, emit, has_param, selected, write_atomically, Progress, Setup, SweepArgs,
+    check_output, emit, has_param, selected, write_atomically, Setup, SharedBar, SweepArgs,
 };
 use memvirt::outfile;
 
@@ -97,7 +94,7 @@ pub(super) fn sweep(args: &SweepArgs) -> Result<()> {
         }
     };
 
-    let bar = RunsBar::new(format!("sweep {} on {}", spec.key, workload.name()));
+    let bar = SharedBar::new(format!("sweep {} on {}", spec.key, workload.name()), SharedBar::RUNS);
     let result =
         sweep::sweep_journaled(&spec, journal.as_ref(), &|done, total| bar.update(done, total));
     bar.finish();
@@ -142,56 +139,6 @@ fn journal_path(args: &SweepArgs, spec: &SweepSpec) -> Option<PathBuf> {
         }
         None => PathBuf::from(sweep::default_journal_name(spec)),
     })
-}
-
-/// The progress bar of a sweep: runs finished out of all runs, drawn like the other commands'
-/// ([`Progress`]: on a terminal, after [`Progress::DELAY`]). Runs finish on rayon's threads, so
-/// the bar sits behind a mutex.
-struct RunsBar {
-    enabled: bool,
-    start: Instant,
-    message: String,
-    bar: Mutex<Option<ProgressBar>>,
-}
-
-impl RunsBar {
-    fn new(message: String) -> Self {
-        RunsBar {
-            enabled: std::io::stderr().is_terminal(),
-            start: Instant::now(),
-            message,
-            bar: Mutex::new(None),
-        }
-    }
-
-    fn update(&self, done: usize, total: usize) {
-        if !self.enabled {
-            return;
-        }
-        // A panicked holder leaves a usable bar: it only draws.
-        let mut slot = self.bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if slot.is_none() && self.start.elapsed() < Progress::DELAY {
-            return;
-        }
-        let bar = slot.get_or_insert_with(|| {
-            let style =
-                ProgressStyle::with_template("{msg:32} [{bar:30}] {pos}/{len} runs {elapsed}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> ");
-            let length = u64::try_from(total).unwrap_or(u64::MAX);
-            ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr())
-                .with_style(style)
-                .with_message(self.message.clone())
-        });
-        bar.set_position(u64::try_from(done).unwrap_or(u64::MAX));
-    }
-
-    fn finish(&self) {
-        let mut slot = self.bar.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(bar) = slot.take() {
-            bar.finish_and_clear();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,18 @@
 //! Full-system recording and replay (issue 18): boots the unmodified Debian riscv64 kernel
 //! under QEMU with memvirt's plugin, runs `touch-pages 64` (guest/touch-pages.c: maps 64 fresh
-//! pages and stores one byte to each between markers 1 and 2), and replays the recording
-//! under every scheme with the translation oracle on.
+//! pages at 128 GiB and stores one byte to each between markers 1 and 2), and replays the
+//! recording under every scheme with the translation oracle on, cold, and under four schemes
+//! warm (the scheme runs the boot first).
 //!
 //! Hand-derived facts for the marked window: the program makes exactly 64 user stores, each to
-//! a page Linux has not mapped yet, so the kernel takes exactly 64 store page faults; every
-//! access the guest completed translates, through the tables the kernel wrote, to the
-//! guest-physical address QEMU recorded (which also proves the recorded `satp` roots are the
-//! tables' roots); all 15 schemes see the same guest history.
+//! a page Linux has not mapped yet, so the kernel takes exactly 64 store page faults; the
+//! 1 GiB-aligned range at 128 GiB has no tables below the root yet, so under Sv39 the kernel
+//! stores exactly 66 entries into the process's tables: one root entry (the new middle
+//! table), one middle entry (the new leaf table) and 64 leaf PTEs (the new tables' zeroing
+//! happens before they are linked in, so it is not a table store); every access the guest
+//! completed translates, through the tables the kernel wrote, to the guest-physical address
+//! QEMU recorded (which also proves the recorded `satp` roots are the tables' roots); all
+//! schemes see the same guest history, warm or cold.
 //!
 //! Needs QEMU 10 and the guest kit (`scripts/guest-kit.sh fetch`, which `scripts/test.sh`
 //! runs). Without them the test says so and skips, unless MEMVIRT_REQUIRE_GUEST is set (the
@@ -53,21 +58,30 @@ fn a_real_guest_replays_oracle_clean_under_every_scheme() -> Result<(), Box<dyn 
     assert!(rec.status.success(), "recording failed: {stderr}");
     assert!(stderr.contains("memvirt-guest: exit 0"), "{stderr}");
 
-    let out = memvirt()
-        .args(["guest", "replay", "--from-marker", "1", "--to-marker", "2", "--verify"])
-        .args(["--format", "json"])
-        .arg(&trace)
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "replay failed: {stderr}");
-    let reports: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(reports.len(), 15, "every scheme ran");
-    let history = &reports[0]["guest"]["history"];
-    for r in &reports {
-        let scheme = r["scheme"].as_str().unwrap_or("?");
+    let replay = |extra: &[&str]| -> Result<Vec<serde_json::Value>, String> {
+        let out = memvirt()
+            .args(["guest", "replay", "--from-marker", "1", "--to-marker", "2", "--verify"])
+            .args(["--format", "json"])
+            .args(extra)
+            .arg(&trace)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "replay {extra:?} failed: {stderr}");
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    };
+    let cold = replay(&["--cold"])?;
+    let warm = replay(&["--schemes", "native,nested,tsp,ssp"])?;
+    assert_eq!(cold.len(), 15, "every scheme ran");
+    assert_eq!(warm.len(), 4);
+    let history = &cold[0]["guest"]["history"];
+    for (start, r) in cold.iter().map(|r| ("cold", r)).chain(warm.iter().map(|r| ("warm", r))) {
+        let scheme = format!("{} ({start})", r["scheme"].as_str().unwrap_or("?"));
         let s = &r["system"];
+        assert_eq!(s["start"], start, "{scheme}");
         assert_eq!(s["user_stores"], 64, "{scheme}: the program's stores");
         assert_eq!(s["page_faults"]["store"], 64, "{scheme}: one fault per page");
+        assert_eq!(s["table_stores"], 66, "{scheme}: root, middle and 64 leaf entries");
         assert_eq!(r["guest_page_faults"], 64, "{scheme}: each replayed fault faults");
         assert_eq!(s["spurious_faults"], 0, "{scheme}");
         assert_eq!(s["pa_mismatches"], 0, "{scheme}: {}", s["first_discrepancy"]);
@@ -76,6 +90,16 @@ fn a_real_guest_replays_oracle_clean_under_every_scheme() -> Result<(), Box<dyn 
         assert_eq!(&r["guest"]["history"], history, "{scheme}: same guest history");
         assert!(r["oracle"]["checks"].as_u64().unwrap_or(0) > 0, "{scheme}: oracle checked");
     }
+    let exits = |reports: &[serde_json::Value], name: &str, cause: &str| {
+        let r = reports.iter().find(|r| r["scheme"] == name);
+        r.and_then(|r| r["vm_exits"][cause].as_u64()).unwrap_or(u64::MAX)
+    };
+    // A warm nested table already maps what the boot touched; a cold one maps nothing.
+    assert!(
+        exits(&warm, "nested", "nested_fault") < exits(&cold, "nested", "nested_fault"),
+        "warm nested paging takes fewer nested faults than cold"
+    );
+    let reports = cold;
     let by = |name: &str| reports.iter().find(|r| r["scheme"] == name);
     let nested = by("nested").ok_or("no nested")?;
     assert_eq!(nested["vm_exits"]["write_protect"], 0, "nested paging never write-protects");

@@ -589,6 +589,10 @@ impl Scheme for Hspt {
         Ok(())
     }
 
+    fn reset_counters(&mut self) {
+        self.stats = Default::default();
+    }
+
     fn counters(&self, out: &mut BTreeMap<&'static str, u64>) {
         let s = &self.stats;
         let t = &self.host;

@@ -334,6 +334,10 @@ impl Scheme for Softmmu {
         Ok(())
     }
 
+    fn reset_counters(&mut self) {
+        self.stats = Default::default();
+    }
+
     fn counters(&self, out: &mut BTreeMap<&'static str, u64>) {
         let s = &self.stats;
         for (k, v) in [

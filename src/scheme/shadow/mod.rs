@@ -22,7 +22,9 @@ pub mod tables;
 use std::collections::{BTreeMap, VecDeque};
 
 pub use options::{Granularity, HandlerAt, Notice, ShadowOptions, SyncAt, WideFlush};
-use tables::{Edit, GuestPath, HvGuestMemory, HvMemError, ShadowLeaf, ShadowTables, TreeId};
+use tables::{
+    Edit, GuestPath, HvGuestMemory, HvMemError, ShadowLeaf, ShadowTables, TableStats, TreeId,
+};
 
 use super::nested::{Nested, NestedOptions};
 use crate::addr::{Asid, Gfn, Gpa, Gva, Hpa, PageSize};
@@ -769,6 +771,12 @@ impl Scheme for Shadow {
             }
         }
         Ok(())
+    }
+
+    fn reset_counters(&mut self) {
+        self.stats = Default::default();
+        let t = &mut self.tables.stats;
+        *t = TableStats { pages: t.pages, peak_pages: t.pages, ..TableStats::default() };
     }
 
     fn counters(&self, out: &mut BTreeMap<&'static str, u64>) {

@@ -197,6 +197,10 @@ impl Scheme for SpecShadow {
         self.flat.ensure_mapped(p, gfn.addr())
     }
 
+    fn reset_counters(&mut self) {
+        self.stats = Default::default();
+    }
+
     fn counters(&self, out: &mut BTreeMap<&'static str, u64>) {
         let s = &self.stats;
         out.insert("probes", s.probes);

@@ -15,7 +15,11 @@
 //! Machine-mode accesses (OpenSBI) and accesses made while `satp` is bare are untranslated:
 //! their stores reach the image, and nothing else.
 
+mod table_frames;
+
 use std::path::Path;
+
+use table_frames::TableFrames;
 
 use crate::addr::{Asid, Gpa, Gva};
 use crate::machine::{GuestRoot, Machine, Platform, Scheme, SimError, Stop};
@@ -61,15 +65,45 @@ pub struct SystemSpec {
     pub profile: Profile,
     /// Check every TLB fill against the guest's table (the translation oracle).
     pub verify: bool,
-    /// Count only from this marker on (`--from-marker`): before it, stores only build the image.
+    /// Count only from this marker on (`--from-marker`); how the scheme gets there is `start`.
     pub from_marker: Option<u64>,
+    /// How the scheme reaches `from_marker`.
+    pub start: Start,
     /// Count only up to this marker (`--to-marker`); the replay stops there.
     pub to_marker: Option<u64>,
+}
+
+/// How a replay that counts from a marker gets there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    /// The scheme runs the whole recording from reset, and every counter restarts at the
+    /// marker: TLBs, caches, nested and shadow tables are as the boot left them (a warm-up,
+    /// as ChampSim's `--warmup-instructions`).
+    #[default]
+    Warm,
+    /// Before the marker the stores only build the guest's memory image; the scheme starts at
+    /// the marker with the current root and empty TLBs and tables, as a VM just restored
+    /// would (and faster: the boot is not translated).
+    Cold,
+}
+
+impl Start {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Start::Warm => "warm",
+            Start::Cold => "cold",
+        }
+    }
 }
 
 /// What a full-system replay saw besides the usual counters (docs/json.md).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SystemReport {
+    /// How the scheme reached the first counted event (`warm` or `cold`), when counting
+    /// started at a marker.
+    pub start: Option<Start>,
     /// Events replayed (from the first counted one).
     pub events: u64,
     /// Guest instructions in the counted part.
@@ -84,6 +118,9 @@ pub struct SystemReport {
     pub stores: u64,
     /// User-mode stores (the program's own).
     pub user_stores: u64,
+    /// Stores into the page-table pages of the current root (the kernel's page-table writes;
+    /// module `table_frames`), whatever the mode.
+    pub table_stores: u64,
     /// `satp` writes.
     pub satp_writes: u64,
     /// Fences by mnemonic.
@@ -91,17 +128,19 @@ pub struct SystemReport {
     /// Page faults the kernel took, by kind (`fetch`, `load`, `store`).
     pub page_faults: std::collections::BTreeMap<String, u64>,
     /// Recorded page faults the replayed tables did not fault on (a fault the real hardware
-    /// took for a reason the image does not show, e.g. a stale entry in QEMU's TLB).
+    /// took for a reason the image does not show, e.g. a stale entry in QEMU's TLB); as
+    /// `pa_mismatches`, over everything the scheme replayed.
     pub spurious_faults: u64,
     /// System calls: environment calls from user mode (`scause` 8).
     pub syscalls: u64,
     /// Other traps (interrupts, other exceptions).
     pub other_traps: u64,
-    /// Accesses that translated to another guest-physical address than QEMU recorded.
+    /// Accesses that translated to another guest-physical address than QEMU recorded (over
+    /// everything the scheme replayed, a warm-up included: a correctness count).
     pub pa_mismatches: u64,
-    /// Accesses that completed under QEMU but faulted in the replay.
+    /// Accesses that completed under QEMU but faulted in the replay (as `pa_mismatches`).
     pub unexpected_faults: u64,
-    /// The first mismatch or unexpected fault, described.
+    /// The first mismatch, unexpected or spurious fault, described.
     pub first_discrepancy: Option<String>,
     /// Markers seen, in order.
     pub markers: Vec<u64>,
@@ -229,6 +268,8 @@ impl Drive for Replay<'_> {
             format: self.format,
             root: None,
             counting: self.spec.from_marker.is_none(),
+            driving: self.spec.from_marker.is_none() || self.spec.start == Start::Warm,
+            tables: TableFrames::new(self.format, GUEST_PHYS_BYTES),
             report: SystemReport {
                 guest_format: self.format.name.to_owned(),
                 ..SystemReport::default()
@@ -250,7 +291,7 @@ impl Drive for Replay<'_> {
                         break 'replay;
                     }
                     if self.spec.from_marker == Some(id) && !state.counting {
-                        state.start_counting()?;
+                        state.start_counting(self.spec.start)?;
                     }
                     continue;
                 }
@@ -288,29 +329,38 @@ struct State<S: Scheme> {
     format: Format,
     /// The current root while translation is on.
     root: Option<GuestRoot>,
+    /// The counters run (from `from_marker` on).
     counting: bool,
+    /// The scheme sees the events (always when counting; before, only for a warm start).
+    driving: bool,
+    /// The current root's table pages.
+    tables: TableFrames,
     report: SystemReport,
     history: History,
 }
 
 impl<S: Scheme> State<S> {
-    /// The marker `--from-marker` names: counters restart, the scheme learns the current root.
-    fn start_counting(&mut self) -> Result<(), SimError> {
+    /// The marker `--from-marker` names: counters restart; a cold scheme learns the current
+    /// root here. The correctness counts cover everything the scheme replayed.
+    fn start_counting(&mut self, start: Start) -> Result<(), SimError> {
         self.counting = true;
-        let p = &mut self.machine.platform;
-        p.stats = crate::stats::Stats::default();
-        p.mmu.stats = crate::mmu::MmuStats::default();
-        if let Some(oracle) = p.oracle.as_deref_mut() {
-            oracle.reset_counts();
+        self.machine.reset_counts();
+        if !self.driving {
+            self.driving = true;
+            if let Some(root) = self.root {
+                self.machine.guest_root_switch(root)?;
+                self.machine.platform.stats.root_switches = 0;
+            }
         }
-        if let Some(root) = self.root {
-            self.machine.guest_root_switch(root)?;
-            self.machine.platform.stats.root_switches = 0;
-        }
-        let markers = std::mem::take(&mut self.report.markers);
+        let old = std::mem::take(&mut self.report);
         self.report = SystemReport {
-            guest_format: std::mem::take(&mut self.report.guest_format),
-            markers,
+            start: Some(start),
+            guest_format: old.guest_format,
+            markers: old.markers,
+            pa_mismatches: old.pa_mismatches,
+            unexpected_faults: old.unexpected_faults,
+            spurious_faults: old.spurious_faults,
+            first_discrepancy: old.first_discrepancy,
             ..SystemReport::default()
         };
         Ok(())
@@ -329,9 +379,9 @@ impl<S: Scheme> State<S> {
                         Mode::Supervisor => self.report.kernel_accesses += 1,
                         Mode::Machine => self.report.machine_accesses += 1,
                     }
-                    if mode != Mode::Machine && self.root.is_some() {
-                        self.translate(kind, mode, va, pa)?;
-                    }
+                }
+                if self.driving && mode != Mode::Machine && self.root.is_some() {
+                    self.translate(kind, mode, va, pa)?;
                 }
                 if kind == Kind::Store {
                     if self.counting && mode == Mode::User {
@@ -344,16 +394,16 @@ impl<S: Scheme> State<S> {
             Event::Fence { fence, rs1, rs2 } => {
                 if self.counting {
                     *self.report.fences.entry(fence.name().to_owned()).or_default() += 1;
-                    if fence == Fence::SfenceVma {
-                        // rs2 holds an ASID in its low ASIDLEN bits (16 on RV64).
-                        let asid = rs2.map(|a| Asid((a & 0xffff) as u16));
-                        let op = FlushOp::SfenceVma { va: rs1.map(Gva::new), asid };
-                        self.machine.guest_flush(op)?;
-                    }
+                }
+                if self.driving && fence == Fence::SfenceVma {
+                    // rs2 holds an ASID in its low ASIDLEN bits (16 on RV64).
+                    let asid = rs2.map(|a| Asid((a & 0xffff) as u16));
+                    let op = FlushOp::SfenceVma { va: rs1.map(Gva::new), asid };
+                    self.machine.guest_flush(op)?;
                 }
             }
             Event::Trap { cause, tval, from } => {
-                if self.counting {
+                if self.driving {
                     self.trap(cause, tval, from)?;
                 }
             }
@@ -384,7 +434,9 @@ impl<S: Scheme> State<S> {
                         ));
                     }
                 }
-                self.history.add(va ^ u64::from(ok) << 63);
+                if self.counting {
+                    self.history.add(va ^ u64::from(ok) << 63);
+                }
             }
             Err(Stop::GuestFault(f)) => {
                 self.report.unexpected_faults += 1;
@@ -393,7 +445,9 @@ impl<S: Scheme> State<S> {
                     kind.name(),
                     mode.name()
                 ));
-                self.history.add(!va);
+                if self.counting {
+                    self.history.add(!va);
+                }
             }
             Err(Stop::Error(e)) => return Err(e.into()),
         }
@@ -406,26 +460,37 @@ impl<S: Scheme> State<S> {
 
     /// A recorded trap: a page fault is replayed as the access that took it.
     fn trap(&mut self, cause: u64, tval: u64, from: Mode) -> Result<(), ReplayError> {
+        let counting = self.counting;
         let kind = match cause {
             FETCH_PAGE_FAULT => Kind::Fetch,
             LOAD_PAGE_FAULT => Kind::Load,
             STORE_PAGE_FAULT => Kind::Store,
             USER_ECALL => {
-                self.report.syscalls += 1;
+                self.report.syscalls += u64::from(counting);
                 return Ok(());
             }
             _ => {
-                self.report.other_traps += 1;
+                self.report.other_traps += u64::from(counting);
                 return Ok(());
             }
         };
-        *self.report.page_faults.entry(kind.name().to_owned()).or_default() += 1;
+        if counting {
+            *self.report.page_faults.entry(kind.name().to_owned()).or_default() += 1;
+        }
         if self.root.is_none() {
             return Ok(());
         }
         match self.machine.access(Gva::new(tval), access_of(kind, from)) {
-            Ok(_) => self.report.spurious_faults += 1,
-            Err(Stop::GuestFault(_)) => self.history.add(tval.rotate_left(1)),
+            Ok(_) => {
+                self.report.spurious_faults += 1;
+                self.note(format!(
+                    "the recorded {} page fault at {tval:#x} ({}) did not fault in the replay",
+                    kind.name(),
+                    from.name()
+                ));
+            }
+            Err(Stop::GuestFault(_)) if counting => self.history.add(tval.rotate_left(1)),
+            Err(Stop::GuestFault(_)) => {}
             Err(Stop::Error(e)) => return Err(e.into()),
         }
         Ok(())
@@ -451,8 +516,9 @@ impl<S: Scheme> State<S> {
         }
         let table = PageTable::new(Gpa::new((value & ((1 << 44) - 1)) << 12), self.format);
         let root = GuestRoot { table, asid: Asid((value >> 44 & 0xffff) as u16) };
+        self.tables.set_root(&self.machine.platform, value & ((1 << 44) - 1));
         self.root = Some(root);
-        if self.counting {
+        if self.driving {
             self.machine.guest_root_switch(root)?;
         }
         Ok(())
@@ -469,6 +535,7 @@ impl<S: Scheme> State<S> {
         }
         let len = u64::from(size.min(8));
         let mut done = 0u64;
+        let mut into_table = false;
         while done < len {
             let at = pa + done;
             let word = at & !7;
@@ -477,15 +544,24 @@ impl<S: Scheme> State<S> {
             let mask = if n == 8 { u64::MAX } else { ((1u64 << (n * 8)) - 1) << shift };
             let part = (value >> (done * 8)) << shift & mask;
             let gpa = Gpa::new(word);
+            let table = self.tables.contains(word >> 12);
             let p = &mut self.machine.platform;
-            // A whole aligned word needs nothing of the old one.
-            let new = if mask == u64::MAX { part } else { p.read_guest_u64(gpa)? & !mask | part };
-            if self.counting {
+            // A whole aligned word needs nothing of the old one, unless it is a table entry.
+            let old = if mask == u64::MAX && !table { 0 } else { p.read_guest_u64(gpa)? };
+            let new = old & !mask | part;
+            if self.driving {
                 self.machine.guest_store(gpa, new)?;
             } else if let Some(hpa) = p.gpa_to_hpa(gpa)? {
                 p.host.write_u64(hpa, new);
             }
+            if table {
+                into_table = true;
+                self.tables.stored(&self.machine.platform, word, old, new);
+            }
             done += n;
+        }
+        if into_table && self.counting {
+            self.report.table_stores += 1;
         }
         Ok(())
     }
