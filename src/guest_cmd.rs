@@ -44,24 +44,82 @@ enum GuestCommand {
     Run(RunArgs),
 }
 
-/// The built-in guest programs (guest/*.c, and busybox).
+/// The built-in guest programs (guest/*.c, and busybox), each the real counterpart of a model
+/// workload (`memvirt list`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Program {
-    /// Map 256 fresh pages and store one byte to each: one page fault per page.
+    /// Map 256 fresh pages and store one byte to each: one page fault per page (`pagefault`).
     TouchPages,
-    /// GUPS-like random read-modify-writes over 16 MiB (200,000 updates).
+    /// GUPS-like random read-modify-writes over 16 MiB, 200,000 updates (`random`).
     Gups,
-    /// A shell loop that forks and execs /bin/true 50 times.
+    /// Dependent loads over a random cycle of 4,096 pages, 200,000 loads (`pointer-chase`).
+    Chase,
+    /// STREAM triad over three 4 MiB arrays, 2 passes (`stream`).
+    Stream,
+    /// The LSP micro-benchmark: 20,000 operations over 1,024 pages, half of them mprotect
+    /// (one PTE modification and one sfence.vma each) and half loads (`lsp-micro`).
+    LspMicro,
+    /// A shell loop that forks and execs /bin/true 50 times (`exec`).
     Forkexec,
+    /// A pipeline of real utilities: the shell prints 2,000 lines into sort, gzip, gzip -d and
+    /// md5sum (processes, pipes, page cache).
+    Pipeline,
+    /// All of the above in one boot, each between its own markers (10, 11, ...): one
+    /// recording, one replay per scheme, one row per program.
+    Suite,
 }
 
 impl Program {
-    fn command(self) -> &'static str {
+    /// The programs of [`Program::Suite`], in order.
+    const SUITE: [Program; 7] = [
+        Program::TouchPages,
+        Program::Gups,
+        Program::Chase,
+        Program::Stream,
+        Program::LspMicro,
+        Program::Forkexec,
+        Program::Pipeline,
+    ];
+    /// The marker before the suite's first program; program k runs between markers
+    /// `SUITE_MARKER + k` and `SUITE_MARKER + k + 1`.
+    const SUITE_MARKER: u64 = 10;
+
+    fn name(self) -> String {
+        self.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+    }
+
+    fn command(self) -> String {
         match self {
-            Program::TouchPages => "touch-pages 256",
-            Program::Gups => "gups 16 200000",
-            Program::Forkexec => "i=0; while [ $i -lt 50 ]; do /bin/true; i=$((i+1)); done",
+            Program::TouchPages => "touch-pages 256".into(),
+            Program::Gups => "gups 16 200000".into(),
+            Program::Chase => "chase 4096 200000".into(),
+            Program::Stream => "stream 1024 2".into(),
+            Program::LspMicro => "lsp-micro 1024 20000 50".into(),
+            Program::Forkexec => "i=0; while [ $i -lt 50 ]; do /bin/true; i=$((i+1)); done".into(),
+            Program::Pipeline => "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done \
+                | sort -r | gzip -c | gzip -dc | md5sum"
+                .into(),
+            Program::Suite => {
+                let mut c = String::new();
+                for (k, p) in Program::SUITE.iter().enumerate() {
+                    c += &format!(
+                        "memvirt-mark {}; {}; ",
+                        Program::SUITE_MARKER + k as u64,
+                        p.command()
+                    );
+                }
+                c + &format!("memvirt-mark {}", Program::SUITE_MARKER + Program::SUITE.len() as u64)
+            }
         }
+    }
+
+    /// The windows a replay of this program counts: its markers and a name for each.
+    fn windows(self) -> Option<(Vec<u64>, Vec<String>)> {
+        (self == Program::Suite).then(|| {
+            let n = Program::SUITE.len() as u64;
+            let marks = (Program::SUITE_MARKER..=Program::SUITE_MARKER + n).collect();
+            (marks, Program::SUITE.iter().map(|p| p.name()).collect())
+        })
     }
 }
 
@@ -124,6 +182,14 @@ struct ReplaySpec {
     /// Replay and count everything, the boot included.
     #[arg(long)]
     whole: bool,
+    /// Count several windows in one replay: markers in the order they occur, each pair of
+    /// neighbours one window and one row per scheme (e.g. 10,11,12 for two programs).
+    #[arg(long, value_name = "M1,M2,...", value_delimiter = ',', num_args = 1..,
+          conflicts_with_all = ["whole", "from_marker", "to_marker"])]
+    windows: Vec<u64>,
+    /// The windows' names in the table (one per window).
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',', requires = "windows")]
+    labels: Vec<String>,
     /// Start every scheme cold at --from-marker (empty TLBs, nested and shadow tables, as a VM
     /// just restored) instead of warm (the scheme runs the boot and counts from the marker).
     /// Faster: the boot only builds the memory image.
@@ -149,11 +215,12 @@ struct RunArgs {
 pub(super) fn guest(args: &GuestArgs) -> Result<()> {
     match &args.command {
         GuestCommand::Record(a) => record(&a.output, &a.guest),
-        GuestCommand::Replay(a) => replay(&a.trace, &a.replay),
+        GuestCommand::Replay(a) => replay(&a.trace, &a.replay, None),
         GuestCommand::Run(a) => {
             check_output(&a.replay.out, &[a.trace.as_path()])?;
             record(&a.trace, &a.guest)?;
-            replay(&a.trace, &a.replay)
+            let windows = if a.guest.command.is_empty() { a.guest.program.windows() } else { None };
+            replay(&a.trace, &a.replay, windows)
         }
     }
 }
@@ -164,8 +231,7 @@ fn kit_script() -> PathBuf {
 }
 
 fn record(output: &Path, g: &GuestSpec) -> Result<()> {
-    let command =
-        if g.command.is_empty() { g.program.command().to_owned() } else { g.command.join(" ") };
+    let command = if g.command.is_empty() { g.program.command() } else { g.command.join(" ") };
     if output.is_dir() {
         bail!("{}: is a directory; give the trace's file name", output.display());
     }
@@ -188,7 +254,9 @@ fn record(output: &Path, g: &GuestSpec) -> Result<()> {
     Ok(())
 }
 
-fn replay(trace: &Path, r: &ReplaySpec) -> Result<()> {
+/// Replays `trace` under the schemes of `r`; `suite` gives the windows of a built-in program
+/// when the command line names none.
+fn replay(trace: &Path, r: &ReplaySpec, suite: Option<(Vec<u64>, Vec<String>)>) -> Result<()> {
     let mut inputs = r.machine.inputs();
     inputs.push(trace);
     check_output(&r.out, &inputs)?;
@@ -202,8 +270,25 @@ fn replay(trace: &Path, r: &ReplaySpec) -> Result<()> {
         bail!("full-system replay takes no workload.* settings");
     }
     let reader = fullsys::open(trace)?;
-    let (from_marker, to_marker) =
-        if r.whole { (None, None) } else { (Some(r.from_marker), Some(r.to_marker)) };
+    let (boundaries, labels) = if r.whole {
+        (Vec::new(), Vec::new())
+    } else if !r.windows.is_empty() {
+        if r.windows.len() < 2 {
+            bail!(
+                "--windows {}: give at least two markers (a window's start and end)",
+                r.windows[0]
+            );
+        }
+        let windows = r.windows.len() - 1;
+        if !r.labels.is_empty() && r.labels.len() != windows {
+            bail!("--labels gives {} names for {windows} windows", r.labels.len());
+        }
+        (r.windows.clone(), r.labels.clone())
+    } else if let Some(suite) = suite {
+        suite
+    } else {
+        (vec![r.from_marker, r.to_marker], Vec::new())
+    };
     let mut order = schemes.clone();
     if !order.contains(&SchemeKind::Native) {
         order.insert(0, SchemeKind::Native);
@@ -215,7 +300,7 @@ fn replay(trace: &Path, r: &ReplaySpec) -> Result<()> {
     let total = reader.streams[0].records;
     let done: Vec<AtomicU64> = order.iter().map(|_| AtomicU64::new(0)).collect();
     let bar = SharedBar::new(format!("guest replay: {} schemes", order.len()), SharedBar::SHARE);
-    let results: Vec<Result<Report>> = order
+    let results: Vec<Result<Vec<Report>>> = order
         .par_iter()
         .enumerate()
         .map(|(i, &scheme)| {
@@ -224,9 +309,9 @@ fn replay(trace: &Path, r: &ReplaySpec) -> Result<()> {
                 scheme_sets: setup.scheme_sets.clone(),
                 profile: setup.profile.clone(),
                 verify: setup.verify,
-                from_marker,
+                boundaries: boundaries.clone(),
                 start,
-                to_marker,
+                labels: labels.clone(),
             };
             fullsys::replay(&spec, &reader, &mut |d, _| {
                 done[i].store(d, Ordering::Relaxed);
@@ -241,25 +326,33 @@ fn replay(trace: &Path, r: &ReplaySpec) -> Result<()> {
         })
         .collect();
     bar.finish();
+    // Window-major, as compare is workload-major: each window's schemes side by side.
+    let mut by_scheme = Vec::new();
+    for result in results {
+        by_scheme.push(result?);
+    }
+    let windows = by_scheme.first().map_or(0, Vec::len);
     let mut reports: Vec<Report> = Vec::new();
-    let mut native = None;
-    for (&scheme, result) in order.iter().zip(results) {
-        let report = result?;
-        if scheme == SchemeKind::Native {
-            native = Some(report.cycles);
+    for w in 0..windows {
+        let native =
+            order.iter().position(|&k| k == SchemeKind::Native).map(|i| by_scheme[i][w].cycles);
+        let mut window: Vec<Report> = order
+            .iter()
+            .zip(&by_scheme)
+            .filter(|(k, _)| schemes.contains(k))
+            .map(|(_, r)| r[w].clone())
+            .collect();
+        if let Some(native) = native {
+            for rep in &mut window {
+                rep.set_native(native);
+            }
         }
-        if schemes.contains(&scheme) {
-            reports.push(report);
-        }
+        check_consistent(&window)?;
+        reports.extend(window);
     }
-    if let Some(native) = native {
-        for rep in &mut reports {
-            rep.set_native(native);
-        }
-    }
-    check_consistent(&reports)?;
-    let span = match (from_marker, to_marker) {
-        (Some(a), Some(b)) => format!("markers {a} to {b}, {} start", start.name()),
+    let span = match boundaries.as_slice() {
+        [a, b] => format!("markers {a} to {b}, {} start", start.name()),
+        [a, .., b] => format!("{windows} windows, markers {a} to {b}, {} start", start.name()),
         _ => "whole run".to_owned(),
     };
     let title = format!("memvirt guest replay: {name} ({span}), {}", setup.describe());

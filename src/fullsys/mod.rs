@@ -65,12 +65,16 @@ pub struct SystemSpec {
     pub profile: Profile,
     /// Check every TLB fill against the guest's table (the translation oracle).
     pub verify: bool,
-    /// Count only from this marker on (`--from-marker`); how the scheme gets there is `start`.
-    pub from_marker: Option<u64>,
-    /// How the scheme reaches `from_marker`.
+    /// Where the counted windows begin and end: markers, in the order they occur. Counting
+    /// starts at the first (how the scheme gets there is `start`); each later one closes a
+    /// window (one report each) and opens the next; the replay stops at the last. Empty: one
+    /// window over the whole recording.
+    pub boundaries: Vec<u64>,
+    /// How the scheme reaches the first boundary.
     pub start: Start,
-    /// Count only up to this marker (`--to-marker`); the replay stops there.
-    pub to_marker: Option<u64>,
+    /// The windows' workload names, one per window (else the trace's name, with the window's
+    /// markers when there are several).
+    pub labels: Vec<String>,
 }
 
 /// How a replay that counts from a marker gets there.
@@ -194,12 +198,25 @@ pub fn replay(
     spec: &SystemSpec,
     reader: &Reader,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<Report, RunError> {
+) -> Result<Vec<Report>, RunError> {
     let sim = |error: SimError| RunError::Sim {
         scheme: spec.scheme.name(),
         workload: reader.name.clone(),
         error,
     };
+    let windows = spec.boundaries.len().saturating_sub(1).max(1);
+    if spec.boundaries.len() == 1 {
+        return Err(sim(SimError::Config(format!(
+            "marker {}: a window needs a marker where it ends too",
+            spec.boundaries[0]
+        ))));
+    }
+    if !spec.labels.is_empty() && spec.labels.len() != windows {
+        return Err(sim(SimError::Config(format!(
+            "{} labels for {windows} windows",
+            spec.labels.len()
+        ))));
+    }
     let trace = |e: TraceError| sim(SimError::Config(e.to_string()));
     let mode = first_mode(reader).map_err(trace)?;
     let (guest_format, nested_format) = format_of(mode).ok_or_else(|| {
@@ -260,15 +277,30 @@ struct Replay<'a> {
     progress: &'a mut dyn FnMut(u64, u64),
 }
 
+impl Replay<'_> {
+    /// The workload name of window `k`.
+    fn window_name(&self, k: usize) -> String {
+        if let Some(label) = self.spec.labels.get(k) {
+            return label.clone();
+        }
+        match self.spec.boundaries.get(k..k + 2) {
+            Some([a, b]) if self.spec.boundaries.len() > 2 => {
+                format!("{}[{a}..{b}]", self.reader.name)
+            }
+            _ => self.reader.name.clone(),
+        }
+    }
+}
+
 impl Drive for Replay<'_> {
-    type Output = Result<Report, ReplayError>;
+    type Output = Result<Vec<Report>, ReplayError>;
     fn drive<S: Scheme>(self, machine: Machine<S>) -> Self::Output {
         let mut state = State {
             machine,
             format: self.format,
             root: None,
-            counting: self.spec.from_marker.is_none(),
-            driving: self.spec.from_marker.is_none() || self.spec.start == Start::Warm,
+            counting: self.spec.boundaries.is_empty(),
+            driving: self.spec.boundaries.is_empty() || self.spec.start == Start::Warm,
             tables: TableFrames::new(self.format, GUEST_PHYS_BYTES),
             report: SystemReport {
                 guest_format: self.format.name.to_owned(),
@@ -283,15 +315,25 @@ impl Drive for Replay<'_> {
         let mut stream = SystemStream::open(self.reader, 0)?;
         let mut batch: Vec<SysRecord> = Vec::new();
         let mut done = 0u64;
+        let bounds = &self.spec.boundaries;
+        // The next boundary to meet, and the reports of the windows closed so far.
+        let mut next = 0;
+        let mut reports = Vec::new();
         'replay: while stream.next_batch(&mut batch)? {
             for r in &batch {
                 if let Event::Marker { id } = r.event {
                     state.report.markers.push(id);
-                    if self.spec.to_marker == Some(id) && state.counting {
-                        break 'replay;
-                    }
-                    if self.spec.from_marker == Some(id) && !state.counting {
-                        state.start_counting(self.spec.start)?;
+                    if bounds.get(next) == Some(&id) {
+                        if next > 0 {
+                            reports
+                                .push(state.close_window(self.spec, self.window_name(next - 1))?);
+                        }
+                        next += 1;
+                        if next == bounds.len() {
+                            break 'replay;
+                        }
+                        let start = if next == 1 { self.spec.start } else { Start::Warm };
+                        state.start_counting(start)?;
                     }
                     continue;
                 }
@@ -300,13 +342,22 @@ impl Drive for Replay<'_> {
             done += batch.len() as u64;
             (self.progress)(done, total);
         }
-        if let Some(m) = self.spec.from_marker.filter(|_| !state.counting) {
+        if let Some(m) = bounds.get(next) {
             return Err(ReplayError::Trace(TraceError::Other(format!(
-                "{}: marker {m} never occurs (markers seen: {:?})",
-                self.reader.name, state.report.markers
+                "{}: marker {m} never occurs{} (markers seen: {:?})",
+                self.reader.name,
+                if next > 0 {
+                    format!(" after marker {}", bounds[next - 1])
+                } else {
+                    String::new()
+                },
+                state.report.markers
             ))));
         }
-        Ok(state.finish(self.spec, &self.reader.name)?)
+        if bounds.is_empty() {
+            reports.push(state.close_window(self.spec, self.window_name(0))?);
+        }
+        Ok(reports)
     }
 }
 
@@ -340,10 +391,12 @@ struct State<S: Scheme> {
 }
 
 impl<S: Scheme> State<S> {
-    /// The marker `--from-marker` names: counters restart; a cold scheme learns the current
-    /// root here. The correctness counts cover everything the scheme replayed.
+    /// A window's first marker: counters restart; a cold scheme learns the current root here.
+    /// The first window's correctness counts cover everything the scheme replayed before it.
     fn start_counting(&mut self, start: Start) -> Result<(), SimError> {
+        let first = !self.counting;
         self.counting = true;
+        self.history = History::default();
         self.machine.reset_counts();
         if !self.driving {
             self.driving = true;
@@ -352,7 +405,13 @@ impl<S: Scheme> State<S> {
                 self.machine.platform.stats.root_switches = 0;
             }
         }
-        let old = std::mem::take(&mut self.report);
+        let mut old = std::mem::take(&mut self.report);
+        if !first {
+            old.pa_mismatches = 0;
+            old.unexpected_faults = 0;
+            old.spurious_faults = 0;
+            old.first_discrepancy = None;
+        }
         self.report = SystemReport {
             start: Some(start),
             guest_format: old.guest_format,
@@ -566,7 +625,8 @@ impl<S: Scheme> State<S> {
         Ok(())
     }
 
-    fn finish(mut self, spec: &SystemSpec, name: &str) -> Result<Report, SimError> {
+    /// The report of the window that ends here.
+    fn close_window(&mut self, spec: &SystemSpec, name: String) -> Result<Report, SimError> {
         let p: &mut Platform = &mut self.machine.platform;
         // The instructions between accesses cost what trace replay charges by default
         // (`workload.cycles_per_instruction` = 1).
@@ -579,12 +639,12 @@ impl<S: Scheme> State<S> {
         };
         let id = ReportId {
             scheme: spec.scheme,
-            workload: name.to_owned(),
+            workload: name,
             profile: spec.profile.name.clone(),
             seed: 0,
         };
         let mut report = machine_report(&self.machine, id, guest)?;
-        report.system = Some(self.report);
+        report.system = Some(self.report.clone());
         Ok(report)
     }
 }
