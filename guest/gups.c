@@ -2,7 +2,8 @@
  * 200000 updates), with a fixed-seed xorshift generator, between markers 1 and 2. */
 #include <stdlib.h>
 
-static void mark(unsigned long id) { __asm__ volatile("addi x0, %0, 0x6d6" : : "r"(id)); }
+#include "mark.h"
+
 
 int main(int argc, char **argv) {
     unsigned long mib = argc > 1 ? strtoul(argv[1], 0, 0) : 16;

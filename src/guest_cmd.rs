@@ -123,15 +123,38 @@ impl Program {
     }
 }
 
-/// The guest's first-stage paging mode (the kernel picks Sv57 unless told otherwise).
+/// The guest's instruction set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Arch {
+    /// Debian trixie's riscv64 kernel under qemu-system-riscv64 (virt, OpenSBI).
+    Riscv64,
+    /// Debian bookworm's amd64 kernel under qemu-system-x86_64 (pc, qemu64 CPU, no KASLR).
+    #[value(name = "x86-64")]
+    X86_64,
+}
+
+impl Arch {
+    /// The kit's name for it.
+    fn kit_name(self) -> &'static str {
+        match self {
+            Arch::Riscv64 => "riscv64",
+            Arch::X86_64 => "x86_64",
+        }
+    }
+}
+
+/// The guest's first-stage paging mode (the RISC-V kernel picks Sv57 unless told otherwise).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Paging {
-    /// Sv39 (kernel option no4lvl).
+    /// RISC-V Sv39 (kernel option no4lvl); the riscv64 default.
     Sv39,
-    /// Sv48 (no5lvl).
+    /// RISC-V Sv48 (no5lvl).
     Sv48,
-    /// Sv57.
+    /// RISC-V Sv57.
     Sv57,
+    /// x86-64 4-level paging; the x86-64 default (QEMU's qemu64 CPU has no LA57).
+    #[value(name = "4level")]
+    Level4,
 }
 
 #[derive(Args, Debug)]
@@ -148,9 +171,12 @@ struct GuestSpec {
     /// A built-in program to run in the guest (ignored when a command follows `--`).
     #[arg(long, value_enum, default_value_t = Program::TouchPages)]
     program: Program,
-    /// The guest kernel's paging mode.
-    #[arg(long, value_enum, default_value_t = Paging::Sv39)]
-    paging: Paging,
+    /// The guest's instruction set.
+    #[arg(long, value_enum, default_value_t = Arch::Riscv64)]
+    arch: Arch,
+    /// The guest kernel's paging mode [default: sv39 for riscv64, 4level for x86-64].
+    #[arg(long, value_enum)]
+    paging: Option<Paging>,
     /// Stop the guest after this many seconds (the trace is still written).
     #[arg(long, value_name = "SECONDS", default_value_t = 900)]
     timeout: u64,
@@ -235,13 +261,27 @@ fn record(output: &Path, g: &GuestSpec) -> Result<()> {
     if output.is_dir() {
         bail!("{}: is a directory; give the trace's file name", output.display());
     }
-    let paging = format!("{:?}", g.paging).to_lowercase();
+    let paging = match (g.arch, g.paging) {
+        (Arch::Riscv64, None) => Paging::Sv39,
+        (Arch::X86_64, None) => Paging::Level4,
+        (Arch::Riscv64, Some(Paging::Level4)) => {
+            bail!("--paging 4level is x86-64's; riscv64 takes sv39, sv48 or sv57")
+        }
+        (Arch::X86_64, Some(p)) if p != Paging::Level4 => bail!(
+            "--paging {}: x86-64 guests run with 4level",
+            p.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+        ),
+        (_, Some(p)) => p,
+    };
+    let paging = paging.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
     eprintln!(
-        "memvirt guest: recording `{command}` under QEMU ({paging}) into {}",
+        "memvirt guest: recording `{command}` under QEMU ({}, {paging}) into {}",
+        g.arch.kit_name(),
         output.display()
     );
     let status = Command::new(kit_script())
         .arg("record")
+        .arg(g.arch.kit_name())
         .arg(output)
         .arg(&paging)
         .arg(g.timeout.to_string())
@@ -260,16 +300,19 @@ fn replay(trace: &Path, r: &ReplaySpec, suite: Option<(Vec<u64>, Vec<String>)>) 
     let mut inputs = r.machine.inputs();
     inputs.push(trace);
     check_output(&r.out, &inputs)?;
-    let schemes = if r.schemes.is_empty() {
-        runnable_schemes(&r.machine)?
-    } else {
-        selected(&r.schemes, &[])
-    };
-    let setup = Setup::new(&r.machine, &schemes, &[])?;
+    let reader = fullsys::open(trace)?;
+    // An x86-64 guest gets the x86-64 machine unless the command line names another.
+    let mut machine = r.machine.clone();
+    if machine.profile == memvirt::profile::DEFAULT && fullsys::is_x86(&reader)? {
+        eprintln!("memvirt guest replay: an x86-64 guest: profile x86-64");
+        machine.profile = "x86-64".to_owned();
+    }
+    let schemes =
+        if r.schemes.is_empty() { runnable_schemes(&machine)? } else { selected(&r.schemes, &[]) };
+    let setup = Setup::new(&machine, &schemes, &[])?;
     if !setup.workload_sets.is_empty() {
         bail!("full-system replay takes no workload.* settings");
     }
-    let reader = fullsys::open(trace)?;
     let (boundaries, labels) = if r.whole {
         (Vec::new(), Vec::new())
     } else if !r.windows.is_empty() {

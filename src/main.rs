@@ -93,7 +93,7 @@ struct ListArgs {
 }
 
 /// What every simulating command takes: the machine, the seed and whether to verify.
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 struct MachineArgs {
     /// A built-in profile name or a profile TOML file (see `memvirt list`).
     #[arg(long, value_name = "NAME|FILE", default_value = profile::DEFAULT)]

@@ -125,8 +125,8 @@ pub struct SystemReport {
     /// Stores into the page-table pages of the current root (the kernel's page-table writes;
     /// module `table_frames`), whatever the mode.
     pub table_stores: u64,
-    /// `satp` writes.
-    pub satp_writes: u64,
+    /// Writes of the root register: `satp`, or x86's CR3.
+    pub root_writes: u64,
     /// Fences by mnemonic.
     pub fences: std::collections::BTreeMap<String, u64>,
     /// Page faults the kernel took, by kind (`fetch`, `load`, `store`).
@@ -166,6 +166,24 @@ pub fn open(path: &Path) -> Result<Reader, TraceError> {
     Ok(reader)
 }
 
+/// The guest's instruction set, from its first translating root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    RiscV,
+    X86,
+}
+
+impl Isa {
+    /// Guest-physical addresses below this are not RAM (QEMU `virt` puts RAM at 2 GiB; on a PC
+    /// it starts at 0, and the VGA window's stores do no harm to the image).
+    fn ram_base(self) -> u64 {
+        match self {
+            Isa::RiscV => RAM_BASE,
+            Isa::X86 => 0,
+        }
+    }
+}
+
 /// The guest format of `satp` mode `mode` (8, 9, 10).
 fn format_of(mode: u64) -> Option<(Format, Format)> {
     match mode {
@@ -176,20 +194,67 @@ fn format_of(mode: u64) -> Option<(Format, Format)> {
     }
 }
 
-/// The first translating `satp` mode of the trace, which fixes the guest format.
-fn first_mode(reader: &Reader) -> Result<u64, TraceError> {
+/// The x86 control-register bits the replay follows.
+mod x86 {
+    /// CR0.PG: paging on.
+    pub const CR0_PG: u64 = 1 << 31;
+    /// CR4.PGE: global pages; toggling it flushes every TLB entry, globals included.
+    pub const CR4_PGE: u64 = 1 << 7;
+    /// CR4.LA57: 5-level paging.
+    pub const CR4_LA57: u64 = 1 << 12;
+    /// CR4.PCIDE: CR3 carries a PCID.
+    pub const CR4_PCIDE: u64 = 1 << 17;
+    /// EFER.LMA: long mode active.
+    pub const EFER_LMA: u64 = 1 << 10;
+    /// CR3's root-table address bits.
+    pub const CR3_ROOT: u64 = 0x000f_ffff_ffff_f000;
+}
+
+/// The x86 guest format with `cr0`, `cr4` and `efer`, if paging is on in long mode.
+fn x86_format_of(cr0: u64, cr4: u64, efer: u64) -> Option<(Format, Format)> {
+    if cr0 & x86::CR0_PG == 0 || efer & x86::EFER_LMA == 0 {
+        return None;
+    }
+    Some(if cr4 & x86::CR4_LA57 != 0 {
+        (Format::X86_64_5LEVEL, Format::EPT_5LEVEL)
+    } else {
+        (Format::X86_64_4LEVEL, Format::EPT_4LEVEL)
+    })
+}
+
+/// The instruction set and formats of the trace's first translating root, which fix the
+/// guest's format for the whole replay.
+fn first_paging(reader: &Reader) -> Result<(Isa, Format, Format), TraceError> {
     let mut stream = SystemStream::open(reader, 0)?;
     let mut batch = Vec::new();
     while stream.next_batch(&mut batch)? {
         for r in &batch {
-            if let Event::Satp { value } = r.event {
-                if value >> 60 != 0 {
-                    return Ok(value >> 60);
+            match r.event {
+                Event::Satp { value } if value >> 60 != 0 => {
+                    let (g, n) = format_of(value >> 60).ok_or_else(|| {
+                        TraceError::Other(format!(
+                            "{}: satp mode {} is not Sv39, Sv48 or Sv57",
+                            reader.name,
+                            value >> 60
+                        ))
+                    })?;
+                    return Ok((Isa::RiscV, g, n));
                 }
+                Event::X86Control { cr0, cr4, efer, .. } => {
+                    if let Some((g, n)) = x86_format_of(cr0, cr4, efer) {
+                        return Ok((Isa::X86, g, n));
+                    }
+                }
+                _ => {}
             }
         }
     }
     Err(TraceError::Other(format!("{}: the guest never turned translation on", reader.name)))
+}
+
+/// Whether the recorded guest is x86-64 (else RISC-V), from its first translating root.
+pub fn is_x86(reader: &Reader) -> Result<bool, TraceError> {
+    Ok(first_paging(reader)?.0 == Isa::X86)
 }
 
 /// Replays `reader` (from [`open`]) under `spec`. `progress(events, total)` is called now and
@@ -218,24 +283,18 @@ pub fn replay(
         ))));
     }
     let trace = |e: TraceError| sim(SimError::Config(e.to_string()));
-    let mode = first_mode(reader).map_err(trace)?;
-    let (guest_format, nested_format) = format_of(mode).ok_or_else(|| {
-        sim(SimError::Config(format!(
-            "{}: satp mode {mode} is not Sv39, Sv48 or Sv57",
-            reader.name
-        )))
-    })?;
+    let (isa, guest_format, nested_format) = first_paging(reader).map_err(trace)?;
     let mut cfg = spec.profile.platform_config()?;
     cfg.arch.guest_format = guest_format;
     cfg.arch.nested_format = nested_format;
-    // The recorded accesses all passed the real permission checks (with sstatus.SUM as the
-    // kernel set it), so the replay allows supervisor access to user pages; A/D bits are what
-    // the kernel stored, never set by the replay's walker.
+    // The recorded accesses all passed the real permission checks (with sstatus.SUM or x86's
+    // SMAP as the kernel set them), so the replay allows supervisor access to user pages; A/D
+    // bits are what the kernel stored, never set by the replay's walker.
     cfg.arch.guest_regime.sum = true;
     cfg.arch.guest_regime.ad = AdPolicy::Ignore;
     cfg.guest_bytes = GUEST_PHYS_BYTES;
     let platform = Platform::new(&cfg, spec.profile.costs).map_err(sim)?;
-    let run = Replay { spec, reader, format: guest_format, progress };
+    let run = Replay { spec, reader, isa, format: guest_format, progress };
     let result = with_scheme(spec.scheme, &spec.scheme_sets, &spec.profile, platform, run)
         .map_err(|e| match e {
             SchemeError::Config(c) => RunError::Config(c),
@@ -273,6 +332,7 @@ impl From<crate::mem::MemError> for ReplayError {
 struct Replay<'a> {
     spec: &'a SystemSpec,
     reader: &'a Reader,
+    isa: Isa,
     format: Format,
     progress: &'a mut dyn FnMut(u64, u64),
 }
@@ -297,7 +357,9 @@ impl Drive for Replay<'_> {
     fn drive<S: Scheme>(self, machine: Machine<S>) -> Self::Output {
         let mut state = State {
             machine,
+            isa: self.isa,
             format: self.format,
+            x86: [0; 4],
             root: None,
             counting: self.spec.boundaries.is_empty(),
             driving: self.spec.boundaries.is_empty() || self.spec.start == Start::Warm,
@@ -377,7 +439,10 @@ impl History {
 
 struct State<S: Scheme> {
     machine: Machine<S>,
+    isa: Isa,
     format: Format,
+    /// x86: CR0, CR3, CR4 and EFER as last recorded.
+    x86: [u64; 4],
     /// The current root while translation is on.
     root: Option<GuestRoot>,
     /// The counters run (from `from_marker` on).
@@ -450,14 +515,24 @@ impl<S: Scheme> State<S> {
                 }
             }
             Event::Satp { value } => self.satp(value)?,
+            Event::X86Control { written, cr0, cr3, cr4, efer } => {
+                self.x86_control(written, [cr0, cr3, cr4, efer])?;
+            }
             Event::Fence { fence, rs1, rs2 } => {
                 if self.counting {
                     *self.report.fences.entry(fence.name().to_owned()).or_default() += 1;
                 }
-                if self.driving && fence == Fence::SfenceVma {
+                let op = match fence {
                     // rs2 holds an ASID in its low ASIDLEN bits (16 on RV64).
-                    let asid = rs2.map(|a| Asid((a & 0xffff) as u16));
-                    let op = FlushOp::SfenceVma { va: rs1.map(Gva::new), asid };
+                    Fence::SfenceVma => Some(FlushOp::SfenceVma {
+                        va: rs1.map(Gva::new),
+                        asid: rs2.map(|a| Asid((a & 0xffff) as u16)),
+                    }),
+                    Fence::Invlpg => rs1.map(|va| FlushOp::Invlpg { va: Gva::new(va) }),
+                    // The guest runs no hypervisor of its own.
+                    Fence::HfenceVvma | Fence::HfenceGvma => None,
+                };
+                if let Some(op) = op.filter(|_| self.driving) {
                     self.machine.guest_flush(op)?;
                 }
             }
@@ -557,7 +632,7 @@ impl<S: Scheme> State<S> {
 
     fn satp(&mut self, value: u64) -> Result<(), ReplayError> {
         if self.counting {
-            self.report.satp_writes += 1;
+            self.report.root_writes += 1;
         }
         let mode = value >> 60;
         if mode == 0 {
@@ -583,10 +658,52 @@ impl<S: Scheme> State<S> {
         Ok(())
     }
 
+    /// An x86 control-register write: paging turned on or off, a root switch (every CR3
+    /// write, even of the value it held, flushes the non-global TLB entries without PCIDs), a
+    /// global flush (CR4.PGE toggled).
+    fn x86_control(&mut self, written: u8, regs: [u64; 4]) -> Result<(), ReplayError> {
+        let [cr0, cr3, cr4, efer] = regs;
+        let before = std::mem::replace(&mut self.x86, regs);
+        let Some((format, _)) = x86_format_of(cr0, cr4, efer) else {
+            self.root = None;
+            return Ok(());
+        };
+        if format != self.format {
+            return Err(ReplayError::Sim(SimError::Config(format!(
+                "CR4 {cr4:#x} switches to {}, but the guest started with {}",
+                format.name, self.format.name
+            ))));
+        }
+        let pcid = if cr4 & x86::CR4_PCIDE != 0 { (cr3 & 0xfff) as u16 } else { 0 };
+        let switch = written == 3 || self.root.is_none() || before[1] != cr3;
+        if switch {
+            if self.counting {
+                self.report.root_writes += 1;
+            }
+            let table = PageTable::new(Gpa::new(cr3 & x86::CR3_ROOT), self.format);
+            let root = GuestRoot { table, asid: Asid(pcid) };
+            self.tables.set_root(&self.machine.platform, (cr3 & x86::CR3_ROOT) >> 12);
+            self.root = Some(root);
+            if self.driving {
+                self.machine.guest_root_switch(root)?;
+                self.machine.guest_flush(FlushOp::MovCr3 { pcid: Asid(pcid), noflush: false })?;
+            }
+        }
+        if (before[2] ^ cr4) & x86::CR4_PGE != 0 && self.driving {
+            let everything = FlushOp::Invpcid {
+                kind: crate::mmu::flush::InvpcidType::AllIncludingGlobal,
+                pcid: Asid(0),
+                va: Gva::new(0),
+            };
+            self.machine.guest_flush(everything)?;
+        }
+        Ok(())
+    }
+
     /// A store of the low `size` bytes of `value` at guest-physical `pa`, merged into the
     /// image's 8-byte words (a 16-byte store's high half was not recorded; it is left as is).
     fn store(&mut self, pa: u64, size: u8, value: u64) -> Result<(), ReplayError> {
-        if !(RAM_BASE..GUEST_PHYS_BYTES).contains(&pa) {
+        if !(self.isa.ram_base()..GUEST_PHYS_BYTES).contains(&pa) {
             return Ok(());
         }
         if self.counting {

@@ -22,6 +22,7 @@ pub mod compact;
 pub mod decode;
 pub mod fuzz;
 pub mod input;
+pub mod insn;
 pub mod lackey;
 pub mod record;
 pub mod system;

@@ -59,10 +59,12 @@ pub enum Fence {
     HfenceVvma = 1,
     /// `hfence.gvma rs1, rs2`: guest physical address >> 2, VMID.
     HfenceGvma = 2,
+    /// x86 `invlpg m`: rs1 is the linear address `m` names, rs2 none.
+    Invlpg = 3,
 }
 
 impl Fence {
-    const ALL: [Fence; 3] = [Fence::SfenceVma, Fence::HfenceVvma, Fence::HfenceGvma];
+    const ALL: [Fence; 4] = [Fence::SfenceVma, Fence::HfenceVvma, Fence::HfenceGvma, Fence::Invlpg];
 
     /// The mnemonic.
     pub const fn name(self) -> &'static str {
@@ -70,6 +72,7 @@ impl Fence {
             Fence::SfenceVma => "sfence.vma",
             Fence::HfenceVvma => "hfence.vvma",
             Fence::HfenceGvma => "hfence.gvma",
+            Fence::Invlpg => "invlpg",
         }
     }
 }
@@ -97,6 +100,22 @@ pub enum Event {
     Satp {
         /// MODE (bits 60-63), ASID (44-59), PPN (0-43).
         value: u64,
+    },
+    /// x86: a write of CR0, CR3 or CR4 (or the first look at them): the paging state after
+    /// it. Paging is on with 4-level tables when CR0.PG and EFER.LMA are set, 5-level when
+    /// CR4.LA57 is too; a CR3 write is a root switch, a change of CR4.PGE flushes globals.
+    X86Control {
+        /// The control register the instruction wrote (0, 3 or 4): a CR3 write flushes the
+        /// TLB even when it writes the value CR3 held.
+        written: u8,
+        /// CR0 (PG is bit 31, WP bit 16).
+        cr0: u64,
+        /// CR3: the root table's address (bits 12-51) and, with CR4.PCIDE, the PCID.
+        cr3: u64,
+        /// CR4 (PGE bit 7, PCIDE bit 17, LA57 bit 12).
+        cr4: u64,
+        /// EFER (LMA bit 10, NXE bit 11).
+        efer: u64,
     },
     /// A TLB-maintenance instruction; `None` operands are the register x0.
     Fence {
@@ -139,13 +158,15 @@ pub struct SysRecord {
     pub event: Event,
 }
 
-/// The largest encoded record: op, gap (5), va (10), pa (10), value (10).
-pub const MAX_SYS_RECORD_BYTES: usize = 1 + 5 + 10 + 10 + 10;
+/// The largest encoded record: op, gap (5), then four varints (x86 control registers; an
+/// access has three).
+pub const MAX_SYS_RECORD_BYTES: usize = 1 + 5 + 4 * 10;
 
 // Event types (op bits 0-2).
 const T_LOAD: u8 = 0;
 const T_STORE: u8 = 1;
 const T_FETCH: u8 = 2;
+const T_X86: u8 = 3;
 const T_SATP: u8 = 4;
 const T_FENCE: u8 = 5;
 const T_TRAP: u8 = 6;
@@ -162,13 +183,15 @@ struct Predict {
 
 /// Appends `records` encoded (before compression) to `out`.
 ///
-/// Op byte: type (bits 0-2: load, store, fetch, -, satp, fence, trap, marker). Accesses: mode
+/// Op byte: type (bits 0-2: load, store, fetch, x86 control registers, satp, fence, trap,
+/// marker). Accesses: mode
 /// (bits 3-4) and log2 of the size (bits 5-7); then the gap, the zigzag delta of the virtual
 /// address from the previous one of its class (data, fetch), for data the zigzag delta of
 /// `pa - va` from the previous data access's, for stores the value. Fences: kind (bits 3-4),
 /// rs1 present (bit 5), rs2 present (bit 6); then the gap and the present operands. Traps:
-/// the mode taken from (bits 3-4); gap, cause, tval. Satp and markers: gap and value. Every
-/// number is a LEB128 varint.
+/// the mode taken from (bits 3-4); gap, cause, tval. Satp and markers: gap and value. x86
+/// control registers: the register written (bits 3-5); gap, CR0, CR3, CR4, EFER. Every number
+/// is a LEB128 varint.
 pub fn encode(records: &[SysRecord], out: &mut Vec<u8>) {
     let mut p = Predict::default();
     for r in records {
@@ -209,6 +232,13 @@ pub fn encode(records: &[SysRecord], out: &mut Vec<u8>) {
                 );
                 compact::put_varint(out, u64::from(r.gap));
                 for v in [rs1, rs2].into_iter().flatten() {
+                    compact::put_varint(out, v);
+                }
+            }
+            Event::X86Control { written, cr0, cr3, cr4, efer } => {
+                out.push(T_X86 | (written & 7) << 3);
+                compact::put_varint(out, u64::from(r.gap));
+                for v in [cr0, cr3, cr4, efer] {
                     compact::put_varint(out, v);
                 }
             }
@@ -257,6 +287,16 @@ pub fn decode(raw: &[u8], n: usize, out: &mut Vec<SysRecord>) -> Result<u64, Str
                 Event::Access { kind, mode, size: 1 << log, va, pa, value }
             }
             T_SATP => Event::Satp { value: num("bad satp")? },
+            T_X86 => {
+                if op >> 6 != 0 {
+                    return Err(bad("unknown control-register flag"));
+                }
+                let written = op >> 3 & 7;
+                let cr0 = num("bad cr0")?;
+                let cr3 = num("bad cr3")?;
+                let cr4 = num("bad cr4")?;
+                Event::X86Control { written, cr0, cr3, cr4, efer: num("bad efer")? }
+            }
             T_MARKER => Event::Marker { id: num("bad marker")? },
             T_FENCE => {
                 let fence = *Fence::ALL
@@ -501,6 +541,14 @@ mod tests {
             access(Kind::Store, Mode::Machine, 16, 0x8000_0000, 0x8000_0000, u64::MAX),
             Event::Fence { fence: Fence::SfenceVma, rs1: Some(0x1_0000), rs2: None },
             Event::Fence { fence: Fence::HfenceGvma, rs1: None, rs2: Some(3) },
+            Event::Fence { fence: Fence::Invlpg, rs1: Some(0xffff_8880_0123_4000), rs2: None },
+            Event::X86Control {
+                written: 3,
+                cr0: 0x8005_0033,
+                cr3: 0x1234_5000,
+                cr4: 0x6f0,
+                efer: 0xd01,
+            },
             Event::Trap { cause: STORE_PAGE_FAULT, tval: 0x2_0000, from: Mode::User },
             Event::Marker { id: 7 },
         ]
