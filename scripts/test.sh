@@ -20,9 +20,9 @@ fi
 if command -v valgrind >/dev/null 2>&1; then
     export MEMVIRT_REQUIRE_VALGRIND=1
 fi
-# The full-system test boots a real riscv64 Linux guest under QEMU with memvirt's plugin: the
-# guest kit script installs QEMU 10/OpenSBI (bookworm-backports) and the cross compiler and
-# fetches the kernel and busybox. Where that cannot be done the test says so and skips;
+# The full-system tests boot real riscv64 and x86-64 Linux guests under QEMU with memvirt's
+# plugin: the guest kit script installs QEMU 10/OpenSBI (bookworm-backports) and the compilers
+# and fetches the kernels and busybox. Where that cannot be done the test says so and skips;
 # wherever the kit is in place it is required (MEMVIRT_REQUIRE_GUEST).
 if scripts/guest-kit.sh fetch >/dev/null 2>/tmp/memvirt-guest-kit.log; then
     export MEMVIRT_REQUIRE_GUEST=1

@@ -265,8 +265,11 @@ fn describe(name: &str, h: &Header, streams: &[StreamInfo], file_bytes: u64) -> 
             by_kind[k] += n;
         }
     }
+    // Full-system streams count their non-access events in the slot of `modify`.
+    let full_system = h.source == memvirt::trace::Source::Qemu;
+    let label = |k: Kind| if full_system && k == Kind::Modify { "other events" } else { k.name() };
     let kinds: Vec<String> =
-        Kind::ALL.iter().map(|k| format!("{} {}", k.name(), by_kind[*k as usize])).collect();
+        Kind::ALL.iter().map(|k| format!("{} {}", label(*k), by_kind[*k as usize])).collect();
     let pages: u64 = streams.iter().map(StreamInfo::footprint_pages).sum();
     let lo = streams.iter().filter(|s| s.records > 0).map(|s| s.min_addr).min().unwrap_or(0);
     let hi = streams.iter().map(|s| s.max_addr).max().unwrap_or(0);
