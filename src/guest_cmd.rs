@@ -30,15 +30,16 @@ pub(super) struct GuestArgs {
 
 #[derive(Subcommand, Debug)]
 enum GuestCommand {
-    /// Boot an unmodified Debian riscv64 kernel under QEMU with memvirt's plugin, run a
-    /// program in it and write the full-system trace.
+    /// Boot an unmodified Debian kernel (riscv64, or x86-64 with --arch) under QEMU with
+    /// memvirt's plugin, run a program in it and write the full-system trace.
     ///
-    /// The first use installs QEMU 10 and OpenSBI (bookworm-backports), the cross compiler and
-    /// fetches the kernel and busybox (scripts/guest-kit.sh). The guest's init places marker
-    /// 100 before the command and 101 after it.
+    /// The first use installs QEMU 10 (and OpenSBI) from bookworm-backports and the compilers
+    /// and fetches the kernel and busybox (scripts/guest-kit.sh). The guest's init places
+    /// marker 100 before the command and 101 after it.
     Record(RecordArgs),
     /// Replay a full-system trace under every scheme (or --schemes) and print them side by
-    /// side; by default only the command (markers 100 to 101), not the boot.
+    /// side; by default only the command (markers 100 to 101), each scheme warm (it runs the
+    /// boot first, uncounted).
     Replay(ReplayArgs),
     /// Record, then replay: one command from a program to the comparison table.
     Run(RunArgs),
