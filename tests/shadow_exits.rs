@@ -183,3 +183,53 @@ fn rvirt_refills_after_every_switch() {
         expect(&[("exit:root_switch", 1), ("exit:shadow_fault", 4)])
     );
 }
+
+/// KVM's write-flood detection (`scheme.write_flood = 3`): five PTE updates of one page with no
+/// shadow fault in between. The first two writes to the leaf table page exit and are emulated;
+/// the third exits and unshadows the page; the fourth and fifth reach the unprotected guest
+/// page without an exit. The flush exits (TSP intercepts every flush) and the access after it
+/// takes a shadow fault, since the page's shadow is gone. Without detection (`tsp`'s default)
+/// all five writes exit and the access finds the emulated entry.
+#[test]
+fn a_write_flooded_table_page_is_unshadowed_at_the_third_write() {
+    let flooding = ShadowOptions { write_flood: 3, ..ShadowOptions::TSP };
+    let cases = [
+        (
+            boot(SchemeKind::Tsp, flooding),
+            expect(&[("exit:write_protect", 3), ("exit:flush", 1), ("exit:shadow_fault", 1)]),
+            1,
+        ),
+        (preset(SchemeKind::Tsp), expect(&[("exit:write_protect", 5), ("exit:flush", 1)]), 0),
+    ];
+    for (mut os, want, unshadowed) in cases {
+        let (pid, va) = one_warm_page(&mut os);
+        let before = events(&os);
+        os.migrate_pages(pid, &[va; 5]).unwrap();
+        assert_eq!(os.load(va).unwrap(), 7);
+        assert_eq!(delta(&before, &events(&os)), want);
+        assert_eq!(os.machine.scheme.stats.unshadowed, unshadowed);
+    }
+}
+
+/// A shadow fault through the table page restarts its count: two updates (counts 1, 2), a
+/// demand fault on a second page of the same leaf table (the shadow fault's guest walk resets
+/// the count to 0; the kernel's new PTE is the next write, 1, emulated into the shadow, so the
+/// retried access needs no shadow fault), two more updates (2, then 3: unshadowed). All five
+/// writes exit and the page is unshadowed at the last; without the reset the count would reach
+/// 3 at the new PTE and the last two updates would not exit (3 exits).
+#[test]
+fn a_shadow_fault_through_the_table_page_restarts_the_flood_count() {
+    let mut os = boot(SchemeKind::Tsp, ShadowOptions { write_flood: 3, ..ShadowOptions::TSP });
+    let pid = os.spawn().unwrap();
+    let va = os.mmap(pid, 2, RW).unwrap();
+    os.store(va, 7).unwrap();
+    assert_eq!(os.load(va).unwrap(), 7);
+    let before = events(&os);
+    os.migrate_pages(pid, &[va, va]).unwrap();
+    os.store(Gva::new(va.as_u64() + 4096), 9).unwrap();
+    os.migrate_pages(pid, &[va, va]).unwrap();
+    assert_eq!(os.load(va).unwrap(), 7);
+    let d: BTreeMap<String, u64> = delta(&before, &events(&os)).into_iter().collect();
+    assert_eq!(d.get("exit:write_protect"), Some(&5), "{d:?}");
+    assert_eq!(os.machine.scheme.stats.unshadowed, 1);
+}

@@ -47,6 +47,8 @@ pub struct ShadowStats {
     pub dirty_emulations: u64,
     /// Guest stores to protected table pages emulated into the shadow tables.
     pub emulated_writes: u64,
+    /// Guest table pages unshadowed because writes flooded them (`write_flood`).
+    pub unshadowed: u64,
     /// Guest table pages that went out of sync.
     pub unsyncs: u64,
     /// Out-of-sync pages re-synced and protected again.
@@ -82,6 +84,9 @@ pub struct Shadow {
     buffer: VecDeque<(Gpa, Asid)>,
     /// Out-of-sync guest table pages: frame → order in which they went out of sync.
     unsync: BTreeMap<u64, u64>,
+    /// Emulated writes to each protected guest table page since a shadow fault last walked
+    /// through it (`write_flood`).
+    flood: std::collections::HashMap<u64, u64>,
     /// Trees most recently switched away from, newest last (`prev_roots`).
     previous: VecDeque<TreeId>,
     /// Logical clock for LRU.
@@ -116,6 +121,7 @@ impl Shadow {
             current: None,
             buffer: VecDeque::new(),
             unsync: BTreeMap::new(),
+            flood: std::collections::HashMap::new(),
             previous: VecDeque::new(),
             clock: 0,
             switched: None,
@@ -240,7 +246,20 @@ impl Shadow {
         shadow_kind: FaultKind,
     ) -> Result<(), Stop> {
         let format = p.arch.guest_format;
-        match self.guest_walk(p, id, gva, access, true)? {
+        let walked = self.guest_walk(p, id, gva, access, true)?;
+        if self.opts.write_flood > 0 {
+            // The hypervisor used these table pages: their writes are no flood (KVM clears
+            // the count of every shadow page a fault walks through).
+            let path = match &walked {
+                GuestWalk::Fault { path, .. }
+                | GuestWalk::Unbacked { path }
+                | GuestWalk::Leaf { path, .. } => path,
+            };
+            for gfn in &path.tables[..(path.reads as usize).min(path.tables.len())] {
+                self.flood.remove(&gfn.as_u64());
+            }
+        }
+        match walked {
             GuestWalk::Fault { fault, path } => {
                 Self::exit(p, ExitCause::GuestFaultInjection, u64::from(path.reads + path.writes));
                 p.stats.guest_faults += 1;
@@ -548,6 +567,20 @@ impl Shadow {
         })
     }
 
+    /// Stops shadowing guest table page `gfn`: its shadow pages are dropped (the entries
+    /// above them cleared), so it is no longer protected. Returns the handler's work.
+    fn drop_mirrors(&mut self, p: &mut Platform, gfn: Gfn) -> u64 {
+        let mut work = 1;
+        for hfn in self.tables.mirrors(gfn) {
+            let edit = self.tables.drop_page(&mut p.host, hfn);
+            self.after_edit(p, edit);
+            work += Self::work(edit);
+        }
+        self.unsync.remove(&gfn.as_u64());
+        self.flood.remove(&gfn.as_u64());
+        work
+    }
+
     fn go_out_of_sync(&mut self, p: &mut Platform, gfn: Gfn) -> u64 {
         let mut work = 0;
         let limit = self.opts.unsync_limit;
@@ -654,6 +687,19 @@ impl Scheme for Shadow {
             Self::exit(p, ExitCause::WriteProtect, 1 + work);
             return Ok(());
         }
+        if self.opts.write_flood > 0 {
+            let writes = self.flood.entry(gfn.as_u64()).or_insert(0);
+            *writes += 1;
+            if *writes >= self.opts.write_flood {
+                // Flooded: stop shadowing the page; this write and the following ones reach
+                // the guest page directly.
+                self.flood.remove(&gfn.as_u64());
+                self.stats.unshadowed += 1;
+                let work = self.drop_mirrors(p, gfn);
+                Self::exit(p, ExitCause::WriteProtect, work);
+                return Ok(());
+            }
+        }
         let ad = Self::ad_by_hardware(p);
         let index = gpa.page_offset(PageSize::Size4K) / 8;
         let mut work = 1;
@@ -674,13 +720,7 @@ impl Scheme for Shadow {
         }
         // The guest rewrote a whole shadowed page (reusing a table page as data): the first
         // store exits and the hypervisor stops shadowing the page.
-        let mut work = 1;
-        for hfn in self.tables.mirrors(gfn) {
-            let edit = self.tables.drop_page(&mut p.host, hfn);
-            self.after_edit(p, edit);
-            work += Self::work(edit);
-        }
-        self.unsync.remove(&gfn.as_u64());
+        let work = self.drop_mirrors(p, gfn);
         Self::exit(p, ExitCause::WriteProtect, work);
         Ok(())
     }
@@ -790,6 +830,7 @@ impl Scheme for Shadow {
             ("shadow_fills", s.fills),
             ("dirty_emulations", s.dirty_emulations),
             ("emulated_writes", s.emulated_writes),
+            ("unshadowed", s.unshadowed),
             ("unsyncs", s.unsyncs),
             ("resyncs", s.resyncs),
             ("invalidations", s.invalidations),

@@ -73,6 +73,12 @@ pub struct ShadowOptions {
     /// Most guest pages out of sync at once; the oldest is re-synced beyond it. 0 = unbounded
     /// (KVM); Xen allows 3 per vCPU (SHADOW_OOS_PAGES).
     pub unsync_limit: u64,
+    /// Write protection only: a shadowed guest table page is unshadowed (its shadow pages
+    /// dropped, the protection lifted) at the `write_flood`-th emulated write with no shadow
+    /// fault through it in between, KVM's write-flood detection (`detect_write_flooding`:
+    /// 3). Leaf pages that go out of sync instead (`unsync`) are exempt, as in KVM. 0: never,
+    /// the traditional shadow pager of the LSP paper and memvirt's `tsp`.
+    pub write_flood: u64,
     /// With `unsync`: how many previously used shadow roots a single-address flush also re-syncs
     /// besides the current one (KVM_MMU_NUM_PREV_ROOTS = 3). Other roots are re-synced when the
     /// guest switches back to them.
@@ -106,6 +112,7 @@ impl ShadowOptions {
         granularity: Granularity::Process,
         notice: Notice::WriteProtect,
         unsync: false,
+        write_flood: 0,
         unsync_limit: 0,
         prev_roots: 3,
         flush_handler: HandlerAt::Hypervisor,
@@ -161,6 +168,9 @@ impl ShadowOptions {
         let bad = |msg: String| Err(ConfigError::Invalid(msg));
         if self.unsync && self.notice != Notice::WriteProtect {
             return bad("scheme.unsync = true needs scheme.notice = \"write-protect\"".into());
+        }
+        if self.write_flood > 0 && self.notice != Notice::WriteProtect {
+            return bad("scheme.write_flood needs scheme.notice = \"write-protect\"".into());
         }
         if !(1..=MAX_ROOTS).contains(&self.cached_roots) {
             return bad(format!(
@@ -223,6 +233,8 @@ mod tests {
         let eager = ShadowOptions::SSP.with_sets(&set("flush_sync", "eager")).unwrap();
         assert_eq!(eager.flush_sync, SyncAt::Eager);
         assert!(ShadowOptions::SSP.with_sets(&set("unsync", "true")).is_err());
+        assert!(ShadowOptions::SSP.with_sets(&set("write_flood", "3")).is_err());
+        assert_eq!(ShadowOptions::TSP.with_sets(&set("write_flood", "3")).unwrap().write_flood, 3);
         assert!(ShadowOptions::TSP.with_sets(&set("cached_roots", "0")).is_err());
         assert!(ShadowOptions::RVIRT.with_sets(&set("root_buffer", "4")).is_err());
         let unknown = ShadowOptions::TSP.with_sets(&set("colour", "red")).unwrap_err();
