@@ -568,10 +568,19 @@ impl Shadow {
     }
 
     /// Stops shadowing guest table page `gfn`: its shadow pages are dropped (the entries
-    /// above them cleared), so it is no longer protected. Returns the handler's work.
+    /// above them cleared), and a shadow root mirroring it takes its whole tree along (KVM
+    /// zaps the root; a later switch to that guest root builds a new one), so the frame is no
+    /// longer protected. Returns the handler's work.
     fn drop_mirrors(&mut self, p: &mut Platform, gfn: Gfn) -> u64 {
         let mut work = 1;
         for hfn in self.tables.mirrors(gfn) {
+            let Some(info) = self.tables.page_of(Hpa::new(hfn << 12)).copied() else { continue };
+            if info.parent.is_none() {
+                let before = self.tables.stats.pages;
+                self.forget_tree(p, info.tree);
+                work += before.saturating_sub(self.tables.stats.pages);
+                continue;
+            }
             let edit = self.tables.drop_page(&mut p.host, hfn);
             self.after_edit(p, edit);
             work += Self::work(edit);
