@@ -112,7 +112,7 @@ impl SchemeKind {
                 "traditional shadow paging: guest table pages write-protected, each write, flush and root switch a VM exit"
             }
             SchemeKind::TspUnsync => {
-                "shadow paging with out-of-sync leaf pages (KVM/Xen): leaf tables unprotected after one write, re-synced at flushes"
+                "KVM-style shadow paging: leaf tables unprotected after one write and re-synced at flushes (out of sync), upper tables unshadowed when writes flood them"
             }
             SchemeKind::Ssp => {
                 "Swift Shadow Paging: no write protection; flushes invalidate in hardware mode, re-sync at the next miss; root buffer"

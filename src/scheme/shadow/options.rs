@@ -76,8 +76,8 @@ pub struct ShadowOptions {
     /// Write protection only: a shadowed guest table page is unshadowed (its shadow pages
     /// dropped, the protection lifted) at the `write_flood`-th emulated write with no shadow
     /// fault through it in between, KVM's write-flood detection (`detect_write_flooding`:
-    /// 3). Leaf pages that go out of sync instead (`unsync`) are exempt, as in KVM. 0: never,
-    /// the traditional shadow pager of the LSP paper and memvirt's `tsp`.
+    /// 3; the `tsp-unsync` preset's). Leaf pages that go out of sync instead (`unsync`) are
+    /// exempt, as in KVM. 0: never, the traditional shadow pager of the LSP paper (`tsp`).
     pub write_flood: u64,
     /// With `unsync`: how many previously used shadow roots a single-address flush also re-syncs
     /// besides the current one (KVM_MMU_NUM_PREV_ROOTS = 3). Other roots are re-synced when the
@@ -123,8 +123,10 @@ impl ShadowOptions {
         leaf_fill: HandlerAt::Hypervisor,
     };
 
-    /// KVM/Xen out-of-sync shadow pages (papers.md, "Real-world strongest TSP baselines").
-    pub const TSP_UNSYNC: ShadowOptions = ShadowOptions { unsync: true, ..Self::TSP };
+    /// KVM's shadow MMU: out-of-sync leaf pages (Xen's out-of-sync pages too; papers.md,
+    /// "Real-world strongest TSP baselines") and write-flood unshadowing at KVM's 3.
+    pub const TSP_UNSYNC: ShadowOptions =
+        ShadowOptions { unsync: true, write_flood: 3, ..Self::TSP };
 
     /// Swift Shadow Paging: no write protection; flushes invalidate in hardware mode at their own
     /// granularity; root switches to buffered roots stay in hardware mode.
