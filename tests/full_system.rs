@@ -57,17 +57,21 @@ fn guest_available(arch: &str) -> Result<bool, String> {
     Ok(false)
 }
 
-/// Records `touch-pages 64` in a guest of `arch` (`riscv64` or `x86-64`) into `trace`.
-fn record_touch_pages(arch: &str, trace: &std::path::Path) {
+/// Records `touch-pages 64` in a guest of `arch` (`riscv64` or `x86-64`) into a fresh
+/// temporary directory; returns the directory and the trace in it.
+fn record_touch_pages(arch: &str) -> std::io::Result<(PathBuf, PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("memvirt-fullsys-{arch}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let trace = dir.join("touch.mvt");
     let rec = memvirt()
         .args(["guest", "record", "--arch", arch, "--timeout", "600", "-o"])
-        .arg(trace)
+        .arg(&trace)
         .args(["--", "touch-pages", "64"])
-        .output()
-        .expect("memvirt runs");
+        .output()?;
     let stderr = String::from_utf8_lossy(&rec.stderr);
     assert!(rec.status.success(), "recording failed: {stderr}");
     assert!(stderr.contains("memvirt-guest: exit 0"), "{stderr}");
+    Ok((dir, trace))
 }
 
 /// Replays `trace` between touch-pages' markers with the oracle on, plus `extra` arguments.
@@ -114,10 +118,7 @@ fn a_real_guest_replays_oracle_clean_under_every_scheme() -> Result<(), Box<dyn 
     if !guest_available("riscv64")? {
         return Ok(());
     }
-    let dir = std::env::temp_dir().join(format!("memvirt-fullsys-rv-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let trace = dir.join("touch.mvt");
-    record_touch_pages("riscv64", &trace);
+    let (dir, trace) = record_touch_pages("riscv64")?;
     let cold = replay_window(&trace, &["--cold"]);
     let warm = replay_window(&trace, &["--schemes", "native,nested,tsp,ssp"]);
     assert_eq!(cold.len(), 15, "every scheme ran");
@@ -154,10 +155,7 @@ fn an_x86_64_guest_replays_oracle_clean_under_each_design() -> Result<(), Box<dy
     if !guest_available("x86_64")? {
         return Ok(());
     }
-    let dir = std::env::temp_dir().join(format!("memvirt-fullsys-x86-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let trace = dir.join("touch.mvt");
-    record_touch_pages("x86-64", &trace);
+    let (dir, trace) = record_touch_pages("x86-64")?;
     // One scheme of each design (the riscv64 test runs all 15), to keep the suite short.
     let families = "native,nested,flat-nested,spec-shadow,tsp,ssp,asp,snp,hspt-private,softmmu";
     let cold = replay_window(&trace, &["--cold", "--schemes", families]);

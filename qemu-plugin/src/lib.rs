@@ -333,17 +333,24 @@ fn preload(file: &mut SystemFile, image: &str) -> Result<(), String> {
     if bytes.get(..5) != Some(b"\x7fELF\x02") || bytes.get(5) != Some(&1) {
         return Err(bad("not a little-endian 64-bit ELF file"));
     }
-    let phoff = u64_at(0x20).ok_or_else(|| bad("no program headers"))? as usize;
+    let phoff = u64_at(0x20).ok_or_else(|| bad("no program headers"))?;
+    let phoff = usize::try_from(phoff).map_err(|_| bad("program headers out of range"))?;
     let (size, count) = (u16_at(0x36).unwrap_or(0) as usize, u16_at(0x38).unwrap_or(0) as usize);
     for k in 0..count {
-        let h = phoff + k * size;
-        let kind = bytes.get(h..h + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let h = phoff.checked_add(k * size).ok_or_else(|| bad("program headers out of range"))?;
+        let kind =
+            bytes.get(h..h.saturating_add(4)).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         if kind != Some(1) {
             continue; // Not PT_LOAD.
         }
-        let field = |o: usize| u64_at(h + o).ok_or_else(|| bad("program header cut short"));
-        let (offset, paddr, filesz) = (field(8)? as usize, field(24)?, field(32)? as usize);
-        let data = bytes.get(offset..offset + filesz).ok_or_else(|| bad("segment cut short"))?;
+        let field =
+            |o: usize| u64_at(h.saturating_add(o)).ok_or_else(|| bad("program header cut short"));
+        let (offset, paddr, filesz) = (field(8)?, field(24)?, field(32)?);
+        let data = usize::try_from(offset)
+            .ok()
+            .zip(usize::try_from(offset.saturating_add(filesz)).ok())
+            .and_then(|(a, b)| bytes.get(a..b))
+            .ok_or_else(|| bad("segment cut short"))?;
         for (i, word) in data.chunks(8).enumerate() {
             let mut w = [0u8; 8];
             w[..word.len()].copy_from_slice(word);
@@ -468,9 +475,10 @@ impl HasCallbacks for MemvirtPlugin {
                 Watch::Invlpg(op) => insn.register_execute_callback_flags(
                     move |_| {
                         with(|r| {
+                            // Only the operand's base and index registers are read.
                             let mut values = [0u64; 16];
-                            for (n, v) in values.iter_mut().enumerate() {
-                                *v = r.reg(n as u32)?.unwrap_or(0);
+                            for n in op.base.into_iter().chain(op.index.map(|(i, _)| i)) {
+                                values[usize::from(n & 15)] = r.reg(u32::from(n))?.unwrap_or(0);
                             }
                             let va = op.address(|n| values[usize::from(n & 15)], next);
                             r.emit(Event::Fence { fence: Fence::Invlpg, rs1: Some(va), rs2: None })

@@ -121,13 +121,6 @@ impl Reader {
         })
     }
 
-    /// Stream `stream`'s number and block index.
-    fn blocks_of(&self, stream: usize) -> Result<(u32, Vec<BlockRef>), TraceError> {
-        let id = u32::try_from(stream).unwrap_or(u32::MAX);
-        let info = self.streams.get(stream).ok_or(TraceError::NoStream(id))?;
-        Ok((id, info.blocks.clone()))
-    }
-
     /// A decoder of stream `stream` that skips its first `skip` records and stops after `limit`.
     pub fn stream(
         &self,
@@ -135,25 +128,15 @@ impl Reader {
         skip: u64,
         limit: u64,
     ) -> Result<StreamDecoder, TraceError> {
-        let (id, blocks) = self.blocks_of(stream)?;
-        Ok(StreamDecoder {
-            name: self.name.clone(),
-            source: self.source()?,
-            layout: self.layout(),
-            stream: id,
-            blocks,
-            next: 0,
-            skip,
-            left: limit,
-            end: self.header.dir_offset,
-            block: BlockDecoder::new(),
-        })
+        let blocks = self.raw_blocks(stream, MAX_RECORD_BYTES)?;
+        Ok(StreamDecoder { blocks, skip, left: limit })
     }
 
     /// The blocks of `stream` undecoded (full-system streams); `max_record` bounds the decoded
     /// bytes of one record.
     pub fn raw_blocks(&self, stream: usize, max_record: usize) -> Result<RawBlocks, TraceError> {
-        let (id, blocks) = self.blocks_of(stream)?;
+        let id = u32::try_from(stream).unwrap_or(u32::MAX);
+        let blocks = self.streams.get(stream).ok_or(TraceError::NoStream(id))?.blocks.clone();
         Ok(RawBlocks {
             name: self.name.clone(),
             source: self.source()?,
@@ -746,19 +729,12 @@ impl RawBlocks {
     }
 }
 
-/// One stream's records in order, a block at a time.
+/// One stream's records in order, a block at a time: its [`RawBlocks`], decoded.
 #[derive(Debug)]
 pub struct StreamDecoder {
-    name: String,
-    source: Box<dyn ReadSeek>,
-    layout: Layout,
-    stream: u32,
-    blocks: Vec<BlockRef>,
-    next: usize,
+    blocks: RawBlocks,
     skip: u64,
     left: u64,
-    end: u64,
-    block: BlockDecoder,
 }
 
 impl std::fmt::Debug for dyn ReadSeek {
@@ -772,14 +748,14 @@ impl StreamDecoder {
     pub fn next_batch(&mut self, out: &mut Vec<Record>) -> Result<bool, TraceError> {
         out.clear();
         while self.left > 0 {
-            let Some(b) = self.blocks.get(self.next).copied() else { return Ok(false) };
-            self.next += 1;
+            let r = &mut self.blocks;
+            let Some(b) = r.blocks.get(r.next).copied() else { return Ok(false) };
+            r.next += 1;
             if self.skip >= u64::from(b.records) {
                 self.skip -= u64::from(b.records);
                 continue;
             }
-            let (name, layout) = (&self.name, self.layout);
-            self.block.read(&mut *self.source, name, layout, self.stream, &b, self.end, out)?;
+            r.block.read(&mut *r.source, &r.name, r.layout, r.stream, &b, r.end, out)?;
             out.drain(..usize::try_from(self.skip).unwrap_or(out.len()).min(out.len()));
             self.skip = 0;
             out.truncate(usize::try_from(self.left).unwrap_or(usize::MAX));
@@ -822,7 +798,7 @@ impl Prefetch {
         let (tx, rx): (SyncSender<Msg>, _) = mpsc::sync_channel(0);
         let (back, back_rx) = mpsc::channel::<Vec<Record>>();
         let handle = std::thread::Builder::new()
-            .name(format!("memvirt-decode-{}", dec.stream))
+            .name(format!("memvirt-decode-{}", dec.blocks.stream))
             .spawn(move || loop {
                 let mut buf = back_rx.try_recv().unwrap_or_default();
                 let msg = match dec.next_batch(&mut buf) {
