@@ -56,9 +56,13 @@ pub struct Costs {
     pub page_zero: u64,
     /// Copying one 4 KiB page (assumption: twice the zeroing cost).
     pub page_copy: u64,
-    /// Workload compute between two guest accesses (assumption: about two instructions per
-    /// memory reference at an IPC of one).
-    pub compute_per_access: u64,
+    /// Cycles per instruction of the workload's own compute between guest accesses: the one
+    /// compute model (see [`Costs::compute_cycles`]). Assumption: 1, an IPC of one.
+    pub cycles_per_instruction: u64,
+    /// Instructions a built-in workload runs per user memory reference, where no trace says how
+    /// many ran (assumption: 2; loads and stores are a third to a half of the instructions of
+    /// memory-bound programs).
+    pub instructions_per_access: u64,
     /// `softmmu`: the inline software-TLB lookup translated code does before every guest
     /// access, the host's own L1 TLB hit included (assumption: QEMU's fast path is about ten
     /// host instructions — shift, mask, add, load and compare the tag, branch, load the addend,
@@ -102,7 +106,8 @@ impl Default for Costs {
             process_create: 20_000,
             page_zero: 256,
             page_copy: 512,
-            compute_per_access: 2,
+            cycles_per_instruction: 1,
+            instructions_per_access: 2,
             soft_tlb_lookup: 4,
             soft_tlb_refill: 200,
             emu_walk_per_entry: 20,
@@ -129,6 +134,12 @@ impl Costs {
             }
         }
         Ok(())
+    }
+
+    /// The compute cycles of `instructions` guest instructions: the one compute model every
+    /// front end charges (built-in workloads estimate `instructions`, traces count them).
+    pub fn compute_cycles(&self, instructions: u64) -> u64 {
+        instructions.saturating_mul(self.cycles_per_instruction)
     }
 
     /// Page-table read latency by cache level (l1, l2, llc, memory).

@@ -35,6 +35,8 @@ pub fn platform(arch: ArchConfig, mmu: MmuConfig) -> Result<Platform, SimError> 
         mmu,
         guest_bytes: GUEST_BYTES,
         host_bytes: HOST_BYTES,
+        table_pool_frames: crate::mem::host::DEFAULT_POOL_CHUNK,
+        handlers: crate::mmu::Handlers::default(),
         vmid: Vmid(1),
     };
     Platform::new(&cfg, Costs::default())

@@ -10,6 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use memvirt::fullsys::{self, Start, SystemSpec};
 use memvirt::report::Report;
 use memvirt::scheme::SchemeKind;
+use memvirt::workload::Length;
 use rayon::prelude::*;
 
 use super::{
@@ -313,6 +314,13 @@ fn replay(trace: &Path, r: &ReplaySpec, suite: Option<(Vec<u64>, Vec<String>)>) 
     let setup = Setup::new(&machine, &schemes, &[])?;
     if !setup.workload_sets.is_empty() {
         bail!("full-system replay takes no workload.* settings");
+    }
+    if machine.warmup.is_some() || machine.length == Length::Steady {
+        bail!(
+            "--warmup and --length do not apply to full-system replay: each window is counted \
+             from its first marker, after the boot and everything before it ran warm (--cold \
+             starts the scheme at the marker instead)"
+        );
     }
     let (boundaries, labels) = if r.whole {
         (Vec::new(), Vec::new())

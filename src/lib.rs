@@ -14,6 +14,7 @@
 //! - [`trace`]: ChampSim and valgrind lackey readers, the compact trace format, `memvirt record`;
 //!   replayed by [`workload`]'s trace workload.
 //! - [`sweep`], [`plot`]: one setting swept over values for every scheme, and its SVG chart.
+//! - [`sensitivity`]: which ranking of schemes survives every assumed cost across its range.
 //!
 //! See `DESIGN.md` at the repository root for the layers and the non-goals.
 #![forbid(unsafe_code)]
@@ -39,6 +40,7 @@ pub mod report;
 pub mod rng;
 pub mod run;
 pub mod scheme;
+pub mod sensitivity;
 pub mod stats;
 pub mod sweep;
 pub mod trace;

@@ -7,15 +7,15 @@
 
 use crate::addr::{Asid, Gfn, Gpa, GuestPhys, GuestVirt, Gva, Hpa, PageSize, Vmid};
 use crate::cost::Costs;
-use crate::mem::{GuestBacking, HostMemory, MemError};
+use crate::mem::{GuestBacking, HostMemory, MemError, TablePool};
 use crate::mmu::setassoc::GeometryError;
-use crate::mmu::{FlushOp, Mmu, MmuConfig, TranslationFault};
+use crate::mmu::{FlushOp, Handlers, Mmu, MmuConfig, TranslationFault};
 use crate::oracle::{Oracle, Translation, Violation};
 use crate::paging::mapper::TableStore;
 use crate::paging::walk::PageTable;
 use crate::paging::{Access, Format, Regime};
 use crate::stats::Charge;
-use crate::stats::Stats;
+use crate::stats::{ExitCause, Stats, TrapCause};
 
 /// Simulator errors (never guest-visible events).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +135,12 @@ pub struct Platform {
     /// The translation oracle, when runs are verified (`--verify`); see
     /// [`Machine::enable_oracle`].
     pub oracle: Option<Box<Oracle>>,
+    /// What exit and trap handlers leave in the TLB and caches.
+    pub handlers: Handlers,
+    /// Where the handlers' own data lies: the hypervisor's memory, just past the host memory
+    /// guests and tables are allocated from (so it shares no frame with them); the trap
+    /// handler's starts 1 MiB further.
+    handler_data: Hpa,
 }
 
 /// Sizes of the simulated machine.
@@ -148,6 +154,10 @@ pub struct PlatformConfig {
     pub guest_bytes: u64,
     /// Host physical memory in bytes.
     pub host_bytes: u64,
+    /// Frames a hypervisor table pool takes at a time (`memory.table_pool_frames`).
+    pub table_pool_frames: u64,
+    /// What exit and trap handlers leave in the TLB and caches.
+    pub handlers: Handlers,
     /// The VMID the guest runs with (`Vmid::HOST` for native runs).
     pub vmid: Vmid,
 }
@@ -164,8 +174,10 @@ impl Platform {
         }
         let mut mmu = Mmu::new(&cfg.mmu)?;
         mmu.vmid = cfg.vmid;
+        let mut host = HostMemory::new(cfg.host_bytes / page);
+        host.set_pool_chunk(cfg.table_pool_frames);
         Ok(Platform {
-            host: HostMemory::new(cfg.host_bytes / page),
+            host,
             guest_mem: GuestBacking::new(cfg.guest_bytes / page),
             mmu,
             arch: cfg.arch,
@@ -173,6 +185,8 @@ impl Platform {
             stats: Stats::default(),
             costs,
             oracle: None,
+            handlers: cfg.handlers,
+            handler_data: Hpa::new(cfg.host_bytes / page * page),
         })
     }
 
@@ -240,11 +254,27 @@ impl Platform {
         cycles
     }
 
+    /// Counts a VM exit and runs its handler's footprint through the vCPU's TLB and caches.
+    #[inline]
+    pub fn vm_exit(&mut self, cause: ExitCause) {
+        self.stats.exit(cause);
+        self.mmu.run_handler(&self.handlers.exit, self.handler_data);
+    }
+
+    /// Counts a hardware-mode trap and runs its handler's footprint through the vCPU's TLB and
+    /// caches.
+    #[inline]
+    pub fn hw_trap(&mut self, cause: TrapCause) {
+        self.stats.trap(cause);
+        let data = Hpa::new(self.handler_data.as_u64() + (1 << 20));
+        self.mmu.run_handler(&self.handlers.trap, data);
+    }
+
     /// One software refill: the trap round trip and the handler's per-entry work for the walk
     /// in the trace.
     pub fn charge_refill_trap(&mut self) {
         let entries = self.mmu.trace.total() as u64;
-        self.stats.trap(crate::stats::TrapCause::TlbRefill);
+        self.hw_trap(TrapCause::TlbRefill);
         let cost = self.costs.hw_trap + self.costs.refill_per_entry * entries;
         self.stats.cycles.hw_trap.charge(cost);
     }
@@ -500,6 +530,8 @@ impl<S: Scheme, A: FnMut() -> Result<Gfn, MemError>> TableStore<GuestPhys>
 pub struct HostTableStore<'a> {
     /// Host memory.
     pub host: &'a mut HostMemory,
+    /// The pool its single-page tables come from.
+    pub pool: TablePool,
 }
 
 impl TableStore<crate::addr::HostPhys> for HostTableStore<'_> {
@@ -514,7 +546,7 @@ impl TableStore<crate::addr::HostPhys> for HostTableStore<'_> {
     fn alloc_table(&mut self, bytes: u64) -> Result<Hpa, MemError> {
         let frames = bytes.div_ceil(PageSize::Size4K.bytes()).max(1);
         let first = if frames == 1 {
-            self.host.alloc_frame()?
+            self.host.alloc_table_frame(self.pool)?
         } else {
             self.host.alloc_contiguous(frames, frames)?
         };

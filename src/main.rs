@@ -21,7 +21,8 @@ use memvirt::profile::{self, Profile};
 use memvirt::report::Report;
 use memvirt::run::{self, RunSpec};
 use memvirt::scheme::SchemeKind;
-use memvirt::workload::{TraceParams, WorkloadKind};
+use memvirt::sensitivity;
+use memvirt::workload::{Length, TraceParams, WorkloadKind};
 
 mod guest_cmd;
 mod sweep_cmd;
@@ -113,6 +114,17 @@ struct MachineArgs {
     /// scheme and both translations. JSON reports gain `oracle` counts. Slows runs down.
     #[arg(long)]
     verify: bool,
+    /// Run without counting first, then zero every counter and count the rest (tables, TLBs
+    /// and caches stay warm): N user accesses for a built-in workload, N instructions per stream
+    /// for a trace (counting starts when every stream has run N, or ended). Reports gain a
+    /// `warmup` section. [default: 0, or the steady-state warm-up with --length steady]
+    #[arg(long, value_name = "N")]
+    warmup: Option<u64>,
+    /// `short`: each workload's defaults, no warm-up. `steady`: each workload's steady-state
+    /// length and warm-up (`memvirt list` shows both), for steady-state overheads; --set and
+    /// --warmup still apply on top.
+    #[arg(long, value_enum, default_value_t = Length::Short)]
+    length: Length,
 }
 
 impl MachineArgs {
@@ -164,6 +176,13 @@ struct CompareArgs {
     workloads: Vec<WorkloadKind>,
     #[command(flatten)]
     trace: trace_cmd::TraceInputArgs,
+    /// Also vary every assumed cost across its documented range, alone and at every corner, and
+    /// say per workload which ranking of the schemes holds and where it flips (cycles are linear
+    /// in the costs, so one extra run per cost and scheme gives every point exactly; about ten
+    /// times the runs). JSON becomes {"reports": [...], "sensitivity": {...}}. docs/costs.md
+    /// lists the ranges and their sources.
+    #[arg(long)]
+    sensitivity: bool,
     #[command(flatten)]
     machine: MachineArgs,
     #[command(flatten)]
@@ -347,6 +366,7 @@ fn list(args: &ListArgs) -> Result<()> {
                 out.push_str(&format!("      workload.{key} = {value}\n"));
             }
         }
+        out.push_str(&format!("      {}\n", length_line(w)?));
     }
     out.push_str(
         "\ntraces (run/compare --trace FILE, repeatable; memvirt record -- CMD records one):\n  \
@@ -362,6 +382,21 @@ fn list(args: &ListArgs) -> Result<()> {
          --set scheme.root_buffer=4); `memvirt list --keys` prints every profile key.\n",
     );
     emit(&out, None)
+}
+
+/// A workload's two lengths in user accesses, for `memvirt list`: the short default and the
+/// steady state (`--length steady`) with its warm-up.
+fn length_line(w: WorkloadKind) -> Result<String> {
+    let steady = w.steady_state();
+    let short = w.estimated_accesses(&[])?;
+    let long = w.estimated_accesses(&steady.owned_sets())?;
+    let sets: Vec<String> = steady.sets.iter().map(|(k, v)| format!("workload.{k}={v}")).collect();
+    Ok(format!(
+        "length: short ~{short} user accesses; steady ({}) ~{long}, the first {} of them a \
+         warm-up",
+        sets.join(" "),
+        steady.warmup
+    ))
 }
 
 /// Checks `scheme.KEY=VALUE` settings against the selected schemes (each key must be an option
@@ -403,6 +438,10 @@ struct Setup {
     sets: Vec<String>,
     /// `--verify`.
     verify: bool,
+    /// `--warmup`, when given.
+    warmup: Option<u64>,
+    /// `--length`.
+    length: Length,
 }
 
 impl Setup {
@@ -445,6 +484,8 @@ impl Setup {
             seed: m.seed,
             sets: m.sets.clone(),
             verify: m.verify,
+            warmup: m.warmup,
+            length: m.length,
         };
         if workloads.len() > 1 {
             for (key, _) in &setup.workload_sets {
@@ -480,9 +521,24 @@ impl Setup {
     /// The workload settings that apply to `w`: when it is the `single` workload selected, all
     /// of them (so an unknown key is reported by the workload itself, with its valid keys);
     /// otherwise those naming one of its parameters.
+    /// With `--length steady`, the workload's steady-state settings come first.
     fn sets_for(&self, w: WorkloadKind, single: bool) -> Vec<(String, String)> {
         let applies = |key: &str| single || has_param(w, key);
-        self.workload_sets.iter().filter(|(k, _)| applies(k)).cloned().collect()
+        let mut sets = match self.length {
+            Length::Short => Vec::new(),
+            Length::Steady => w.steady_state().owned_sets(),
+        };
+        sets.extend(self.workload_sets.iter().filter(|(k, _)| applies(k)).cloned());
+        sets
+    }
+
+    /// The warm-up of `w`: `--warmup`, else the steady-state one with `--length steady`.
+    fn warmup_for(&self, w: WorkloadKind) -> u64 {
+        match (self.warmup, self.length) {
+            (Some(n), _) => n,
+            (None, Length::Short) => 0,
+            (None, Length::Steady) => w.steady_state().warmup,
+        }
     }
 
     /// The spec of `scheme` on `workload` (`single`: see [`Setup::sets_for`]).
@@ -496,12 +552,19 @@ impl Setup {
             seed: self.seed,
             verify: self.verify,
             traces: None,
+            warmup: self.warmup_for(workload),
         }
     }
 
-    /// `profile NAME, seed N[, --set ...][, --verify]`.
+    /// `profile NAME, seed N[, --length steady][, --warmup N][, --set ...][, --verify]`.
     fn describe(&self) -> String {
         let mut text = format!("profile {}, seed {}", self.profile.name, self.seed);
+        if self.length == Length::Steady {
+            text.push_str(", --length steady");
+        }
+        if let Some(n) = self.warmup {
+            text.push_str(&format!(", --warmup {n}"));
+        }
         for s in &self.sets {
             text.push_str(&format!(", --set {s}"));
         }
@@ -576,6 +639,12 @@ fn compare(args: &CompareArgs) -> Result<()> {
     } else {
         selected(&args.schemes, SchemeKind::ALL)
     };
+    if args.sensitivity && !args.trace.traces.is_empty() {
+        bail!("--sensitivity takes built-in workloads (--workloads), not --trace");
+    }
+    if args.sensitivity && args.out.format == Format::Csv {
+        bail!("--sensitivity has no CSV form: use --format table or json");
+    }
     if !args.trace.traces.is_empty() {
         let (m, t, out) = (&args.machine, &args.trace, &args.out);
         return trace_cmd::run_traces(m, &schemes, t, out, "compare");
@@ -587,16 +656,53 @@ fn compare(args: &CompareArgs) -> Result<()> {
     let per_workload = schemes.len() + usize::from(!schemes.contains(&SchemeKind::Native));
     let mut progress = Progress::new(per_workload * workloads.len());
     let mut reports = Vec::new();
+    let mut per_workload_reports = Vec::new();
     for &w in &workloads {
         let Some(&first) = schemes.first() else { bail!("--schemes names no scheme") };
         let spec = setup.spec(first, w, workloads.len() == 1);
         let mut update = |s, d, t| progress.update(s, w, d, t);
-        reports.extend(run::compare(&spec, &schemes, &mut update)?);
+        let these = run::compare(&spec, &schemes, &mut update)?;
+        reports.extend(these.iter().cloned());
+        per_workload_reports.push((spec, these));
     }
     progress.finish();
     let title =
         format!("memvirt compare: {} (overhead vs native on the same workload)", setup.describe());
-    write_reports(&reports, &args.out, &title)
+    if !args.sensitivity {
+        return write_reports(&reports, &args.out, &title);
+    }
+    let sensitivity = cost_sensitivity(&setup, &schemes, &per_workload_reports)?;
+    let text = output::render_with_sensitivity(&reports, &sensitivity, args.out.format, &title)?;
+    emit(&text, args.out.output.as_deref())
+}
+
+/// `compare --sensitivity`: every workload's ranking across the cost ranges, one extra run per
+/// cost and virtualized scheme, with a progress bar of its own.
+fn cost_sensitivity(
+    setup: &Setup,
+    schemes: &[SchemeKind],
+    runs: &[(RunSpec, Vec<Report>)],
+) -> Result<sensitivity::Sensitivity> {
+    let ranges = sensitivity::ranges_for(&setup.profile.costs)?;
+    let virtualized = schemes.iter().filter(|&&s| s != SchemeKind::Native).count();
+    let total = (ranges.len() * virtualized * runs.len()) as u64;
+    let bar = if std::io::stderr().is_terminal() {
+        let style =
+            ProgressStyle::with_template("sensitivity [{bar:30}] {pos}/{len} runs {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()).with_style(style)
+    } else {
+        ProgressBar::hidden()
+    };
+    let tick = || bar.inc(1);
+    let mut workloads = Vec::with_capacity(runs.len());
+    for (spec, reports) in runs {
+        workloads.push(sensitivity::workload_sensitivity(spec, schemes, reports, &ranges, &tick)?);
+    }
+    bar.finish_and_clear();
+    let corners = 1u64 << ranges.len();
+    Ok(sensitivity::Sensitivity { ranges, corners, workloads })
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {

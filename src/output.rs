@@ -44,6 +44,9 @@ pub enum RenderError {
     /// serde_json refused a value (a report holds nothing it should refuse).
     #[error("cannot serialize as JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// The output has no form in the format asked for.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// The wall-clock timing of one run, as `memvirt bench` measures it on the current machine.
@@ -89,6 +92,31 @@ pub fn render(reports: &[Report], format: Format, title: &str) -> Result<String,
         Format::Table => Ok(report_table(reports, title)),
         Format::Json => json(reports),
         Format::Csv => Ok(report_csv(reports)),
+    }
+}
+
+/// A comparison with its cost sensitivity (`compare --sensitivity`): the table followed by the
+/// analysis, or one JSON object `{"reports": [...], "sensitivity": {...}}`. CSV has no place for
+/// it: an error.
+pub fn render_with_sensitivity(
+    reports: &[Report],
+    sensitivity: &crate::sensitivity::Sensitivity,
+    format: Format,
+    title: &str,
+) -> Result<String, RenderError> {
+    #[derive(serde::Serialize)]
+    struct WithSensitivity<'a> {
+        reports: &'a [Report],
+        sensitivity: &'a crate::sensitivity::Sensitivity,
+    }
+    match format {
+        Format::Table => {
+            Ok(report_table(reports, title) + &crate::sensitivity::render(sensitivity))
+        }
+        Format::Json => json(&WithSensitivity { reports, sensitivity }),
+        Format::Csv => Err(RenderError::Unsupported(
+            "--sensitivity has no CSV form: use --format table or json".into(),
+        )),
     }
 }
 
@@ -217,6 +245,7 @@ fn report_table(reports: &[Report], title: &str) -> String {
         ]);
     }
     let mut text = t.render(title);
+    text.push_str(&compute_and_warmup(reports));
     let verified: Vec<_> = reports.iter().filter_map(|r| r.oracle).collect();
     if !verified.is_empty() {
         let checks: u64 = verified.iter().map(|o| o.checks).sum();
@@ -225,6 +254,39 @@ fn report_table(reports: &[Report], title: &str) -> String {
             "translation oracle: {checks} TLB fills checked, {stale} stale but allowed, no \
              violation\n"
         ));
+    }
+    text
+}
+
+/// The lines under a table that say what its cycles assume: the compute model (every overhead
+/// depends on it) and, per workload, what its warm-up ran uncounted.
+fn compute_and_warmup(reports: &[Report]) -> String {
+    let mut models: Vec<String> = Vec::new();
+    let mut warmups: Vec<String> = Vec::new();
+    for r in reports {
+        let model = r.compute.describe();
+        if !r.compute.model.is_empty() && !models.contains(&model) {
+            models.push(model);
+        }
+        if let Some(w) = &r.warmup {
+            let what = match w.instructions {
+                Some(i) => format!(
+                    "{}: {i} instructions ({} accesses) until every stream ran {}",
+                    r.workload, w.accesses, w.requested
+                ),
+                None => format!("{}: {} user accesses", r.workload, w.accesses),
+            };
+            if !warmups.contains(&what) {
+                warmups.push(what);
+            }
+        }
+    }
+    let mut text = String::new();
+    if !models.is_empty() {
+        text.push_str(&format!("compute model: {}\n", models.join("; ")));
+    }
+    if !warmups.is_empty() {
+        text.push_str(&format!("warm-up, not counted: {}\n", warmups.join("; ")));
     }
     text
 }

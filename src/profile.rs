@@ -15,7 +15,7 @@ use crate::config::{self, ConfigError};
 use crate::cost::Costs;
 use crate::guest::config::KernelConfig;
 use crate::machine::{ArchConfig, PlatformConfig};
-use crate::mmu::MmuConfig;
+use crate::mmu::{Handlers, MmuConfig};
 use crate::paging::{AdPolicy, Family, Format, Regime, Stage};
 
 /// The built-in profiles: name and TOML text.
@@ -61,6 +61,9 @@ pub struct Profile {
     pub mmu: MmuConfig,
     /// Cycle costs.
     pub costs: Costs,
+    /// What VM-exit and hardware-mode-trap handlers leave in the TLB and caches.
+    #[serde(default)]
+    pub handlers: Handlers,
     /// Guest kernel tunables.
     pub kernel: KernelConfig,
 }
@@ -109,6 +112,15 @@ pub struct MemoryProfile {
     pub guest_mib: u64,
     /// Host physical memory, MiB.
     pub host_mib: u64,
+    /// Frames each hypervisor table pool (nested, shadow, emulator tables) takes from host
+    /// memory at a time; 1 allocates table pages one by one, interleaved with every other
+    /// allocation. See [`crate::mem::host::DEFAULT_POOL_CHUNK`].
+    #[serde(default = "default_pool_chunk")]
+    pub table_pool_frames: u64,
+}
+
+fn default_pool_chunk() -> u64 {
+    crate::mem::host::DEFAULT_POOL_CHUNK
 }
 
 /// The names of the built-in profiles.
@@ -249,6 +261,7 @@ impl Profile {
         let mem = &self.memory;
         in_range("memory.guest_mib", mem.guest_mib, 1, MAX_GUEST_MIB)?;
         in_range("memory.host_mib", mem.host_mib, 1, MAX_HOST_MIB)?;
+        in_range("memory.table_pool_frames", mem.table_pool_frames, 1, 1 << 18)?;
         if mem.host_mib < mem.guest_mib.saturating_add(HOST_HEADROOM_MIB) {
             return Err(ConfigError::Invalid(format!(
                 "memory.host_mib ({}) must be at least memory.guest_mib ({}) + {HOST_HEADROOM_MIB}: \
@@ -261,6 +274,7 @@ impl Profile {
         in_range("kernel.asids", u64::from(k.asids), 1, u64::from(MAX_ASIDS))?;
         in_range("kernel.time_slice", k.time_slice, 1, u64::MAX)?;
         in_range("kernel.range_flush_threshold", k.range_flush_threshold, 1, u64::MAX)?;
+        self.handlers.validate()?;
         self.costs.validate()
     }
 
@@ -294,6 +308,8 @@ impl Profile {
             mmu,
             guest_bytes: mib_to_bytes("memory.guest_mib", self.memory.guest_mib)?,
             host_bytes: mib_to_bytes("memory.host_mib", self.memory.host_mib)?,
+            table_pool_frames: self.memory.table_pool_frames,
+            handlers: self.handlers,
             vmid: GUEST_VMID,
         })
     }

@@ -110,6 +110,54 @@ pub struct TablesReport {
     pub host_frames: u64,
 }
 
+/// Where a run's instruction count, and so its compute cycles, came from: the one compute
+/// model is `instructions x costs.cycles_per_instruction` for every front end.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeReport {
+    /// `per-access` (a built-in workload: `costs.instructions_per_access` per user access),
+    /// `trace` (the gaps of the replayed records) or `recorded` (the instructions QEMU
+    /// executed, full-system replay).
+    pub model: String,
+    /// Instructions charged.
+    pub instructions: u64,
+    /// `costs.cycles_per_instruction`.
+    pub cycles_per_instruction: u64,
+    /// `costs.instructions_per_access` (per-access model only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions_per_access: Option<u64>,
+}
+
+impl ComputeReport {
+    /// The model in a few words, for the line under an overhead table.
+    pub fn describe(&self) -> String {
+        match self.instructions_per_access {
+            Some(ipa) => {
+                format!("{ipa} instructions per user access at CPI {}", self.cycles_per_instruction)
+            }
+            None => format!(
+                "the {} instructions at CPI {}",
+                if self.model == "trace" { "trace's" } else { "recorded" },
+                self.cycles_per_instruction
+            ),
+        }
+    }
+}
+
+/// What a warm-up (`--warmup N`) ran before counting started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmupReport {
+    /// `accesses` (user accesses, a built-in workload) or `instructions-per-stream` (a trace:
+    /// every stream ran at least this many instructions, or ended, before counting started).
+    pub unit: String,
+    /// The N asked for.
+    pub requested: u64,
+    /// User accesses made during the warm-up (all streams).
+    pub accesses: u64,
+    /// Instructions run during the warm-up (all streams; traces only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<u64>,
+}
+
 /// The report of one scheme on one workload.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -154,6 +202,12 @@ pub struct Report {
     pub tables: TablesReport,
     /// Scheme-specific counters (nested leaves, shadow pages, ...).
     pub scheme_counters: BTreeMap<String, u64>,
+    /// How `cycles_by_category.compute` was computed.
+    #[serde(default)]
+    pub compute: ComputeReport,
+    /// What ran before counting started; absent when nothing was warmed up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<WarmupReport>,
     /// What the translation oracle checked; only in verified runs (`--verify`), so that the
     /// JSON of other runs is unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]

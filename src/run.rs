@@ -8,7 +8,9 @@ use crate::config::ConfigError;
 use crate::guest::{FaultResolution, Os, OsError};
 use crate::machine::{Machine, Platform, Scheme, SimError};
 use crate::profile::Profile;
-use crate::report::{CauseCounts, GuestReport, Report, TablesReport, TlbReport, WalkReport};
+use crate::report::{
+    CauseCounts, ComputeReport, GuestReport, Report, TablesReport, TlbReport, WalkReport,
+};
 use crate::scheme::snp::{NestedTableKind, SnpOptions};
 use crate::scheme::{
     FlatNested, FlatNestedOptions, Hspt, HsptOptions, Native, Nested, NestedOptions, NestedWalk,
@@ -39,6 +41,9 @@ pub struct RunSpec {
     /// Traces to replay instead of `workload` (`--trace`): every stream of every trace runs as a
     /// guest process; `workload_sets` then set [`TraceParams`].
     pub traces: Option<TraceSet>,
+    /// `--warmup N`: run without counting for N user accesses (a built-in workload) or until
+    /// every stream has run N instructions (a trace), then zero every counter (0: none).
+    pub warmup: u64,
 }
 
 impl RunSpec {
@@ -53,6 +58,7 @@ impl RunSpec {
             seed: 1,
             verify: false,
             traces: None,
+            warmup: 0,
         }
     }
 
@@ -249,7 +255,25 @@ fn execute<S: Scheme>(
     if let Some(oracle) = os.machine.platform.oracle.as_deref_mut() {
         oracle.reset_counts();
     }
+    match &mut workload {
+        Workload::Trace(t) => t.warm_up_for(spec.warmup),
+        _ => os.warm_up_for(spec.warmup),
+    }
     workload::drive(&mut os, &mut workload, progress)?;
+    if spec.warmup > 0 && os.warmed().is_none() {
+        let ran = match workload.trace_report() {
+            Some(t) => {
+                let longest = t.streams.iter().map(|s| s.instructions).max().unwrap_or(0);
+                format!("instructions per stream, and its longest stream ran {longest}")
+            }
+            None => format!("user accesses, and the whole run made {}", os.user_accesses()),
+        };
+        return Err(OsError::Sim(SimError::Config(format!(
+            "--warmup {} is not shorter than the workload: the warm-up counts {ran}; lower \
+             --warmup or lengthen the workload (--length steady, --set workload.KEY=VALUE)",
+            spec.warmup
+        ))));
+    }
     report(&mut os, spec, &workload)
 }
 
@@ -260,14 +284,27 @@ fn report<S: Scheme>(
     spec: &RunSpec,
     workload: &Workload,
 ) -> Result<Report, OsError> {
-    let user_accesses = os.machine.platform.stats.accesses - os.stats.kernel_accesses;
+    let user_accesses = os.user_accesses();
     let history = os.history();
-    let p = &mut os.machine.platform;
-    // A trace says how many instructions ran; the built-in workloads assume a number per access.
-    let trace = workload.trace_report();
-    p.stats.cycles.compute = match &trace {
-        Some(t) => t.instructions.saturating_mul(t.cycles_per_instruction),
-        None => user_accesses.saturating_mul(p.costs.compute_per_access),
+    let costs = &os.machine.platform.costs;
+    // A trace says how many instructions ran; a built-in workload assumes a number per access.
+    let mut trace = workload.trace_report();
+    if let Some(t) = &mut trace {
+        t.cycles_per_instruction = costs.cycles_per_instruction;
+    }
+    let compute = match &trace {
+        Some(t) => ComputeReport {
+            model: "trace".to_owned(),
+            instructions: t.instructions,
+            cycles_per_instruction: costs.cycles_per_instruction,
+            instructions_per_access: None,
+        },
+        None => ComputeReport {
+            model: "per-access".to_owned(),
+            instructions: user_accesses.saturating_mul(costs.instructions_per_access),
+            cycles_per_instruction: costs.cycles_per_instruction,
+            instructions_per_access: Some(costs.instructions_per_access),
+        },
     };
     let faults = FaultResolution::ALL
         .iter()
@@ -293,8 +330,9 @@ fn report<S: Scheme>(
         profile: spec.profile.name.clone(),
         seed: spec.seed,
     };
-    let mut report = machine_report(&os.machine, id, guest).map_err(OsError::Sim)?;
+    let mut report = machine_report(&os.machine, id, guest, compute).map_err(OsError::Sim)?;
     report.trace = trace;
+    report.warmup = os.warmed().cloned();
     Ok(report)
 }
 
@@ -312,20 +350,22 @@ pub struct ReportId {
 }
 
 /// The report of `machine` after a run, whichever front end drove it, with `guest` as its
-/// guest section (`trace` and `system` are the caller's); an error if its cycle totals do not
-/// fit in 64 bits (the costs are too large for the run's length), since any number printed
-/// would be wrong. The caller has set `cycles.compute`.
+/// guest section and `compute` the instructions its compute cycles charge (`trace`, `system`
+/// and `warmup` are the caller's); an error if its cycle totals do not fit in 64 bits (the
+/// costs are too large for the run's length), since any number printed would be wrong.
 pub fn machine_report<S: Scheme>(
     machine: &Machine<S>,
     id: ReportId,
     guest: GuestReport,
+    compute: ComputeReport,
 ) -> Result<Report, SimError> {
     let p = &machine.platform;
-    if p.stats.cycles.checked_total().is_none() {
+    let mut cycles = p.stats.cycles;
+    cycles.compute = p.costs.compute_cycles(compute.instructions);
+    if cycles.checked_total().is_none() {
         return Err(SimError::Config(format!(
-            "the cycle totals overflow 64 bits ({:?}): the costs are too large for a run this \
-             long; lower the costs or shorten the run",
-            p.stats.cycles
+            "the cycle totals overflow 64 bits ({cycles:?}): the costs are too large for a run \
+             this long; lower the costs or shorten the run"
         )));
     }
     let stats = &p.stats;
@@ -348,9 +388,9 @@ pub fn machine_report<S: Scheme>(
         vm_exits: CauseCounts::exits(stats),
         hw_traps: CauseCounts::traps(stats),
         guest_page_faults: stats.guest_faults,
-        cycles: stats.cycles.total(),
+        cycles: cycles.total(),
         overhead_vs_native: None,
-        cycles_by_category: stats.cycles,
+        cycles_by_category: cycles,
         tlb: TlbReport {
             l1_hits: mmu.l1_hits,
             l2_hits: mmu.l2_hits,
@@ -367,6 +407,8 @@ pub fn machine_report<S: Scheme>(
         },
         scheme_counters: counters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
         oracle: p.oracle.as_ref().map(|o| o.counts()),
+        compute,
+        warmup: None,
         trace: None,
         system: None,
     })

@@ -15,7 +15,7 @@ use memvirt::trace::compact::{self, Header, StreamInfo};
 use memvirt::trace::decode::{Prefetch, Reader};
 use memvirt::trace::record::{self, RecordOptions};
 use memvirt::trace::{self, Compression, Fetches, InputFormat, Kind, ReadOptions};
-use memvirt::workload::{TraceParams, TraceSet, WorkloadKind};
+use memvirt::workload::{Length, TraceParams, TraceSet, WorkloadKind};
 
 use super::{check_output, emit, write_reports, MachineArgs, OutputArgs, Progress, Setup};
 
@@ -435,6 +435,12 @@ pub(super) fn run_traces(
     inputs.extend(t.traces.iter().map(PathBuf::as_path));
     check_output(out, &inputs)?;
     let setup = Setup::new(machine, schemes, &[])?;
+    if machine.length == Length::Steady {
+        bail!(
+            "--length steady sets the built-in workloads' lengths; a trace's length is its own: \
+             give --warmup N (instructions per stream) and --skip/--limit instead"
+        );
+    }
     let mut sets = setup.workload_sets.clone();
     for (key, v) in [("skip", t.skip), ("limit", t.limit)] {
         if let Some(v) = v {
@@ -449,6 +455,7 @@ pub(super) fn run_traces(
     let spec = RunSpec {
         workload_sets: sets,
         traces: Some(traces.clone()),
+        warmup: machine.warmup.unwrap_or(0),
         ..setup.spec(first, WorkloadKind::Pagefault, true)
     };
     let name = traces.name();

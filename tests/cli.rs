@@ -225,8 +225,10 @@ fn compare_table_names_the_profile_and_seed_and_shows_overheads() {
     assert!(title.contains("riscv-sv39") && title.contains("seed 3"), "{title}");
     let header = lines.next().unwrap_or_default();
     assert!(header.contains("refs/miss") && header.contains("overhead"), "{header}");
-    let rows: Vec<&str> = lines.collect();
+    let rows: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("compute model")).collect();
     assert_eq!(rows.len(), 4, "{text}");
+    // Under the table: what the cycles assume.
+    assert!(text.contains("compute model: 2 instructions per user access at CPI 1"), "{text}");
     assert!(rows.iter().filter(|r| r.contains("native")).all(|r| r.ends_with("+0.0%")), "{text}");
     assert!(rows.iter().filter(|r| r.contains("nested")).all(|r| r.ends_with('%')), "{text}");
 }
@@ -650,4 +652,29 @@ fn compare_leaves_out_schemes_the_profile_cannot_host() {
     let mut named = args.to_vec();
     named.extend(["--schemes", "native,hspt-private"]);
     fails(&named, &["hspt-private", "57-bit address space"]);
+}
+
+#[test]
+fn compare_sensitivity_names_every_costs_range_and_gives_json_an_object() {
+    let mut args = SMALL_COMPARE.to_vec();
+    args[2] = "native,nested,tsp,ssp";
+    args.push("--sensitivity");
+    let text = ok(&args);
+    for cost in ["costs.vm_exit 500..2,600", "costs.hw_trap 20..200", "costs.pt_memory"] {
+        assert!(text.contains(cost), "{cost} missing:\n{text}");
+    }
+    // Each workload's ranking leaves native out.
+    let ranking = text.lines().find(|l| l.starts_with("pagefault: ")).unwrap_or_default();
+    assert!(ranking.contains("nested") && !ranking.contains("native"), "{text}");
+    args.extend(["--format", "json"]);
+    let value: Value = serde_json::from_str(&ok(&args)).expect("JSON");
+    assert_eq!(value["reports"].as_array().map(Vec::len), Some(8));
+    let s = &value["sensitivity"];
+    assert_eq!(s["corners"], 512);
+    assert_eq!(s["workloads"].as_array().map(Vec::len), Some(2));
+    assert_eq!(s["workloads"][0]["ranking"].as_array().map(Vec::len), Some(3));
+    // CSV has no place for it: refused before any run.
+    let mut csv = SMALL_COMPARE.to_vec();
+    csv.extend(["--sensitivity", "--format", "csv"]);
+    fails(&csv, &["--sensitivity has no CSV form"]);
 }

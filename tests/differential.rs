@@ -43,6 +43,7 @@ fn every_scheme_gives_the_guest_the_same_history() {
                         seed,
                         verify: false,
                         traces: None,
+                        warmup: 0,
                     };
                     let r = run(&spec, &mut |_, _| {}).unwrap_or_else(|e| {
                         panic!("{} on {} ({}, seed {seed}): {e}", s.name(), w.name(), profile.name)

@@ -237,6 +237,7 @@ fn the_guest_running_out_of_memory_is_a_clear_error() {
         seed: 1,
         verify: false,
         traces: None,
+        warmup: 0,
     };
     let err = run(&spec, &mut |_, _| {}).unwrap_err().to_string();
     assert!(err.contains("guest") && err.contains("memory"), "{err}");
@@ -253,6 +254,7 @@ fn the_same_seed_gives_the_same_report_and_another_seed_another() {
         seed,
         verify: false,
         traces: None,
+        warmup: 0,
     };
     let json = |seed| serde_json::to_string(&run(&spec(seed), &mut |_, _| {}).unwrap()).unwrap();
     assert_eq!(json(3), json(3));

@@ -48,6 +48,7 @@ fn spec(metric: Metric) -> SweepSpec {
             seed: 1,
             verify: false,
             traces: None,
+            warmup: 0,
         },
         schemes: vec![SchemeKind::Tsp, SchemeKind::Lsp],
         key: "workload.modify_ratio".to_owned(),

@@ -427,12 +427,64 @@ fn skip_limit_and_cycles_per_instruction_apply_per_stream() -> Result<(), Box<dy
 {
     let dir = Dir::new("skiplimit");
     let set = champsim_set(&dir, "s.champsimtrace", &tracegen::program(9, INSTRS))?;
-    let sets = [("skip", "1000"), ("limit", "700"), ("cycles_per_instruction", "3")];
-    let r = run::run(&trace_spec(SchemeKind::Native, "riscv-sv39", set, &sets), &mut |_, _| {})?;
+    let sets = [("skip", "1000"), ("limit", "700")];
+    let mut spec = trace_spec(SchemeKind::Native, "riscv-sv39", set, &sets);
+    spec.profile.set("costs.cycles_per_instruction", "3")?;
+    let r = run::run(&spec, &mut |_, _| {})?;
     let t = r.trace.ok_or("no trace section")?;
     assert_eq!((t.streams[0].skipped, t.streams[0].replayed), (1000, 700));
     assert_eq!(r.cycles_by_category.compute, 3 * t.instructions);
+    assert_eq!((r.compute.model.as_str(), r.compute.instructions), ("trace", t.instructions));
     assert!(t.instructions < INSTRS as u64);
+    // The setting's old place says where it went.
+    let e = run::run(
+        &trace_spec(
+            SchemeKind::Native,
+            "riscv-sv39",
+            spec.traces.clone().ok_or("")?,
+            &[("cycles_per_instruction", "3")],
+        ),
+        &mut |_, _| {},
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("costs.cycles_per_instruction"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn a_trace_warms_up_until_every_stream_ran_its_instructions(
+) -> Result<(), Box<dyn std::error::Error>> {
+    // Stream 0: 10 loads 10 instructions apart (100 instructions); stream 1: 20 loads 5 apart
+    // (100), 4 trailing. Both fit one time slice, so stream 0 runs whole first: it reaches 50
+    // instructions at its 5th record and then ends, still in the warm-up (stream 1 has not
+    // run). Stream 1 reaches 50 at its 10th record: the warm-up ends there with 150
+    // instructions and 20 loads run (all of stream 0's, 10 of stream 1's), and only stream 1's last 10 loads (50 instructions, plus
+    // its 4 trailing) are counted.
+    let load = |addr: u64, gap: u32| Record { addr, gap, size: 8, kind: Kind::Load };
+    let a: Vec<Record> = (0..10).map(|i| load(0x10_0000 + i * 64, 10)).collect();
+    let b: Vec<Record> = (0..20).map(|i| load(0x20_0000 + i * 64, 5)).collect();
+    let dir = Dir::new("warmup");
+    let path = dir.file("w.mvt", &compact_bytes(&[(a, 0), (b, 4)])?);
+    let set = TraceSet::prepare(&[path], opts(InputFormat::Auto))?;
+    let spec = RunSpec { warmup: 50, ..trace_spec(SchemeKind::Nested, "riscv-sv39", set, &[]) };
+    let r = run::run(&spec, &mut |_, _| {})?;
+    let t = r.trace.as_ref().ok_or("no trace section")?;
+    let w = r.warmup.as_ref().ok_or("no warmup section")?;
+    assert_eq!((w.unit.as_str(), w.requested), ("instructions-per-stream", 50));
+    assert_eq!((w.instructions, w.accesses), (Some(150), 20));
+    let per_stream: Vec<(u64, u64, u64)> =
+        t.streams.iter().map(|s| (s.replayed, s.instructions, s.warmup_instructions)).collect();
+    assert_eq!(per_stream, [(0, 0, 100), (10, 54, 50)]);
+    assert_eq!(t.instructions, 54);
+    assert_eq!(r.cycles_by_category.compute, 54);
+    // Both streams touch one page each, demand-paged during the warm-up: nothing faults later.
+    assert_eq!(r.guest_page_faults, 0);
+    // A warm-up no stream reaches is an error, not an empty report.
+    let spec = RunSpec { warmup: 101, ..spec };
+    let e = run::run(&spec, &mut |_, _| {}).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("its longest stream ran 104"), "{e}");
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use crate::mmu::FlushOp;
 use crate::paging::walk::PageTable;
 use crate::paging::{Access, AccessKind, AdPolicy, Format, Privilege};
 use crate::profile::Profile;
-use crate::report::{GuestReport, Report};
+use crate::report::{ComputeReport, GuestReport, Report};
 use crate::run::{machine_report, with_scheme, Drive, ReportId, RunError, SchemeError};
 use crate::scheme::SchemeKind;
 use crate::trace::decode::Reader;
@@ -45,10 +45,6 @@ pub const GUEST_PHYS_BYTES: u64 = 4 << 30;
 /// The lowest guest-physical RAM address of QEMU's `virt` machine: stores below it are device
 /// (MMIO) writes and do not enter the image.
 pub const RAM_BASE: u64 = 0x8000_0000;
-
-/// Cycles charged per guest instruction for the compute between accesses, as trace replay's
-/// default `cycles_per_instruction`.
-pub const CYCLES_PER_INSTRUCTION: u64 = 1;
 
 /// The `scause` of an environment call from user mode: a system call.
 const USER_ECALL: u64 = 8;
@@ -744,10 +740,14 @@ impl<S: Scheme> State<S> {
 
     /// The report of the window that ends here.
     fn close_window(&mut self, spec: &SystemSpec, name: String) -> Result<Report, SimError> {
-        let p: &mut Platform = &mut self.machine.platform;
-        // The instructions between accesses cost what trace replay charges by default
-        // (`workload.cycles_per_instruction` = 1).
-        p.stats.cycles.compute = self.report.instructions.saturating_mul(CYCLES_PER_INSTRUCTION);
+        let costs = &self.machine.platform.costs;
+        // The recorded instructions cost what every front end charges per instruction.
+        let compute = ComputeReport {
+            model: "recorded".to_owned(),
+            instructions: self.report.instructions,
+            cycles_per_instruction: costs.cycles_per_instruction,
+            instructions_per_access: None,
+        };
         let guest = GuestReport {
             faults: [("recorded".to_owned(), self.report.page_faults.values().sum())].into(),
             syscalls: self.report.syscalls,
@@ -760,7 +760,7 @@ impl<S: Scheme> State<S> {
             profile: spec.profile.name.clone(),
             seed: 0,
         };
-        let mut report = machine_report(&self.machine, id, guest)?;
+        let mut report = machine_report(&self.machine, id, guest, compute)?;
         report.system = Some(self.report.clone());
         Ok(report)
     }

@@ -20,6 +20,7 @@ use super::config::KernelConfig;
 use super::frames::FrameAllocator;
 use super::policy::{Flushes, TlbPolicy};
 use super::process::{Layout, Mm, Pid, Process, Vma};
+use crate::report::WarmupReport;
 use crate::stats::Charge;
 
 /// How the kernel resolved a page fault.
@@ -88,6 +89,8 @@ pub struct GuestStats {
     pub kill_log: Vec<String>,
     /// Kernel-mode accesses made through the MMU.
     pub kernel_accesses: u64,
+    /// User accesses made through the MMU again after the fault they took was handled.
+    pub retried_accesses: u64,
 }
 
 /// Kills described in [`GuestStats::kill_log`] at most.
@@ -150,6 +153,13 @@ pub struct Os<S: Scheme> {
     pub(super) asids: AsidAllocator,
     history: u64,
     slice_left: u64,
+    /// User accesses to make before counting starts, plus one (0: no warm-up pending); see
+    /// [`Os::warm_up_for`].
+    warmup_left: u64,
+    /// The warm-up asked for, in user accesses (0: none).
+    warmup_requested: u64,
+    /// What the warm-up ran, once it ended.
+    warmed: Option<WarmupReport>,
 }
 
 impl<S: Scheme> Os<S> {
@@ -178,6 +188,9 @@ impl<S: Scheme> Os<S> {
             asids: AsidAllocator::new(cfg.asids, recycling),
             history: 0xCBF2_9CE4_8422_2325,
             slice_left: cfg.time_slice,
+            warmup_left: 0,
+            warmup_requested: 0,
+            warmed: None,
             machine,
             frames,
             cfg,
@@ -217,6 +230,53 @@ impl<S: Scheme> Os<S> {
         p.stats = crate::stats::Stats::default();
         p.mmu.stats = crate::mmu::MmuStats::default();
         self.stats = GuestStats::default();
+    }
+
+    /// Runs the first `accesses` user accesses without counting them: just before the next one,
+    /// every counter (the machine's, the MMU's, the scheme's, the oracle's and the kernel's) is
+    /// zeroed and all state (tables, TLBs, caches) kept. 0: no warm-up.
+    pub fn warm_up_for(&mut self, accesses: u64) {
+        self.warmup_requested = accesses;
+        // The count is checked before each access, so it runs out just before access N + 1.
+        self.warmup_left = if accesses == 0 { 0 } else { accesses + 1 };
+    }
+
+    /// Ends the warm-up now (a trace replay's, counted in instructions, or the accesses of
+    /// [`Os::warm_up_for`] running out): zeroes every counter, keeps all state, and remembers
+    /// what ran as `warmed` with its `accesses` filled in.
+    pub fn end_warmup(&mut self, mut warmed: WarmupReport) {
+        warmed.accesses = self.user_accesses();
+        self.machine.reset_counts();
+        self.stats = GuestStats::default();
+        self.warmup_left = 0;
+        self.warmed = Some(warmed);
+    }
+
+    /// User accesses the workload made since counting started (each once, however many faults
+    /// it took): the MMU's accesses less the kernel's and the retries.
+    pub fn user_accesses(&self) -> u64 {
+        let s = &self.stats;
+        self.machine.platform.stats.accesses.saturating_sub(s.kernel_accesses + s.retried_accesses)
+    }
+
+    /// What the warm-up ran, once it has ended; `None` without one or before its end.
+    pub fn warmed(&self) -> Option<&WarmupReport> {
+        self.warmed.as_ref()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn warmup_tick(&mut self) {
+        self.warmup_left -= 1;
+        if self.warmup_left == 0 {
+            let requested = self.warmup_requested;
+            self.end_warmup(WarmupReport {
+                unit: "accesses".to_owned(),
+                requested,
+                accesses: 0,
+                instructions: None,
+            });
+        }
     }
 
     /// The digest of the guest-visible history so far.
@@ -280,6 +340,9 @@ impl<S: Scheme> Os<S> {
 
     #[inline]
     fn user_access(&mut self, va: Gva, access: Access) -> Result<Hpa, OsError> {
+        if self.warmup_left != 0 {
+            self.warmup_tick();
+        }
         self.slice_left = self.slice_left.saturating_sub(1);
         match self.machine.access(va, access) {
             Ok(hpa) => Ok(hpa),
@@ -296,6 +359,7 @@ impl<S: Scheme> Os<S> {
                 Stop::Error(e) => return Err(e.into()),
                 Stop::GuestFault(f) => self.page_fault(f)?,
             }
+            self.stats.retried_accesses += 1;
             match self.machine.access(va, access) {
                 Ok(hpa) => return Ok(hpa),
                 Err(s) => stop = s,

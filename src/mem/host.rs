@@ -10,6 +10,11 @@ use crate::addr::{u64_to_usize, Hfn, Hpa, PAGE_SHIFT};
 /// Entries in one 4 KiB table page.
 pub const ENTRIES_PER_PAGE: usize = 512;
 
+/// Frames a table pool takes at a time by default: 2 MiB (assumption: a hypervisor's page
+/// caches are refilled from a buddy allocator that, on a host that is not fragmented, hands out
+/// pages of one free block in order; `memory.table_pool_frames` changes it).
+pub const DEFAULT_POOL_CHUNK: u64 = 512;
+
 type TablePage = [u64; ENTRIES_PER_PAGE];
 
 /// Simulator errors of the memory layer.
@@ -39,6 +44,39 @@ struct Frame {
     table: u32,
     /// Allocated (not on the free list).
     live: bool,
+    /// 1 + the [`TablePool`] it belongs to (freed into that pool), 0 for general frames.
+    pool: u8,
+}
+
+/// The hypervisor structures whose table pages come from pools of their own
+/// ([`HostMemory::alloc_table_frame`]), as a hypervisor keeps per-purpose page caches (KVM's
+/// `mmu_shadow_page_cache`, the nested-table pages of its TDP MMU) rather than interleaving
+/// them page by page with everything else it allocates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TablePool {
+    /// Nested (G-stage, EPT) table pages.
+    Nested,
+    /// Shadow table pages.
+    Shadow,
+    /// A cross-ISA emulator's host-process table pages.
+    Emulator,
+}
+
+impl TablePool {
+    const ALL: [TablePool; 3] = [TablePool::Nested, TablePool::Shadow, TablePool::Emulator];
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One pool: the unused rest of its current chunk, and the frames freed back into it (reused
+/// first, most recently freed first).
+#[derive(Clone, Debug, Default)]
+struct Pool {
+    next: u64,
+    end: u64,
+    free: Vec<u64>,
 }
 
 /// The host's physical memory: a frame allocator plus per-frame contents.
@@ -55,6 +93,10 @@ pub struct HostMemory {
     tables: Vec<TablePage>,
     free_tables: Vec<u32>,
     free_frames: Vec<u64>,
+    pools: [Pool; TablePool::ALL.len()],
+    /// Frames a pool takes at a time (aligned to their count); 1: no pools, table pages come
+    /// from the general allocator interleaved with every other allocation.
+    pool_chunk: u64,
     limit: u64,
     live: u64,
 }
@@ -69,9 +111,54 @@ impl HostMemory {
             tables: Vec::new(),
             free_tables: Vec::new(),
             free_frames: Vec::new(),
+            pools: Default::default(),
+            pool_chunk: DEFAULT_POOL_CHUNK,
             limit: limit_frames.max(2),
             live: 0,
         }
+    }
+
+    /// Sets how many frames a table pool takes at a time (`memory.table_pool_frames`; 1 turns
+    /// pools off). Call before the first table page is allocated.
+    pub fn set_pool_chunk(&mut self, frames: u64) {
+        self.pool_chunk = frames.max(1);
+    }
+
+    /// Allocates one zeroed table page for `pool`: from the frames freed back into the pool,
+    /// else the next frame of its current chunk, else a new chunk of `pool_chunk` contiguous,
+    /// aligned frames. So each kind of table lies in regions of its own, and two schemes that
+    /// build the same shadow tables place them at the same offsets in those regions (the same
+    /// cache sets), whatever else they allocate in between. With a chunk of 1 frame this is
+    /// [`HostMemory::alloc_frame`].
+    pub fn alloc_table_frame(&mut self, pool: TablePool) -> Result<Hfn, MemError> {
+        if self.pool_chunk <= 1 {
+            return self.alloc_frame();
+        }
+        let chunk = self.pool_chunk;
+        let reused = self.pools[pool.index()].free.pop();
+        let raw = match reused {
+            Some(raw) => raw,
+            None => {
+                if self.pools[pool.index()].next == self.pools[pool.index()].end {
+                    let first = self.alloc_contiguous(chunk, chunk)?.as_u64();
+                    // Reserved for the pool, not in use until handed out.
+                    for f in &mut self.frames[u64_to_usize(first)..u64_to_usize(first + chunk)] {
+                        f.live = false;
+                    }
+                    self.live -= chunk;
+                    let p = &mut self.pools[pool.index()];
+                    (p.next, p.end) = (first, first + chunk);
+                }
+                let p = &mut self.pools[pool.index()];
+                p.next += 1;
+                p.next - 1
+            }
+        };
+        let frame = &mut self.frames[u64_to_usize(raw)];
+        frame.live = true;
+        frame.pool = u8::try_from(pool.index() + 1).unwrap_or(0);
+        self.live += 1;
+        Ok(Hfn::new(raw))
     }
 
     /// Allocates one zeroed frame.
@@ -116,9 +203,13 @@ impl HostMemory {
         if frame.table != 0 {
             self.free_tables.push(frame.table - 1);
         }
+        let pool = frame.pool;
         *frame = Frame::default();
         self.tokens[u64_to_usize(hfn.as_u64())] = 0;
-        self.free_frames.push(hfn.as_u64());
+        match pool.checked_sub(1) {
+            Some(p) => self.pools[usize::from(p)].free.push(hfn.as_u64()),
+            None => self.free_frames.push(hfn.as_u64()),
+        }
         self.live -= 1;
     }
 
@@ -254,6 +345,57 @@ mod tests {
         let reused = mem.alloc_frame().unwrap();
         assert!(reused.as_u64() < root.as_u64());
         assert_eq!(mem.frames_in_use(), 5);
+    }
+
+    #[test]
+    fn each_pool_fills_an_aligned_chunk_of_its_own_in_order() {
+        let mut mem = HostMemory::new(1 << 12);
+        mem.set_pool_chunk(8);
+        // Shadow, nested and general allocations interleaved, as ASP makes them.
+        let mut shadow = Vec::new();
+        let mut nested = Vec::new();
+        for _ in 0..10 {
+            shadow.push(mem.alloc_table_frame(TablePool::Shadow).unwrap().as_u64());
+            nested.push(mem.alloc_table_frame(TablePool::Nested).unwrap().as_u64());
+            mem.alloc_frame().unwrap();
+        }
+        // Within a chunk a pool's frames are consecutive; every chunk starts 8-aligned.
+        for frames in [&shadow, &nested] {
+            assert_eq!(frames[0] % 8, 0);
+            assert_eq!(frames[1..8], (frames[0] + 1..frames[0] + 8).collect::<Vec<_>>()[..]);
+            assert_eq!(frames[8] % 8, 0);
+            assert_eq!(frames[9], frames[8] + 1);
+        }
+        // Only handed-out frames are in use: 10 + 10 + 10.
+        assert_eq!(mem.frames_in_use(), 30);
+    }
+
+    #[test]
+    fn a_freed_table_frame_goes_back_to_its_pool() {
+        let mut mem = HostMemory::new(1 << 12);
+        mem.set_pool_chunk(8);
+        let a = mem.alloc_table_frame(TablePool::Shadow).unwrap();
+        let b = mem.alloc_table_frame(TablePool::Shadow).unwrap();
+        mem.free_frame(a);
+        // A general allocation does not take it (nor the chunk's unused rest)...
+        let general = mem.alloc_frame().unwrap();
+        assert!(general.as_u64() / 8 != a.as_u64() / 8, "{general:?} in the shadow chunk");
+        // ...nor another pool; the shadow pool reuses it first.
+        let n = mem.alloc_table_frame(TablePool::Nested).unwrap();
+        assert!(n.as_u64() / 8 != a.as_u64() / 8);
+        assert_eq!(mem.alloc_table_frame(TablePool::Shadow).unwrap(), a);
+        assert_eq!(mem.alloc_table_frame(TablePool::Shadow).unwrap().as_u64(), b.as_u64() + 1);
+    }
+
+    #[test]
+    fn a_chunk_of_one_frame_is_the_general_allocator() {
+        let mut pooled = HostMemory::new(64);
+        pooled.set_pool_chunk(1);
+        let mut plain = HostMemory::new(64);
+        for i in 0..12 {
+            let pool = if i % 2 == 0 { TablePool::Shadow } else { TablePool::Nested };
+            assert_eq!(pooled.alloc_table_frame(pool).unwrap(), plain.alloc_frame().unwrap());
+        }
     }
 
     #[test]

@@ -6,5 +6,5 @@ pub mod host;
 pub mod views;
 
 pub use backing::GuestBacking;
-pub use host::{HostMemory, MemError};
+pub use host::{HostMemory, MemError, TablePool};
 pub use views::{GuestTableMemory, HostTableMemory, OutsideGuestMemory};

@@ -5,6 +5,7 @@
 //! two-dimensional) with these structures and counts what they cost.
 
 pub mod flush;
+pub mod handler;
 pub mod nested;
 pub mod ntlb;
 pub mod ptcache;
@@ -16,6 +17,7 @@ mod ways;
 use serde::Serialize;
 
 pub use flush::{FlushOp, InvpcidType};
+pub use handler::{HandlerFootprint, Handlers};
 pub use ptcache::{MemLevel, PtCacheConfig};
 pub use tlb::{Geometry, TlbConfig, TlbEntry};
 

@@ -212,6 +212,7 @@ mod tests {
     use super::*;
     use crate::machine::HostTableStore;
     use crate::mem::HostTableMemory;
+    use crate::mem::TablePool;
     use crate::paging::walk::{Dim, WalkTrace};
     use crate::paging::{AccessKind, AdPolicy, Privilege};
 
@@ -249,7 +250,7 @@ mod tests {
             assert_eq!(flat.base().as_u64() % (2 << 20), 0, "aligned to its span");
             let gfn = Gfn::new(0x1_2345);
             let hfn = Hfn::new(0xabcd);
-            let mut store = HostTableStore { host: &mut host };
+            let mut store = HostTableStore { host: &mut host, pool: TablePool::Nested };
             flat.map(&mut store, gfn, hfn, LeafAttrs::new(RW)).unwrap().ignore();
             let entry = flat.entry_addr(gfn).unwrap();
             assert_eq!(entry.as_u64(), flat.base().as_u64() + 8 * 0x1_2345);
@@ -263,7 +264,7 @@ mod tests {
     #[test]
     fn a_translation_reads_exactly_one_entry_and_sets_accessed_and_dirty() {
         let (mut host, flat) = table(Format::SV39X4, 1000);
-        let mut store = HostTableStore { host: &mut host };
+        let mut store = HostTableStore { host: &mut host, pool: TablePool::Nested };
         let fresh = LeafAttrs { accessed: false, dirty: false, ..LeafAttrs::new(RW) };
         flat.map(&mut store, Gfn::new(7), Hfn::new(99), fresh).unwrap().ignore();
         let gpa = Gpa::new(7 * 4096 + 0x123);
@@ -288,7 +289,7 @@ mod tests {
         let (r, trace) = translate(&mut host, &flat, Gpa::new(999 * 4096), LOAD);
         assert_eq!(r.unwrap_err().kind, FaultKind::NotPresent);
         assert_eq!(trace.reads(), 1);
-        let mut store = HostTableStore { host: &mut host };
+        let mut store = HostTableStore { host: &mut host, pool: TablePool::Nested };
         let beyond = flat.map(&mut store, Gfn::new(1000), Hfn::new(1), LeafAttrs::new(RW));
         assert!(beyond.is_err());
         flat.map(&mut store, Gfn::new(3), Hfn::new(1), LeafAttrs::new(RW)).unwrap().ignore();
@@ -299,7 +300,7 @@ mod tests {
     #[test]
     fn nested_permissions_are_checked_as_the_format_says() {
         let (mut host, flat) = table(Format::EPT_4LEVEL, 64);
-        let mut store = HostTableStore { host: &mut host };
+        let mut store = HostTableStore { host: &mut host, pool: TablePool::Nested };
         let read_only = LeafAttrs::new(Perms::R);
         flat.map(&mut store, Gfn::new(5), Hfn::new(9), read_only).unwrap().ignore();
         let (r, _) = translate(&mut host, &flat, Gpa::new(5 * 4096), STORE);

@@ -21,6 +21,7 @@
 
 use crate::addr::{Gfn, Gpa, Gva, Hpa};
 use crate::machine::{HostTableStore, Platform, Scheme, SimError, Stop};
+use crate::mem::TablePool;
 use crate::mmu::Combined;
 use crate::paging::mapper::MapError;
 use crate::paging::{Access, FaultKind, FlatTable, LeafAttrs, NestedTable, Perms, Stage};
@@ -72,7 +73,7 @@ impl FlatNestedMap {
     fn map(&mut self, p: &mut Platform, gfn: Gfn) -> Result<bool, SimError> {
         let Some(hfn) = p.back(gfn)? else { return Ok(false) };
         let attrs = LeafAttrs::new(Perms::R | Perms::W | Perms::X | Perms::U);
-        let mut store = HostTableStore { host: &mut p.host };
+        let mut store = HostTableStore { host: &mut p.host, pool: TablePool::Nested };
         match self.table.map(&mut store, gfn, hfn, attrs) {
             // A new entry needs no flush: nothing could have cached its absence (as `nested`).
             Ok(flush) => flush.ignore(),
@@ -86,7 +87,7 @@ impl FlatNestedMap {
     /// A nested fault for `gfn`: one VM exit whose handler writes one flat entry. `false` if
     /// `gfn` is outside guest memory.
     pub fn nested_fault(&mut self, p: &mut Platform, gfn: Gfn) -> Result<bool, SimError> {
-        p.stats.exit(ExitCause::NestedFault);
+        p.vm_exit(ExitCause::NestedFault);
         p.stats.cycles.vm_exit.charge(p.costs.vm_exit + p.costs.hv_per_entry);
         self.map(p, gfn)
     }

@@ -23,7 +23,7 @@
 use crate::addr::{HostPhys, HostVirt, Hpa, Hva, Level, PageSize};
 use crate::config::ConfigError;
 use crate::machine::SimError;
-use crate::mem::HostMemory;
+use crate::mem::{HostMemory, TablePool};
 use crate::mmu::flush::{AsidScope, TlbScope};
 use crate::mmu::{Mmu, MmuConfig};
 use crate::paging::walk::{PageTable, WalkFault};
@@ -83,7 +83,7 @@ impl HostProcess {
         let mmu_config: MmuConfig =
             if walk_caches { profile.mmu } else { profile.mmu.without_walk_caches() };
         let mmu = Mmu::new(&mmu_config)?;
-        let root = memory.alloc_frame()?;
+        let root = memory.alloc_table_frame(TablePool::Emulator)?;
         let process = HostProcess {
             profile: profile.name,
             table: PageTable::new(root.addr(), format),
@@ -166,7 +166,7 @@ impl HostProcess {
                 Ok(Decoded::Table { next, .. }) => Hpa::new(next),
                 found => {
                     // Nothing, or a superpage the new mapping replaces: a fresh table.
-                    let next = host.alloc_frame()?.addr();
+                    let next = host.alloc_table_frame(TablePool::Emulator)?.addr();
                     self.grew(1);
                     host.write_u64(entry, format.encode_table(next.as_u64()));
                     edit.writes += 1;

@@ -7,6 +7,7 @@
 use super::flat_nested::FlatNestedMap;
 use crate::addr::{u64_to_usize, Gfn, Gpa, GuestPhys, Gva, HostPhys, Hpa, PageSize};
 use crate::machine::{HostTableStore, Platform, Refill, Scheme, SimError, Stop};
+use crate::mem::TablePool;
 use crate::paging::flat::NestedTable;
 use crate::paging::mapper::{self, MapError};
 use crate::paging::walk::PageTable;
@@ -133,7 +134,7 @@ impl Nested {
         let gpa = gfn.addr().align_down(size);
         let Some(hfn) = p.back(gpa.page())? else { return Ok(false) };
         let attrs = LeafAttrs::new(Perms::R | Perms::W | Perms::X | Perms::U);
-        let mut store = HostTableStore { host: &mut p.host };
+        let mut store = HostTableStore { host: &mut p.host, pool: TablePool::Nested };
         match mapper::map(&self.table, &mut store, gpa, hfn.addr(), size, attrs) {
             // A new nested entry needs no flush: nothing could have cached its absence
             // (assumption: the nested TLB does not cache invalid entries).
@@ -155,7 +156,7 @@ impl Nested {
         if let Some(flat) = &mut self.flat {
             return flat.nested_fault(p, gfn);
         }
-        p.stats.exit(ExitCause::NestedFault);
+        p.vm_exit(ExitCause::NestedFault);
         let levels = u64::from(self.table.format().levels);
         p.stats.cycles.vm_exit.charge(p.costs.vm_exit + p.costs.hv_per_entry * levels);
         self.map(p, gfn)

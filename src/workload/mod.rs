@@ -158,6 +158,29 @@ impl WorkloadKind {
         }
     }
 
+    /// The steady-state length: `sets` that lengthen the workload's repeated part (applied
+    /// before the user's `--set`), and a warm-up of as many user accesses as the short default
+    /// run makes, so that the counted part follows a whole short run's first touches (table
+    /// building, demand paging, cold TLBs and caches). `pagefault` measures first touches, so
+    /// its steady state is more fresh pages after a warm-up over the first ones.
+    pub fn steady_state(self) -> SteadyState {
+        let sets: &'static [(&'static str, &'static str)] = match self {
+            WorkloadKind::Pagefault => &[("pages", "65536")],
+            WorkloadKind::Fork => &[("forks", "1000")],
+            WorkloadKind::Exec => &[("processes", "3000")],
+            WorkloadKind::Mmap => &[("iterations", "20000")],
+            WorkloadKind::Ctxsw => &[("turns", "25000")],
+            WorkloadKind::Random => &[("updates", "20000000")],
+            WorkloadKind::Stream => &[("passes", "40")],
+            WorkloadKind::PointerChase => &[("loads", "20000000")],
+            WorkloadKind::Server => &[("requests", "5000")],
+            WorkloadKind::LspMicro => &[("operations", "1000000")],
+        };
+        // The defaults always validate, so the estimate cannot fail.
+        let warmup = self.estimated_accesses(&[]).map_or(0, |a| u64::try_from(a).unwrap_or(0));
+        SteadyState { sets, warmup }
+    }
+
     /// About how many user accesses the workload simulates with `sets` applied (see
     /// [`Validate::estimated_accesses`]).
     pub fn estimated_accesses(self, sets: &[(String, String)]) -> Result<u128, ConfigError> {
@@ -197,6 +220,32 @@ impl WorkloadKind {
             WorkloadKind::Server => Workload::Server(Server::new(params(sets)?, seed)),
             WorkloadKind::LspMicro => Workload::LspMicro(LspMicro::new(params(sets)?, seed)),
         })
+    }
+}
+
+/// How long a run is (`--length`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Length {
+    /// The workload's defaults, no warm-up: quick, and first touches weigh heavily.
+    #[default]
+    Short,
+    /// [`WorkloadKind::steady_state`]: longer, with a warm-up, counted in steady state.
+    Steady,
+}
+
+/// A workload's steady-state length ([`WorkloadKind::steady_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SteadyState {
+    /// `workload.KEY=VALUE` settings, prefix stripped.
+    pub sets: &'static [(&'static str, &'static str)],
+    /// User accesses run before counting starts.
+    pub warmup: u64,
+}
+
+impl SteadyState {
+    /// The settings as owned pairs, for a [`crate::run::RunSpec`].
+    pub fn owned_sets(&self) -> Vec<(String, String)> {
+        self.sets.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())).collect()
     }
 }
 

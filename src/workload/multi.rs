@@ -155,7 +155,8 @@ impl Validate for ExecParams {
     }
 
     fn estimated_accesses(&self) -> u128 {
-        u128::from(self.processes) * (u128::from(self.pages) + u128::from(self.shell_pages))
+        // The shell's heap once, then each child stores to its pages and reads them back.
+        u128::from(self.shell_pages) + u128::from(self.processes) * 2 * u128::from(self.pages)
     }
 }
 
@@ -283,8 +284,9 @@ impl Validate for CtxSwParams {
     }
 
     fn estimated_accesses(&self) -> u128 {
-        u128::from(self.processes) * u128::from(self.pages)
-            + u128::from(self.turns) * u128::from(self.accesses_per_turn)
+        // Each process fills its pages, then takes every turn.
+        u128::from(self.processes)
+            * (u128::from(self.pages) + u128::from(self.turns) * u128::from(self.accesses_per_turn))
     }
 }
 
@@ -415,8 +417,11 @@ impl Validate for ServerParams {
     }
 
     fn estimated_accesses(&self) -> u128 {
+        // The master fills the region; every worker serves every request (the occasional
+        // shared write is left out).
         u128::from(self.shared_pages)
-            + u128::from(self.requests)
+            + u128::from(self.workers)
+                * u128::from(self.requests)
                 * (u128::from(self.request_pages) + u128::from(self.shared_reads))
     }
 }

@@ -293,8 +293,9 @@ impl Validate for StreamParams {
     }
 
     fn estimated_accesses(&self) -> u128 {
-        3 * u128::from(self.pages)
-            * (1 + u128::from(self.passes) * u128::from(PAGE / self.stride.max(1)))
+        // Every pass reads two arrays and writes the third, line by line (the first pass
+        // demand-pages them).
+        3 * u128::from(self.pages) * u128::from(self.passes) * u128::from(PAGE / self.stride.max(1))
     }
 }
 
@@ -467,7 +468,10 @@ impl Validate for LspMicroParams {
     }
 
     fn estimated_accesses(&self) -> u128 {
-        u128::from(self.pages) + u128::from(self.operations)
+        // The first touch of every page, then the operations that access (the others modify).
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let modifying = ((self.operations as f64) * self.modify_ratio + 1e-9).floor() as u128;
+        u128::from(self.pages) + u128::from(self.operations) - modifying
     }
 }
 

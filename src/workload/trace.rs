@@ -8,9 +8,9 @@
 //! beyond the profile's user half are relocated by [`Relocation`]. All streams start at once:
 //! the forks, execs and exits between a recorded program's processes are not replayed.
 //!
-//! Compute cycles are the replayed instructions times `cycles_per_instruction` (the gaps say
-//! how many instructions ran between accesses), replacing the per-access estimate
-//! `costs.compute_per_access` of the built-in workloads.
+//! Compute cycles are the replayed instructions (the gaps say how many ran between accesses)
+//! times `costs.cycles_per_instruction`, the one compute model; the built-in workloads estimate
+//! their instructions as `costs.instructions_per_access` per user access instead.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,12 +18,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_range, token, Step, Validate};
+use super::{token, Step, Validate};
 use crate::addr::Gva;
 use crate::config::{self, ConfigError};
 use crate::guest::{Os, OsError, Pid, Vma};
 use crate::machine::{Scheme, SimError};
 use crate::paging::Perms;
+use crate::report::WarmupReport;
 use crate::trace::compact::{PageRun, StreamInfo};
 use crate::trace::decode::{Prefetch, Reader};
 use crate::trace::{self, Kind, PageFlags, ReadOptions, Record, TraceError, PAGE_BYTES};
@@ -35,33 +36,32 @@ const REGION_SHIFT: u32 = 30;
 const REGION_PAGES: u64 = REGION_BYTES / PAGE_BYTES;
 
 /// Parameters of a trace replay (`--set workload.KEY=VALUE`; `--skip`, `--limit`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TraceParams {
     /// Records of each stream skipped before replay starts (not simulated at all).
     pub skip: u64,
     /// Records of each stream replayed at most after the skip (0: all).
     pub limit: u64,
-    /// Compute cycles per instruction of the trace (assumption: 1, an IPC of one, as
-    /// `costs.compute_per_access` assumes for the built-in workloads).
-    pub cycles_per_instruction: u64,
-}
-
-impl Default for TraceParams {
-    fn default() -> Self {
-        TraceParams { skip: 0, limit: 0, cycles_per_instruction: 1 }
-    }
 }
 
 impl Validate for TraceParams {
     fn validate(&self) -> Result<(), ConfigError> {
-        check_range("cycles_per_instruction", self.cycles_per_instruction, 0, 1 << 20)
+        Ok(())
     }
 }
 
 impl TraceParams {
     /// The defaults with `sets` (`KEY`, `VALUE` pairs) applied.
     pub fn with_sets(sets: &[(String, String)]) -> Result<Self, ConfigError> {
+        if sets.iter().any(|(k, _)| k == "cycles_per_instruction") {
+            return Err(ConfigError::Invalid(
+                "workload.cycles_per_instruction is now the profile's costs.cycles_per_instruction \
+                 (one compute model for traces and built-in workloads): use --set \
+                 costs.cycles_per_instruction=N"
+                    .into(),
+            ));
+        }
         let p = config::set_all(TraceParams::default(), sets)?;
         p.validate()?;
         Ok(p)
@@ -332,8 +332,11 @@ pub struct StreamReport {
     /// Records replayed.
     pub replayed: u64,
     /// Instructions replayed (the gaps of the replayed records, plus the trailing instructions
-    /// when the stream was replayed to its end).
+    /// when the stream was replayed to its end), after the warm-up.
     pub instructions: u64,
+    /// Instructions replayed during the warm-up (`--warmup`), not counted anywhere else.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup_instructions: u64,
     /// Pages of its footprint (its VMAs).
     pub footprint_pages: u64,
     /// How its addresses were placed in the guest.
@@ -345,7 +348,8 @@ pub struct StreamReport {
 pub struct TraceReport {
     /// Instructions replayed, all streams.
     pub instructions: u64,
-    /// Compute cycles per instruction.
+    /// Compute cycles per instruction: the profile's `costs.cycles_per_instruction` (kept here
+    /// for readers of the JSON contract; `compute` has the whole compute model).
     pub cycles_per_instruction: u64,
     /// Each stream, in replay order.
     pub streams: Vec<StreamReport>,
@@ -364,6 +368,10 @@ struct Replayed {
     /// Records this stream will replay.
     total: u64,
     trailing: u64,
+    /// It has run its warm-up instructions (or ended).
+    warm: bool,
+    /// Records it replayed during the warm-up (no longer in `report.replayed`).
+    warm_records: u64,
 }
 
 /// The trace-replay workload.
@@ -374,12 +382,18 @@ pub struct TraceReplay {
     procs: Vec<Replayed>,
     by_pid: BTreeMap<Pid, usize>,
     seq: u64,
+    /// Instructions every stream runs before counting starts (0: no warm-up).
+    warmup: u64,
+    /// Streams still warming up.
+    warming: usize,
 }
 
 impl Clone for TraceReplay {
     /// A clone starts the replay over.
     fn clone(&self) -> Self {
-        TraceReplay::new(self.set.clone(), self.params)
+        let mut t = TraceReplay::new(self.set.clone(), self.params);
+        t.warm_up_for(self.warmup);
+        t
     }
 }
 
@@ -390,7 +404,50 @@ fn trace_error(e: TraceError) -> OsError {
 impl TraceReplay {
     /// Replays `set` with `params`.
     pub fn new(set: TraceSet, params: TraceParams) -> Self {
-        TraceReplay { set, params, procs: Vec::new(), by_pid: BTreeMap::new(), seq: 0 }
+        TraceReplay {
+            set,
+            params,
+            procs: Vec::new(),
+            by_pid: BTreeMap::new(),
+            seq: 0,
+            warmup: 0,
+            warming: 0,
+        }
+    }
+
+    /// Warms up for `instructions` per stream: counting starts once every stream has replayed
+    /// that many instructions (at the end of the record that reaches them) or ended, with
+    /// [`Os::end_warmup`]; a stream that ends first runs whole in the warm-up. If every stream
+    /// ends first, the warm-up never ends. 0: no warm-up. Call before the replay starts.
+    pub fn warm_up_for(&mut self, instructions: u64) {
+        self.warmup = instructions;
+    }
+
+    /// One more stream is warm; the warm-up ends with the last one, unless `ended` (it ran out
+    /// of records) and so no stream is left to count.
+    fn stream_warm<S: Scheme>(&mut self, os: &mut Os<S>, i: usize, ended: bool) {
+        if self.warming == 0 || self.procs[i].warm {
+            return;
+        }
+        self.procs[i].warm = true;
+        self.warming -= 1;
+        if self.warming > 0 || (ended && self.procs.iter().all(|p| p.finished)) {
+            return;
+        }
+        let mut instructions = 0;
+        for p in &mut self.procs {
+            instructions += p.report.instructions;
+            p.report.warmup_instructions = p.report.instructions;
+            p.warm_records = p.report.replayed;
+            p.report.replayed = 0;
+            p.report.instructions = 0;
+        }
+        os.end_warmup(WarmupReport {
+            unit: "instructions-per-stream".to_owned(),
+            requested: self.warmup,
+            accesses: 0,
+            instructions: Some(instructions),
+        });
     }
 
     pub(super) fn start<S: Scheme>(&mut self, os: &mut Os<S>) -> Result<(), OsError> {
@@ -419,15 +476,18 @@ impl TraceReplay {
                     finished: false,
                     total,
                     trailing: if skipped + total == info.records { info.trailing } else { 0 },
+                    warm: false,
+                    warm_records: 0,
                 });
             }
         }
+        self.warming = if self.warmup == 0 { 0 } else { self.procs.len() };
         Ok(())
     }
 
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         let Some(&i) = self.by_pid.get(&pid) else { return Ok(Step::Exit) };
-        let p = &mut self.procs[i];
+        let mut p = &mut self.procs[i];
         if p.feed.is_none() && !p.finished {
             let limit = if self.params.limit == 0 { u64::MAX } else { self.params.limit };
             let reader = &self.set.files()[p.file].reader;
@@ -444,6 +504,7 @@ impl TraceReplay {
                         p.finished = true;
                         p.feed = None;
                         p.report.instructions += p.trailing;
+                        self.stream_warm(os, i, true);
                         return Ok(Step::Exit);
                     }
                 }
@@ -462,12 +523,16 @@ impl TraceReplay {
                      trace's directory declares ({e}): the trace is inconsistent",
                     p.report.trace,
                     p.report.stream,
-                    p.report.skipped + p.report.replayed - 1,
+                    p.report.skipped + p.warm_records + p.report.replayed - 1,
                     r.kind.name(),
                     r.addr
                 ))),
                 e => e,
             })?;
+            if self.warming > 0 && !p.warm && p.report.instructions >= self.warmup {
+                self.stream_warm(os, i, false);
+                p = &mut self.procs[i];
+            }
         }
         Ok(Step::Preempted)
     }
@@ -477,11 +542,22 @@ impl TraceReplay {
             let p = &mut self.procs[i];
             p.finished = true;
             p.feed = None;
+            // Not `stream_warm`: a killed stream fails the replay (see `run`).
+            if !p.warm && self.warming > 0 {
+                p.warm = true;
+                self.warming -= 1;
+            }
         }
     }
 
     pub(super) fn progress(&self) -> (u64, u64) {
-        let done = self.procs.iter().map(|p| if p.finished { p.total } else { p.report.replayed });
+        let done = self.procs.iter().map(|p| {
+            if p.finished {
+                p.total
+            } else {
+                p.warm_records + p.report.replayed
+            }
+        });
         (done.sum(), self.procs.iter().map(|p| p.total).sum())
     }
 
@@ -490,11 +566,12 @@ impl TraceReplay {
         self.procs.iter().map(|p| p.report.instructions).sum()
     }
 
-    /// The report's `trace` section.
+    /// The report's `trace` section so far; `cycles_per_instruction` is left 0 for the caller,
+    /// which knows the profile.
     pub fn report(&self) -> TraceReport {
         TraceReport {
             instructions: self.instructions(),
-            cycles_per_instruction: self.params.cycles_per_instruction,
+            cycles_per_instruction: 0,
             streams: self.procs.iter().map(|p| p.report.clone()).collect(),
         }
     }
@@ -516,6 +593,7 @@ fn stream_report(
         skipped,
         replayed: 0,
         instructions: 0,
+        warmup_instructions: 0,
         footprint_pages: info.footprint_pages(),
         relocation,
     }
@@ -549,6 +627,11 @@ fn access<S: Scheme>(os: &mut Os<S>, va: Gva, kind: Kind, seq: u64) -> Result<()
         }
         Kind::Fetch => os.fetch(va).map(drop),
     }
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

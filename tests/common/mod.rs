@@ -6,6 +6,7 @@ use memvirt::scheme::SchemeKind;
 use memvirt::workload::WorkloadKind;
 
 /// Parameters that keep each workload small enough for a test.
+#[allow(dead_code)] // every test binary compiles its own copy of this module; not all use it
 pub fn small(w: WorkloadKind) -> Vec<(&'static str, &'static str)> {
     match w {
         WorkloadKind::Pagefault => vec![("pages", "300")],

@@ -148,14 +148,14 @@ impl Shadow {
     // ----- costs ------------------------------------------------------------------------------
 
     fn exit(p: &mut Platform, cause: ExitCause, entries: u64) {
-        p.stats.exit(cause);
+        p.vm_exit(cause);
         p.stats.cycles.vm_exit.charge(p.costs.vm_exit + p.costs.hv_per_entry * entries);
     }
 
     /// A hardware-mode trap; its handler's entry work is charged at the same per-entry cost as
     /// the hypervisor's (assumption).
     fn trap(p: &mut Platform, cause: TrapCause, entries: u64) {
-        p.stats.trap(cause);
+        p.hw_trap(cause);
         p.stats.cycles.hw_trap.charge(p.costs.hw_trap + p.costs.hv_per_entry * entries);
     }
 
@@ -359,7 +359,7 @@ impl Shadow {
                 let edit = self.tables.install(&mut p.host, id, gva, &path, guest_level, shadow)?;
                 self.after_edit(p, edit);
                 self.stats.hw_fills += 1;
-                p.stats.trap(TrapCause::LeafFill);
+                p.hw_trap(TrapCause::LeafFill);
                 p.stats.cycles.hw_trap.charge(
                     p.costs.hw_trap + handler + p.costs.refill_per_entry * Self::work(edit),
                 );
@@ -380,7 +380,7 @@ impl Shadow {
             })),
             Err(f) => {
                 self.stats.hw_guest_faults += 1;
-                p.stats.trap(TrapCause::GuestFault);
+                p.hw_trap(TrapCause::GuestFault);
                 p.stats.cycles.hw_trap.charge(p.costs.hw_trap + handler);
                 p.stats.guest_faults += 1;
                 Err(Stop::GuestFault(f))

@@ -15,7 +15,7 @@ use crate::addr::{
     Asid, Gfn, Gpa, GuestPhys, GuestVirt, Gva, HostPhys, Hpa, Level, PageSize, MAX_LEVELS,
 };
 use crate::mem::backing::CHUNK_SIZE;
-use crate::mem::{GuestBacking, HostMemory, MemError};
+use crate::mem::{GuestBacking, HostMemory, MemError, TablePool};
 use crate::paging::walk::{EntryMemory, PageTable};
 use crate::paging::{Decoded, Format, LeafAttrs, Perms};
 
@@ -277,7 +277,7 @@ impl ShadowTables {
         asid: Asid,
         now: u64,
     ) -> Result<TreeId, MemError> {
-        let root = host.alloc_frame()?.addr();
+        let root = host.alloc_table_frame(TablePool::Shadow)?.addr();
         let table = PageTable::new(root, self.format);
         let tree = Tree { guest_root, asid, table, last_used: now };
         let id = match self.trees.iter().position(Option::is_none) {
@@ -521,7 +521,7 @@ impl ShadowTables {
                 if raw != 0 {
                     edit.add(self.clear_entry(host, entry, level));
                 }
-                let child = host.alloc_frame()?.addr();
+                let child = host.alloc_table_frame(TablePool::Shadow)?.addr();
                 let (upper_perms, upper_global) = path.upper(&format, child_level);
                 let coverage = PageSize::at_level(level).offset_mask();
                 self.register(
