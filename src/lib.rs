@@ -14,6 +14,7 @@
 //! - [`trace`]: ChampSim and valgrind lackey readers, the compact trace format, `memvirt record`;
 //!   replayed by [`workload`]'s trace workload.
 //! - [`sweep`], [`plot`]: one setting swept over values for every scheme, and its SVG chart.
+//! - [`reproduce`]: the seed papers' experiments, each claim judged against memvirt's figure.
 //! - [`sensitivity`]: which ranking of schemes survives every assumed cost across its range.
 //!
 //! See `DESIGN.md` at the repository root for the layers and the non-goals.
@@ -37,6 +38,7 @@ pub mod paging;
 pub mod plot;
 pub mod profile;
 pub mod report;
+pub mod reproduce;
 pub mod rng;
 pub mod run;
 pub mod scheme;

@@ -25,6 +25,7 @@ use memvirt::sensitivity;
 use memvirt::workload::{Length, TraceParams, WorkloadKind};
 
 mod guest_cmd;
+mod reproduce_cmd;
 mod sweep_cmd;
 mod trace_cmd;
 
@@ -84,6 +85,13 @@ enum Command {
     /// Real Linux guests under QEMU: `guest record` a full-system trace, `guest replay` it under
     /// the schemes, `guest run` both (docs/full-system.md).
     Guest(guest_cmd::GuestArgs),
+    /// Run a seed paper's experiment and set each published claim beside memvirt's figure.
+    ///
+    /// `lsp`, `ssp`, `tc22`, `isca12`, `hspt` or `all`: workloads of the paper's kind in steady
+    /// state, the paper's metric, and a verdict per claim (reproduced, trend, differs) with the
+    /// reason memvirt gives; `--svg FILE` draws the claims. README's reproduction figures come
+    /// from it.
+    Reproduce(reproduce_cmd::ReproduceArgs),
 }
 
 #[derive(Args, Debug)]
@@ -320,6 +328,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Trace(args)) => trace_cmd::trace(&args),
         Some(Command::Record(args)) => trace_cmd::record(&args),
         Some(Command::Guest(args)) => guest_cmd::guest(&args),
+        Some(Command::Reproduce(args)) => reproduce_cmd::reproduce(&args),
     }
 }
 

@@ -678,3 +678,38 @@ fn compare_sensitivity_names_every_costs_range_and_gives_json_an_object() {
     csv.extend(["--sensitivity", "--format", "csv"]);
     fails(&csv, &["--sensitivity has no CSV form"]);
 }
+
+#[test]
+fn reproduce_judges_each_claim_and_draws_them() {
+    let dir = scratch("reproduce");
+    let svg = dir.join("lsp.svg");
+    let svg_arg = svg.to_string_lossy().into_owned();
+    let text = ok(&["reproduce", "lsp", "--quick", "--format", "json", "--svg", &svg_arg]);
+    let value: Value = serde_json::from_str(&text).expect("JSON");
+    let claims = value[0]["claims"].as_array().cloned().unwrap_or_default();
+    let claim = |id: &str| claims.iter().find(|c| c["id"] == id).cloned().unwrap_or_default();
+    assert_eq!(claims.len(), 5, "{text}");
+    // Derived by hand: TSP pays a write-protect and a flush exit per modification, and a
+    // complete Sv39-over-Sv39x4 walk reads 15 entries against the shadow table's 3.
+    assert_eq!(claim("lsp-1")["judged"], 2.0);
+    assert_eq!(claim("lsp-1")["verdict"], "reproduced");
+    assert_eq!(claim("lsp-5")["judged"], 12.0);
+    assert_eq!(claim("lsp-5")["verdict"], "reproduced");
+    for c in &claims {
+        assert!(["reproduced", "trend", "differs"].contains(&c["verdict"].as_str().unwrap_or("")));
+        assert!(!c["why"].as_str().unwrap_or("").is_empty());
+    }
+    let chart = std::fs::read_to_string(&svg).expect("the SVG was written");
+    assert!(
+        chart.starts_with("<svg") && chart.contains("lsp-5"),
+        "{}",
+        &chart[..200.min(chart.len())]
+    );
+    // The table form ends with the tally.
+    let table = ok(&["reproduce", "isca12", "--quick"]);
+    assert!(table.contains("isca12-3"), "{table}");
+    assert!(table.trim_end().ends_with("(each with memvirt's reason)"), "{table}");
+    let flat = table.lines().find(|l| l.starts_with("isca12-3 ")).unwrap_or_default();
+    assert!(flat.contains("9.00") && flat.ends_with("reproduced"), "{flat}");
+    fails(&["reproduce", "lsp", "--format", "csv"], &["no CSV form"]);
+}
