@@ -180,7 +180,8 @@ pub fn render_sweep(sweep: &Sweep, format: Format, title: &str) -> Result<String
                 cells.extend(row.iter().map(|&m| metric_cell(sweep.metric, m)));
                 t.row(cells);
             }
-            Ok(t.render(title))
+            let reports: Vec<Report> = sweep.reports.iter().flatten().cloned().collect();
+            Ok(t.render(title) + &compute_and_warmup(&reports))
         }
         Format::Json => json(sweep),
         Format::Csv => {

@@ -375,6 +375,7 @@ pub fn reproduce(paper: Paper, lab: &Lab<'_>) -> Result<Reproduction, RunError> 
     let rows = run_jobs(lab, &jobs)?;
     let mut profiles: Vec<&str> = jobs.iter().map(|j| j.profile).collect();
     profiles.dedup();
+    let compute = rows.first().and_then(|r| r.first()).map(|r| r.compute.describe());
     let length = match lab.length {
         Length::Steady => "steady state (each workload's --length steady and warm-up)",
         Length::Quick => {
@@ -385,9 +386,10 @@ pub fn reproduce(paper: Paper, lab: &Lab<'_>) -> Result<Reproduction, RunError> 
         paper: paper.name().to_owned(),
         title: paper.title().to_owned(),
         setup: format!(
-            "{}, seed {}, {length}; exit counts from whole runs",
+            "{}, seed {}, {length}; exit counts from whole runs; compute model: {}",
             profiles.join(", "),
-            lab.seed
+            lab.seed,
+            compute.unwrap_or_default()
         ),
         claims: papers::judge(paper, &rows),
     })
