@@ -89,7 +89,7 @@ pub(super) fn reproduce(args: &ReproduceArgs) -> Result<()> {
         let all = Reproduction {
             paper: papers.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
             title: String::new(),
-            setup: done.first().map(|r| r.setup.clone()).unwrap_or_default(),
+            setup: combined_setup(&done),
             claims: done.iter().flat_map(|r| r.claims.clone()).collect(),
         };
         write_atomically(path, &reproduce::chart::svg(&all)?)?;
@@ -107,4 +107,20 @@ pub(super) fn reproduce(args: &ReproduceArgs) -> Result<()> {
         }
     };
     emit(&text, args.out.output.as_deref())
+}
+
+/// One setup line for several papers: their profiles, then what they share (seed, length,
+/// compute model), which every paper's line states after its profiles.
+fn combined_setup(done: &[Reproduction]) -> String {
+    let mut profiles: Vec<&str> = Vec::new();
+    for r in done {
+        let listed = r.setup.split(", seed ").next().unwrap_or_default();
+        for p in listed.split(", ") {
+            if !profiles.contains(&p) {
+                profiles.push(p);
+            }
+        }
+    }
+    let shared = done.first().and_then(|r| r.setup.split_once(", seed ")).map_or("", |(_, s)| s);
+    format!("{}, seed {shared}", profiles.join(", "))
 }
