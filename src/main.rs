@@ -693,8 +693,7 @@ fn cost_sensitivity(
     runs: &[(RunSpec, Vec<Report>)],
 ) -> Result<sensitivity::Sensitivity> {
     let ranges = sensitivity::ranges_for(&setup.profile.costs)?;
-    let virtualized = schemes.iter().filter(|&&s| s != SchemeKind::Native).count();
-    let total = (ranges.len() * virtualized * runs.len()) as u64;
+    let total = (sensitivity::probe_runs(schemes) * runs.len()) as u64;
     let bar = if std::io::stderr().is_terminal() {
         let style =
             ProgressStyle::with_template("sensitivity [{bar:30}] {pos}/{len} runs {elapsed}")

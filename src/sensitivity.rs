@@ -27,7 +27,19 @@ pub struct CostRange {
     pub high: u64,
     /// Why this range.
     pub source: &'static str,
+    /// The schemes whose runs charge it (`None`: every scheme). A scheme outside the list
+    /// never charges the cost, so its slope is 0 without a probe run; the linearity test's
+    /// corners, run whole, would show a slope assumed wrongly.
+    pub schemes: Option<&'static [SchemeKind]>,
 }
+
+/// The cross-ISA emulation schemes, the only ones that charge emulator costs.
+const EMULATORS: &[SchemeKind] = &[
+    SchemeKind::Softmmu,
+    SchemeKind::HsptShared,
+    SchemeKind::HsptPrefill,
+    SchemeKind::HsptPrivate,
+];
 
 /// The assumed costs varied, with their ranges (docs/costs.md has the discussion).
 pub const RANGES: &[CostRange] = &[
@@ -38,6 +50,7 @@ pub const RANGES: &[CostRange] = &[
         source: "x86: bare VMX exit+entry ~500-1,000 on Sandy Bridge and later (Agesen et al., \
                  ATC 2012), AMD SVM VMRUN round trip ~1,350 and whole KVM_RUN path ~2,550 \
                  (LKML 2020); RISC-V: none measured, assumed the same",
+        schemes: None,
     },
     CostRange {
         name: "hw_trap",
@@ -45,6 +58,7 @@ pub const RANGES: &[CostRange] = &[
         high: 200,
         source: "assumption: a RISC-V trap and xRET take tens of cycles on an in-order core \
                  (arch.md 4.9); papers.md suggests 50-200 for an M-mode trap and return",
+        schemes: None,
     },
     CostRange {
         name: "hv_per_entry",
@@ -52,6 +66,7 @@ pub const RANGES: &[CostRange] = &[
         high: 200,
         source: "assumption: from a cached load or store plus checks to a memory access per \
                  entry the hypervisor touches",
+        schemes: None,
     },
     CostRange {
         name: "refill_per_entry",
@@ -59,36 +74,79 @@ pub const RANGES: &[CostRange] = &[
         high: 20,
         source: "assumption: 4-20 instructions per level of a software TLB refill (Alpha \
                  PALcode TB-miss handler class, arch.md 5)",
+        schemes: None,
     },
     CostRange {
         name: "pt_llc",
         low: 40,
         high: 70,
         source: "assumption: last-level-cache latency of current server parts (DMT uses 54)",
+        schemes: None,
     },
     CostRange {
         name: "pt_memory",
         low: 150,
         high: 300,
         source: "assumption: DRAM latency of 50-100 ns at 3 GHz (DMT uses 200)",
+        schemes: None,
     },
     CostRange {
         name: "page_fault",
         low: 500,
         high: 3_000,
         source: "assumption: a Linux anonymous fault without zeroing, 0.15-1 us at 3 GHz",
+        schemes: None,
     },
     CostRange {
         name: "context_switch",
         low: 1_500,
         high: 6_000,
         source: "assumption: lmbench lat_ctx with tiny working sets, 0.5-2 us at 3 GHz",
+        schemes: None,
     },
     CostRange {
         name: "cycles_per_instruction",
         low: 1,
         high: 3,
         source: "assumption: memory-bound programs run at an IPC between 1 and 1/3",
+        schemes: None,
+    },
+    CostRange {
+        name: "soft_tlb_lookup",
+        low: 3,
+        high: 8,
+        source: "assumption: QEMU's inline softmmu lookup, ~10 host instructions at 1.25-3 per \
+                 cycle",
+        schemes: Some(EMULATORS),
+    },
+    CostRange {
+        name: "soft_tlb_refill",
+        low: 100,
+        high: 400,
+        source: "assumption: leaving translated code for QEMU's tlb_fill helper and back",
+        schemes: Some(EMULATORS),
+    },
+    CostRange {
+        name: "emu_walk_per_entry",
+        low: 10,
+        high: 40,
+        source: "assumption: one level of the emulator's software walk (a load through QEMU's \
+                 memory API plus checks)",
+        schemes: Some(EMULATORS),
+    },
+    CostRange {
+        name: "host_signal",
+        low: 1_500,
+        high: 10_000,
+        source: "assumption: a Linux SIGSEGV delivery and sigreturn, 0.5-3 us at 3 GHz",
+        schemes: Some(EMULATORS),
+    },
+    CostRange {
+        name: "host_mmap",
+        low: 1_500,
+        high: 6_000,
+        source: "assumption: an mmap(MAP_FIXED) system call installing one page, 0.5-2 us",
+        schemes: Some(EMULATORS),
     },
 ];
 
@@ -99,6 +157,20 @@ pub fn cost_value(costs: &Costs, name: &str) -> Result<u64, ConfigError> {
         .get(name)
         .and_then(serde_json::Value::as_u64)
         .ok_or_else(|| ConfigError::Invalid(format!("costs.{name} is not a cost")))
+}
+
+/// Whether runs of `scheme` charge cost `k` of [`RANGES`].
+pub fn charges(k: usize, scheme: SchemeKind) -> bool {
+    RANGES.get(k).and_then(|r| r.schemes).is_none_or(|list| list.contains(&scheme))
+}
+
+/// The probe runs [`fit_lines`] makes for `schemes` (native makes none).
+pub fn probe_runs(schemes: &[SchemeKind]) -> usize {
+    schemes
+        .iter()
+        .filter(|&&s| s != SchemeKind::Native)
+        .map(|&s| (0..RANGES.len()).filter(|&k| charges(k, s)).count())
+        .sum()
 }
 
 /// [`RANGES`] with the profile's defaults.
@@ -137,7 +209,12 @@ pub fn fit_lines(
     let cycles: Vec<u64> = jobs
         .par_iter()
         .map(|&(s, k)| {
-            let mut probe = RunSpec { scheme: virtualized[s].0, ..spec.clone() };
+            let (scheme, base) = virtualized[s];
+            if !charges(k, scheme) {
+                // Never charged: the probe would equal the base.
+                return Ok(base.cycles);
+            }
+            let mut probe = RunSpec { scheme, ..spec.clone() };
             let key = format!("costs.{}", ranges[k].cost);
             probe.profile.set(&key, &probe_at[k].to_string()).map_err(RunError::Config)?;
             let r = run::run(&probe, &mut |_, _| {})?;

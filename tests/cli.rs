@@ -670,7 +670,7 @@ fn compare_sensitivity_names_every_costs_range_and_gives_json_an_object() {
     let value: Value = serde_json::from_str(&ok(&args)).expect("JSON");
     assert_eq!(value["reports"].as_array().map(Vec::len), Some(8));
     let s = &value["sensitivity"];
-    assert_eq!(s["corners"], 512);
+    assert_eq!(s["corners"], 16384);
     assert_eq!(s["workloads"].as_array().map(Vec::len), Some(2));
     assert_eq!(s["workloads"][0]["ranking"].as_array().map(Vec::len), Some(3));
     // CSV has no place for it: refused before any run.
