@@ -85,7 +85,10 @@ install_host_tools() {
     DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends \
         -t bookworm-backports $backported >/dev/null
     if [ "$ARCH" = riscv64 ]; then
-        DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq cpio $cc >/dev/null
+        # The command is riscv64-linux-gnu-gcc; Debian's package is gcc-riscv64-linux-gnu, and the
+        # static guest programs need the cross C library too.
+        DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq cpio \
+            gcc-riscv64-linux-gnu libc6-dev-riscv64-cross >/dev/null
     else
         DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends \
             cpio gcc libc6-dev xz-utils zstd >/dev/null
