@@ -120,7 +120,7 @@ pub struct ComputeReport {
     pub model: String,
     /// Instructions charged.
     pub instructions: u64,
-    /// `costs.cycles_per_instruction`.
+    /// `costs.cycles_per_instruction` (filled in by [`crate::run::machine_report`]).
     pub cycles_per_instruction: u64,
     /// `costs.instructions_per_access` (per-access model only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,6 +128,21 @@ pub struct ComputeReport {
 }
 
 impl ComputeReport {
+    /// Instructions something counted: `model` is `trace` or `recorded`.
+    pub fn counted(model: &str, instructions: u64) -> Self {
+        ComputeReport { model: model.to_owned(), instructions, ..ComputeReport::default() }
+    }
+
+    /// A built-in workload's `accesses`, `per_access` instructions each.
+    pub fn per_access(accesses: u64, per_access: u64) -> Self {
+        ComputeReport {
+            model: "per-access".to_owned(),
+            instructions: accesses.saturating_mul(per_access),
+            cycles_per_instruction: 0,
+            instructions_per_access: Some(per_access),
+        }
+    }
+
     /// The model in a few words, for the line under an overhead table.
     pub fn describe(&self) -> String {
         match self.instructions_per_access {

@@ -293,18 +293,8 @@ fn report<S: Scheme>(
         t.cycles_per_instruction = costs.cycles_per_instruction;
     }
     let compute = match &trace {
-        Some(t) => ComputeReport {
-            model: "trace".to_owned(),
-            instructions: t.instructions,
-            cycles_per_instruction: costs.cycles_per_instruction,
-            instructions_per_access: None,
-        },
-        None => ComputeReport {
-            model: "per-access".to_owned(),
-            instructions: user_accesses.saturating_mul(costs.instructions_per_access),
-            cycles_per_instruction: costs.cycles_per_instruction,
-            instructions_per_access: Some(costs.instructions_per_access),
-        },
+        Some(t) => ComputeReport::counted("trace", t.instructions),
+        None => ComputeReport::per_access(user_accesses, costs.instructions_per_access),
     };
     let faults = FaultResolution::ALL
         .iter()
@@ -357,9 +347,10 @@ pub fn machine_report<S: Scheme>(
     machine: &Machine<S>,
     id: ReportId,
     guest: GuestReport,
-    compute: ComputeReport,
+    mut compute: ComputeReport,
 ) -> Result<Report, SimError> {
     let p = &machine.platform;
+    compute.cycles_per_instruction = p.costs.cycles_per_instruction;
     let mut cycles = p.stats.cycles;
     cycles.compute = p.costs.compute_cycles(compute.instructions);
     if cycles.checked_total().is_none() {

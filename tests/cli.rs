@@ -716,22 +716,16 @@ fn reproduce_judges_each_claim_and_draws_them() {
 
 #[test]
 fn warm_up_length_and_footprint_mistakes_are_clear_errors() {
+    let pagefault = |extra: &[&'static str]| {
+        let mut args = vec!["run", "--scheme", "native", "--workload", "pagefault"];
+        args.extend_from_slice(extra);
+        args
+    };
     fails(
-        &[
-            "run",
-            "--scheme",
-            "native",
-            "--workload",
-            "pagefault",
-            "--set",
-            "workload.pages=100",
-            "--warmup",
-            "100",
-        ],
+        &pagefault(&["--set", "workload.pages=100", "--warmup", "100"]),
         &["--warmup 100 is not shorter than the workload", "the whole run made 100"],
     );
-    let usage =
-        memvirt(&["run", "--scheme", "native", "--workload", "pagefault", "--warmup", "lots"]);
+    let usage = memvirt(&pagefault(&["--warmup", "lots"]));
     assert_eq!(usage.status.code(), Some(2));
     assert!(stderr(&usage).contains("'--warmup <N>'"), "{}", stderr(&usage));
     fails(
@@ -739,29 +733,10 @@ fn warm_up_length_and_footprint_mistakes_are_clear_errors() {
         &["--length steady", "--warmup N (instructions per stream)"],
     );
     fails(
-        &[
-            "run",
-            "--scheme",
-            "native",
-            "--workload",
-            "pagefault",
-            "--set",
-            "handlers.exit.tlb_pages=100000",
-        ],
+        &pagefault(&["--set", "handlers.exit.tlb_pages=100000"]),
         &["handlers.exit.tlb_pages must be at most 65536, not 100000"],
     );
-    fails(
-        &[
-            "run",
-            "--scheme",
-            "native",
-            "--workload",
-            "pagefault",
-            "--set",
-            "memory.table_pool_frames=0",
-        ],
-        &["memory.table_pool_frames"],
-    );
+    fails(&pagefault(&["--set", "memory.table_pool_frames=0"]), &["memory.table_pool_frames"]);
     // `memvirt list` shows both lengths of every workload.
     let list = ok(&["list"]);
     assert_eq!(list.matches("length: short ~").count(), 10, "{list}");

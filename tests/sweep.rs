@@ -234,6 +234,11 @@ fn a_journal_of_another_sweep_is_refused_naming_what_differs() {
     other.base.profile.set("costs.vm_exit", "1").expect("a valid cost");
     let e = sweep::Journal::open(&path, &other, true).unwrap_err().to_string();
     assert!(e.contains("profile.costs.vm_exit"), "{e}");
+    // A warm-up changes every point's counts.
+    let mut other = spec.clone();
+    other.base.warmup = 100;
+    let e = sweep::Journal::open(&path, &other, true).unwrap_err().to_string();
+    assert!(e.contains("warmup is 0") && e.contains("is 100"), "{e}");
     // Another metric, more values or other schemes are the same sweep.
     let mut same = spec.clone();
     same.metric = Metric::Exits;

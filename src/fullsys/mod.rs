@@ -740,14 +740,8 @@ impl<S: Scheme> State<S> {
 
     /// The report of the window that ends here.
     fn close_window(&mut self, spec: &SystemSpec, name: String) -> Result<Report, SimError> {
-        let costs = &self.machine.platform.costs;
         // The recorded instructions cost what every front end charges per instruction.
-        let compute = ComputeReport {
-            model: "recorded".to_owned(),
-            instructions: self.report.instructions,
-            cycles_per_instruction: costs.cycles_per_instruction,
-            instructions_per_access: None,
-        };
+        let compute = ComputeReport::counted("recorded", self.report.instructions);
         let guest = GuestReport {
             faults: [("recorded".to_owned(), self.report.page_faults.values().sum())].into(),
             syscalls: self.report.syscalls,

@@ -238,7 +238,7 @@ impl<S: Scheme> Os<S> {
     pub fn warm_up_for(&mut self, accesses: u64) {
         self.warmup_requested = accesses;
         // The count is checked before each access, so it runs out just before access N + 1.
-        self.warmup_left = if accesses == 0 { 0 } else { accesses + 1 };
+        self.warmup_left = if accesses == 0 { 0 } else { accesses.saturating_add(1) };
     }
 
     /// Ends the warm-up now (a trace replay's, counted in instructions, or the accesses of

@@ -134,29 +134,27 @@ impl HostMemory {
         if self.pool_chunk <= 1 {
             return self.alloc_frame();
         }
-        let chunk = self.pool_chunk;
-        let reused = self.pools[pool.index()].free.pop();
-        let raw = match reused {
+        let i = pool.index();
+        let raw = match self.pools[i].free.pop() {
             Some(raw) => raw,
             None => {
-                if self.pools[pool.index()].next == self.pools[pool.index()].end {
+                if self.pools[i].next == self.pools[i].end {
+                    let chunk = self.pool_chunk;
                     let first = self.alloc_contiguous(chunk, chunk)?.as_u64();
                     // Reserved for the pool, not in use until handed out.
                     for f in &mut self.frames[u64_to_usize(first)..u64_to_usize(first + chunk)] {
                         f.live = false;
                     }
                     self.live -= chunk;
-                    let p = &mut self.pools[pool.index()];
-                    (p.next, p.end) = (first, first + chunk);
+                    (self.pools[i].next, self.pools[i].end) = (first, first + chunk);
                 }
-                let p = &mut self.pools[pool.index()];
-                p.next += 1;
-                p.next - 1
+                self.pools[i].next += 1;
+                self.pools[i].next - 1
             }
         };
         let frame = &mut self.frames[u64_to_usize(raw)];
         frame.live = true;
-        frame.pool = u8::try_from(pool.index() + 1).unwrap_or(0);
+        frame.pool = u8::try_from(i + 1).unwrap_or(0);
         self.live += 1;
         Ok(Hfn::new(raw))
     }

@@ -209,6 +209,7 @@ fn identity(spec: &SweepSpec) -> Value {
         "profile": serde_json::to_value(&b.profile).unwrap_or(Value::Null),
         "seed": b.seed,
         "verify": b.verify,
+        "warmup": b.warmup,
         "workload_sets": b.workload_sets,
         "scheme_sets": b.scheme_sets,
         "key": spec.key,
