@@ -6,9 +6,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use memvirt::addr::{Asid, Gva, PageSize};
+use memvirt::addr::{Asid, Gva};
 use memvirt::fixture::{self, Guest};
 use memvirt::machine::{Machine, Scheme};
+use memvirt::mem::HostPage;
 use memvirt::mmu::{FlushOp, MmuConfig};
 use memvirt::paging::{Access, Format};
 use memvirt::scheme::{
@@ -34,7 +35,7 @@ fn nested(guest: Format, host: Format, mmu: MmuConfig) -> Machine<Nested> {
     let mut p = fixture::platform(fixture::arch(guest, host), mmu).unwrap();
     let scheme = Nested::new(
         &mut p,
-        NestedOptions { prepopulate: true, page_size: PageSize::Size4K, ..Default::default() },
+        NestedOptions { prepopulate: true, host_page: HostPage::Size4K, ..Default::default() },
     )
     .unwrap();
     let mut m = Machine::new(p, scheme);

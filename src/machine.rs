@@ -7,7 +7,7 @@
 
 use crate::addr::{Asid, Gfn, Gpa, GuestPhys, GuestVirt, Gva, Hpa, PageSize, Vmid};
 use crate::cost::Costs;
-use crate::mem::{GuestBacking, HostMemory, MemError, TablePool};
+use crate::mem::{GuestBacking, HostMemory, HostPage, MemError, TablePool};
 use crate::mmu::setassoc::GeometryError;
 use crate::mmu::{FlushOp, Handlers, Mmu, MmuConfig, TranslationFault};
 use crate::oracle::{Oracle, Translation, Violation};
@@ -188,6 +188,17 @@ impl Platform {
             handlers: cfg.handlers,
             handler_data: Hpa::new(cfg.host_bytes / page * page),
         })
+    }
+
+    /// Maps guest memory with `page`-sized host pages from now on (before anything is backed).
+    pub fn set_host_page(&mut self, page: HostPage) {
+        self.guest_mem.set_host_page(page);
+    }
+
+    /// The largest host page that maps the guest frame `gfn` ([`GuestBacking::host_page_at`]):
+    /// no TLB entry may map guest memory with a larger page.
+    pub fn host_page_at(&self, gfn: Gfn) -> PageSize {
+        self.guest_mem.host_page_at(gfn)
     }
 
     /// The host frame behind `gfn`, backing it on first use.

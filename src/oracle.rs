@@ -11,7 +11,8 @@
 //!
 //! A filled translation of `gva` must agree with the reference: (a) the reference exists; (b)
 //! the HPA the TLB entry gives for `gva` is the reference's; (c) the entry is no larger than the
-//! guest's page; (d) it allows no access class the guest's entry does not (a scheme may be
+//! guest's page, nor than the hypervisor's page mapping that guest page
+//! ([`Platform::host_page_at`], `scheme.host_page`); (d) it allows no access class the guest's entry does not (a scheme may be
 //! stricter, e.g. withhold stores from a clean page, never looser; an entry whose accessed bit
 //! is clear allows nothing); (e) it is global only if the guest's mapping is.
 //!
@@ -164,6 +165,13 @@ struct GuestLeaf {
     accessed: bool,
 }
 
+impl GuestLeaf {
+    /// The guest-physical address `gva` reaches through this page.
+    fn gpa(&self, gva: Gva) -> Gpa {
+        Gpa::new(self.base.as_u64() | gva.page_offset(self.size))
+    }
+}
+
 /// Which TLB entries a remembered translation stands for: the global ones or one ASID's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Tag {
@@ -233,9 +241,12 @@ impl Oracle {
         self.counts.checks += 1;
         let leaf = p.root.and_then(|root| guest_leaf(p, &root.table, gva));
         let reference = leaf.and_then(|l| reference(p, &l, gva));
-        let wrong = match reference {
-            None => vec!["no translation"],
-            Some(r) => disagreements(&filled, &r, leaf.is_some_and(|l| l.accessed)),
+        let wrong = match (reference, leaf) {
+            (Some(r), Some(l)) => {
+                let host_page = p.host_page_at(l.gpa(gva).page());
+                disagreements(&filled, &r, host_page, l.accessed)
+            }
+            _ => vec!["no translation"],
         };
         let own = Tag::Asid(p.mmu.asid);
         if wrong.is_empty() {
@@ -304,17 +315,21 @@ impl Oracle {
                 };
                 versions.iter().any(|v| {
                     let gpa = Gpa::new(v.base.as_u64() | gva.page_offset(size));
-                    host_address(p, gpa) == Some(filled.hpa) && filled.allow & !v.allow == 0
+                    host_address(p, gpa) == Some(filled.hpa)
+                        && filled.allow & !v.allow == 0
+                        && filled.size <= p.host_page_at(gpa.page())
                 })
             })
         })
     }
 }
 
-/// Which of checks (b) to (e) `filled` fails against `reference`.
+/// Which of checks (b) to (e) `filled` fails against `reference`, whose guest page the
+/// hypervisor maps with `host_page`-sized pages.
 fn disagreements(
     filled: &Translation,
     reference: &Translation,
+    host_page: PageSize,
     accessed: bool,
 ) -> Vec<&'static str> {
     let mut wrong = Vec::new();
@@ -323,6 +338,9 @@ fn disagreements(
     }
     if filled.size > reference.size {
         wrong.push("size larger than the guest's page");
+    }
+    if filled.size > host_page {
+        wrong.push("size larger than the host's page");
     }
     if filled.allow & !reference.allow != 0 {
         wrong.push(if accessed {
@@ -339,7 +357,7 @@ fn disagreements(
 
 /// The reference translation of `gva` through `leaf`: the host page behind the guest page.
 fn reference(p: &Platform, leaf: &GuestLeaf, gva: Gva) -> Option<Translation> {
-    let gpa = Gpa::new(leaf.base.as_u64() | gva.page_offset(leaf.size));
+    let gpa = leaf.gpa(gva);
     let hpa = host_address(p, gpa)?;
     Some(Translation { hpa, size: leaf.size, allow: leaf.allow, global: leaf.global })
 }
@@ -520,6 +538,21 @@ mod tests {
         let (v, text) = violation(fill(&mut m, va, PageSize::Size2M, hpa, false, allow_of(RW)));
         assert_eq!(v.wrong, ["size larger than the guest's page"], "{text}");
         assert!(text.contains("[2M,") && text.contains("[4K,"), "{text}");
+    }
+
+    #[test]
+    fn a_page_larger_than_the_hosts_is_a_violation() {
+        let (mut m, mut guest) = machine();
+        // A 2 MiB guest page the hypervisor maps with 4 KiB pages: a 2 MiB entry gives the
+        // right address for every byte (the backing is contiguous) but is still too large.
+        m.platform.set_host_page(crate::mem::HostPage::Size4K);
+        let gfn = guest.alloc_aligned(PageSize::Size2M).expect("an aligned 2 MiB");
+        let hpa = m.platform.back(gfn).expect("backing").expect("inside").addr();
+        let va = Gva::new(REGION);
+        guest.map(&mut m, va, gfn.addr(), PageSize::Size2M, RW).expect("map");
+        let (v, text) = violation(fill(&mut m, va, PageSize::Size2M, hpa, false, allow_of(RW)));
+        assert_eq!(v.wrong, ["size larger than the host's page"], "{text}");
+        fill(&mut m, va, PageSize::Size4K, hpa, false, allow_of(RW)).expect("4 KiB fits");
     }
 
     #[test]

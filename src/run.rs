@@ -13,8 +13,9 @@ use crate::report::{
 };
 use crate::scheme::snp::{NestedTableKind, SnpOptions};
 use crate::scheme::{
-    FlatNested, FlatNestedOptions, Hspt, HsptOptions, Native, Nested, NestedOptions, NestedWalk,
-    SchemeKind, Shadow, ShadowOptions, Softmmu, SoftmmuOptions, SpecShadow, SpecShadowOptions,
+    FlatNested, FlatNestedOptions, Hspt, HsptOptions, Native, Nested, NestedOptions,
+    NestedSettings, NestedWalk, SchemeKind, Shadow, ShadowOptions, Softmmu, SoftmmuOptions,
+    SpecShadow, SpecShadowOptions,
 };
 use crate::workload::{self, TraceParams, TraceReplay, TraceSet, Workload, WorkloadKind};
 
@@ -182,15 +183,20 @@ pub fn with_scheme<D: Drive>(
     Ok(match scheme {
         SchemeKind::Native => drive.drive(Machine::new(platform, Native)),
         SchemeKind::Nested => {
-            let scheme =
-                Nested::new(&mut platform, NestedOptions::default()).map_err(SchemeError::Sim)?;
+            let settings = NestedSettings::default().with_sets(&scheme.own_sets(scheme_sets)?)?;
+            let opts = NestedOptions { host_page: settings.host_page, ..NestedOptions::default() };
+            let scheme = Nested::new(&mut platform, opts).map_err(SchemeError::Sim)?;
             drive.drive(Machine::new(platform, scheme))
         }
         SchemeKind::Snp => {
             let snp = SnpOptions::default().with_sets(&scheme.own_sets(scheme_sets)?)?;
             let flat = snp.nested_table == NestedTableKind::Flat;
-            let opts =
-                NestedOptions { walk: NestedWalk::Software, flat, ..NestedOptions::default() };
+            let opts = NestedOptions {
+                walk: NestedWalk::Software,
+                flat,
+                host_page: snp.host_page,
+                ..NestedOptions::default()
+            };
             let scheme = Nested::new(&mut platform, opts).map_err(SchemeError::Sim)?;
             drive.drive(Machine::new(platform, scheme))
         }

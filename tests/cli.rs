@@ -623,7 +623,7 @@ fn scheme_settings_move_a_shadow_scheme_and_bad_ones_are_refused() {
     assert_eq!(roomy["guest"]["history"], tiny["guest"]["history"]);
     fails(
         &["run", "--scheme", "nested", "--workload", "ctxsw", "--set", "scheme.root_buffer=1"],
-        &["scheme.root_buffer", "only the shadow schemes"],
+        &["scheme.root_buffer", "only these schemes have scheme settings"],
     );
     fails(
         &["run", "--scheme", "lsp", "--workload", "ctxsw", "--set", "scheme.colour=red"],

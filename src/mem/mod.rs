@@ -5,6 +5,6 @@ pub mod backing;
 pub mod host;
 pub mod views;
 
-pub use backing::GuestBacking;
+pub use backing::{GuestBacking, HostPage};
 pub use host::{HostMemory, MemError, TablePool};
 pub use views::{GuestTableMemory, HostTableMemory, OutsideGuestMemory};

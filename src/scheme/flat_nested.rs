@@ -54,6 +54,8 @@ impl FlatNestedMap {
         if format.stage != Stage::Nested {
             return Err(SimError::Config(format!("{format} is not a nested (G-stage/EPT) format")));
         }
+        // One entry per guest frame: the hypervisor maps guest memory with 4 KiB pages.
+        p.set_host_page(crate::mem::HostPage::Size4K);
         let table = FlatTable::alloc(&mut p.host, p.guest_mem.frames(), format)?;
         let mut map = FlatNestedMap { table, name, leaves: 0 };
         if prepopulate {

@@ -16,7 +16,7 @@ pub mod spec_shadow;
 pub use flat_nested::{FlatNested, FlatNestedOptions};
 pub use hspt::{Hspt, HsptOptions, Organization};
 pub use native::Native;
-pub use nested::{Nested, NestedOptions, NestedWalk};
+pub use nested::{Nested, NestedOptions, NestedSettings, NestedWalk};
 pub use settings::check_scheme_sets;
 pub use shadow::{Shadow, ShadowOptions};
 pub use softmmu::{Softmmu, SoftmmuOptions};

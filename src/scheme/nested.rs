@@ -4,10 +4,13 @@
 //! touch of an unmapped guest-physical page is a nested fault (a VM exit) after which the
 //! hypervisor maps it. Guest page-table writes, flushes and root switches need no hypervisor.
 
+use serde::{Deserialize, Serialize};
+
 use super::flat_nested::FlatNestedMap;
 use crate::addr::{u64_to_usize, Gfn, Gpa, GuestPhys, Gva, HostPhys, Hpa, PageSize};
+use crate::config::ConfigError;
 use crate::machine::{HostTableStore, Platform, Refill, Scheme, SimError, Stop};
-use crate::mem::TablePool;
+use crate::mem::{HostPage, TablePool};
 use crate::paging::flat::NestedTable;
 use crate::paging::mapper::{self, MapError};
 use crate::paging::walk::PageTable;
@@ -26,6 +29,21 @@ pub enum NestedWalk {
     Software,
 }
 
+/// `nested`'s settings (`--set scheme.KEY=VALUE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NestedSettings {
+    /// Page size of nested leaves.
+    pub host_page: HostPage,
+}
+
+impl NestedSettings {
+    /// Applies `scheme.KEY=VALUE` settings (prefix stripped).
+    pub fn with_sets(self, sets: &[(String, String)]) -> Result<Self, ConfigError> {
+        crate::config::set_all(self, sets)
+    }
+}
+
 /// Options of the nested scheme.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NestedOptions {
@@ -36,9 +54,9 @@ pub struct NestedOptions {
     /// Software walk only: the nested table is flat, one entry per guest frame (2n+1 reads per
     /// miss; the Sunway flat nested page table paper), instead of the profile's radix format.
     pub flat: bool,
-    /// Page size of nested leaves: 4 KiB (default) or 2 MiB (guest memory is backed in
-    /// host-contiguous 2 MiB chunks, so both are legal).
-    pub page_size: PageSize,
+    /// Page size of nested leaves (`scheme.host_page`): 4 KiB (default), 2 MiB or 1 GiB, a
+    /// smaller one where the aligned range would leave guest memory.
+    pub host_page: HostPage,
 }
 
 impl Default for NestedOptions {
@@ -47,7 +65,7 @@ impl Default for NestedOptions {
             prepopulate: false,
             walk: NestedWalk::Hardware,
             flat: false,
-            page_size: PageSize::Size4K,
+            host_page: HostPage::Size4K,
         }
     }
 }
@@ -74,16 +92,24 @@ impl Nested {
         if format.stage != Stage::Nested {
             return Err(SimError::Config(format!("{format} is not a nested (G-stage/EPT) format")));
         }
-        if !matches!(opts.page_size, PageSize::Size4K | PageSize::Size2M) {
+        let largest = opts.host_page.size();
+        if !format.leaf_allowed(largest.level()) {
             return Err(SimError::Config(format!(
-                "nested pages must be 4K or 2M (guest memory is backed in 2M chunks), not {}",
-                opts.page_size.name()
+                "scheme.host_page: {format} has no {} leaves",
+                largest.name()
             )));
         }
+        if opts.flat && opts.host_page != HostPage::Size4K {
+            return Err(SimError::Config(
+                "scheme.host_page: a flat nested table maps 4K pages only (one entry per guest \
+                 frame)"
+                    .into(),
+            ));
+        }
+        p.set_host_page(opts.host_page);
         let frames = format.root_bytes() / PageSize::Size4K.bytes();
         let root = p.host.alloc_contiguous(frames, frames)?.addr();
-        let units =
-            p.guest_mem.frames().div_ceil(opts.page_size.bytes() / PageSize::Size4K.bytes());
+        let guest_frames = p.guest_mem.frames();
         let name = match opts.walk {
             NestedWalk::Hardware => "nested",
             NestedWalk::Software => "snp",
@@ -102,13 +128,14 @@ impl Nested {
             table: PageTable::new(root, format),
             flat,
             opts,
-            mapped: vec![0; u64_to_usize(units.div_ceil(64))],
+            mapped: vec![0; u64_to_usize(guest_frames.div_ceil(64))],
             leaves: 0,
         };
         if opts.prepopulate {
-            let step = opts.page_size.bytes() / PageSize::Size4K.bytes();
-            for unit in 0..units {
-                nested.map(p, Gfn::new(unit * step))?;
+            let mut gfn = 0;
+            while gfn < guest_frames {
+                nested.map(p, Gfn::new(gfn))?;
+                gfn += p.host_page_at(Gfn::new(gfn)).bytes() / PageSize::Size4K.bytes();
             }
         }
         Ok(nested)
@@ -119,18 +146,15 @@ impl Nested {
         &self.table
     }
 
-    fn unit(&self, gfn: Gfn) -> u64 {
-        gfn.as_u64() >> (self.opts.page_size.shift() - PageSize::Size4K.shift())
-    }
-
     fn is_mapped(&self, gfn: Gfn) -> bool {
-        let unit = self.unit(gfn);
-        self.mapped.get(u64_to_usize(unit / 64)).is_some_and(|w| w & (1 << (unit % 64)) != 0)
+        let frame = gfn.as_u64();
+        self.mapped.get(u64_to_usize(frame / 64)).is_some_and(|w| w & (1 << (frame % 64)) != 0)
     }
 
-    /// Maps the nested leaf containing `gfn`; `false` if `gfn` is outside guest memory.
+    /// Maps the nested leaf containing `gfn`, of the host page size that fits there; `false`
+    /// if `gfn` is outside guest memory.
     fn map(&mut self, p: &mut Platform, gfn: Gfn) -> Result<bool, SimError> {
-        let size = self.opts.page_size;
+        let size = p.host_page_at(gfn);
         let gpa = gfn.addr().align_down(size);
         let Some(hfn) = p.back(gpa.page())? else { return Ok(false) };
         let attrs = LeafAttrs::new(Perms::R | Perms::W | Perms::X | Perms::U);
@@ -142,9 +166,12 @@ impl Nested {
             Err(MapError::Memory(e)) => return Err(e.into()),
             Err(e) => return Err(SimError::Internal { scheme: self.name, detail: e.to_string() }),
         }
-        let unit = self.unit(gfn);
-        if let Some(word) = self.mapped.get_mut(u64_to_usize(unit / 64)) {
-            *word |= 1 << (unit % 64);
+        let first = gpa.page().as_u64();
+        let count = size.bytes() / PageSize::Size4K.bytes();
+        for frame in first..first + count {
+            if let Some(word) = self.mapped.get_mut(u64_to_usize(frame / 64)) {
+                *word |= 1 << (frame % 64);
+            }
         }
         self.leaves += 1;
         Ok(true)

@@ -1,14 +1,15 @@
 //! `--set scheme.KEY=VALUE`: which scheme takes which setting.
 //!
 //! The shadow presets (`tsp`, `tsp-unsync`, `ssp`, `lsp`, `rvirt`, …) share the keys of
-//! [`ShadowOptions`]; `spec-shadow` has its own, [`SpecShadowOptions`]; the other schemes take
-//! none. A setting applies to every scheme whose options have its key and is ignored by the
+//! [`ShadowOptions`]; `nested`, `snp`, `spec-shadow`, `softmmu` and the HSPT schemes have their
+//! own; the others take none. `host_page` is a key of `nested`, `snp` and every shadow preset. A setting applies to every scheme whose options have its key and is ignored by the
 //! others, so that one `compare` can move a shadow preset and `spec-shadow` at once. Before any
 //! run, [`check_scheme_sets`] refuses a key that no selected scheme has (listing the keys they do
 //! have) and a value any of them rejects.
 
 use serde::Serialize;
 
+use super::nested::NestedSettings;
 use super::snp::SnpOptions;
 use super::{HsptOptions, SchemeKind, ShadowOptions, SoftmmuOptions, SpecShadowOptions};
 use crate::config::{self, ConfigError};
@@ -49,6 +50,9 @@ impl SchemeKind {
             return Some(Options::of(o, ShadowOptions::with_sets));
         }
         match self {
+            SchemeKind::Nested => {
+                Some(Options::of(NestedSettings::default(), NestedSettings::with_sets))
+            }
             SchemeKind::Snp => Some(Options::of(SnpOptions::default(), SnpOptions::with_sets)),
             SchemeKind::SpecShadow => {
                 Some(Options::of(SpecShadowOptions::default(), SpecShadowOptions::with_sets))
@@ -118,8 +122,8 @@ pub fn check_scheme_sets(
             .map(|s| s.name())
             .collect();
         return Err(ConfigError::Invalid(format!(
-            "--set scheme.{first}: only the shadow schemes ({}) have scheme settings, and none is \
-             selected",
+            "--set scheme.{first}: only these schemes have scheme settings, and none is selected: \
+             {}",
             names.join(", ")
         )));
     }

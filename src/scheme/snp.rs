@@ -35,12 +35,23 @@ pub enum NestedTableKind {
 pub struct SnpOptions {
     /// The nested table the handler walks.
     pub nested_table: NestedTableKind,
+    /// Page size of nested leaves (4K only with a flat table).
+    pub host_page: crate::mem::HostPage,
 }
 
 impl SnpOptions {
     /// Applies `scheme.KEY=VALUE` settings (prefix stripped).
     pub fn with_sets(mut self, sets: &[(String, String)]) -> Result<Self, ConfigError> {
         self = crate::config::set_all(self, sets)?;
+        if self.nested_table == NestedTableKind::Flat
+            && self.host_page != crate::mem::HostPage::Size4K
+        {
+            return Err(ConfigError::Invalid(
+                "scheme.host_page must be \"4k\" with scheme.nested_table = \"flat\" (one entry \
+                 per guest frame)"
+                    .into(),
+            ));
+        }
         Ok(self)
     }
 }

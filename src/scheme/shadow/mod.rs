@@ -29,7 +29,6 @@ use tables::{
 use super::nested::{Nested, NestedOptions};
 use crate::addr::{Asid, Gfn, Gpa, Gva, Hpa, PageSize};
 use crate::machine::{GuestRoot, Platform, Scheme, SimError, Stop};
-use crate::mem::backing::CHUNK_SIZE;
 use crate::mmu::flush::{AsidScope, TlbScope};
 use crate::mmu::{FlushOp, TranslationFault};
 use crate::paging::flat::NestedTable;
@@ -110,8 +109,12 @@ impl Shadow {
     ) -> Result<Self, SimError> {
         opts.validate().map_err(|e| SimError::Config(e.to_string()))?;
         let format = p.arch.guest_format;
+        p.set_host_page(opts.host_page);
         let nested = match opts.leaf_fill {
-            HandlerAt::Hardware => Some(Nested::new(p, NestedOptions::default())?),
+            HandlerAt::Hardware => Some(Nested::new(
+                p,
+                NestedOptions { host_page: opts.host_page, ..NestedOptions::default() },
+            )?),
             HandlerAt::Hypervisor => None,
         };
         Ok(Shadow {
@@ -223,7 +226,8 @@ impl Shadow {
         leaf: &crate::paging::Leaf<crate::addr::GuestPhys>,
         writable: bool,
     ) -> Result<Option<ShadowLeaf>, SimError> {
-        let size = leaf.size.min(CHUNK_SIZE);
+        // Splintering: no larger than the host page mapping the guest page.
+        let size = leaf.size.min(p.host_page_at(leaf.output(gva).page()));
         let gpa = leaf.output(gva).align_down(size);
         let Some(hfn) = p.back(gpa.page())? else { return Ok(None) };
         let mut perms = leaf.perms;
@@ -408,7 +412,9 @@ impl Shadow {
                 let level = leaf.size.level();
                 let raw = path.raw[level.index() as usize];
                 let accessed = !ad || accessed_bit(p, raw, level);
-                let shadow = if accessed && leaf.size <= CHUNK_SIZE {
+                // A splintered page is invalidated, to be shadowed piece by piece at its faults.
+                let unsplintered = leaf.size <= p.host_page_at(leaf.output(gva).page());
+                let shadow = if accessed && unsplintered {
                     Self::shadow_leaf(p, gva, &leaf, leaf.dirty || !ad)?
                 } else {
                     None

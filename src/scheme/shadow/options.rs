@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
+use crate::mem::HostPage;
 
 /// How many address spaces one shadow table serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +101,9 @@ pub struct ShadowOptions {
     /// software 2D walk of the guest and nested tables (ASP, TC'22) when the shadow leaf's
     /// table already exists — faults that need a new shadow-table page still exit.
     pub leaf_fill: HandlerAt,
+    /// The page size with which the hypervisor maps guest memory: shadow entries are no larger
+    /// than min(guest page, host page) (splintering), and ASP's nested table maps this size.
+    pub host_page: HostPage,
 }
 
 /// The largest table counts a parameter may ask for (far beyond any sensible setting).
@@ -121,6 +125,7 @@ impl ShadowOptions {
         root_buffer: 0,
         cached_roots: 64,
         leaf_fill: HandlerAt::Hypervisor,
+        host_page: HostPage::Size4K,
     };
 
     /// KVM's shadow MMU: out-of-sync leaf pages (Xen's out-of-sync pages too; papers.md,

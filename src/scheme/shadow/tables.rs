@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use crate::addr::{
     Asid, Gfn, Gpa, GuestPhys, GuestVirt, Gva, HostPhys, Hpa, Level, PageSize, MAX_LEVELS,
 };
-use crate::mem::backing::CHUNK_SIZE;
 use crate::mem::{GuestBacking, HostMemory, MemError, TablePool};
 use crate::paging::walk::{EntryMemory, PageTable};
 use crate::paging::{Decoded, Format, LeafAttrs, Perms};
@@ -639,7 +638,8 @@ impl ShadowTables {
 
     /// The shadow leaf for raw guest entry `raw` at `level`, seen through a shadow page whose
     /// upper levels grant `upper` — or `None` when the entry must not be shadowed ahead of use
-    /// (invalid, malformed, not yet accessed, outside guest memory, or larger than 2 MiB).
+    /// (invalid, malformed, not yet accessed, outside guest memory, or larger than the host page
+    /// mapping it: a splintered page is shadowed piece by piece at its faults).
     pub fn leaf_from_entry(
         &self,
         backing: &GuestBacking,
@@ -650,7 +650,8 @@ impl ShadowTables {
     ) -> Option<ShadowLeaf> {
         let Ok(Decoded::Leaf { base, attrs }) = self.format.decode(raw, level) else { return None };
         let size = PageSize::at_level(level);
-        if size > CHUNK_SIZE || (ad_by_hardware && !attrs.accessed) {
+        let gfn = Gpa::new(base).page();
+        if size > backing.host_page_at(gfn) || (ad_by_hardware && !attrs.accessed) {
             return None;
         }
         let hfn = backing.lookup(Gpa::new(base).page())?;
