@@ -622,8 +622,30 @@ fn scheme_settings_move_a_shadow_scheme_and_bad_ones_are_refused() {
     assert!(tiny["vm_exits"]["buffer_miss"].as_u64() > Some(60), "{}", tiny["vm_exits"]);
     assert_eq!(roomy["guest"]["history"], tiny["guest"]["history"]);
     fails(
-        &["run", "--scheme", "nested", "--workload", "ctxsw", "--set", "scheme.root_buffer=1"],
+        &["run", "--scheme", "native", "--workload", "ctxsw", "--set", "scheme.root_buffer=1"],
         &["scheme.root_buffer", "only these schemes have scheme settings"],
+    );
+    fails(
+        &["run", "--scheme", "nested", "--workload", "ctxsw", "--set", "scheme.root_buffer=1"],
+        &["unknown key `root_buffer`", "host_page"],
+    );
+    fails(
+        &["run", "--scheme", "nested", "--workload", "ctxsw", "--set", "scheme.host_page=3m"],
+        &["host_page = 3m", "`4k`, `2m`, `1g`"],
+    );
+    fails(
+        &[
+            "run",
+            "--scheme",
+            "snp",
+            "--workload",
+            "ctxsw",
+            "--set",
+            "scheme.nested_table=flat",
+            "--set",
+            "scheme.host_page=2m",
+        ],
+        &["scheme.host_page must be \"4k\"", "flat"],
     );
     fails(
         &["run", "--scheme", "lsp", "--workload", "ctxsw", "--set", "scheme.colour=red"],
