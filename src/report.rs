@@ -47,6 +47,36 @@ pub struct TlbReport {
     pub misses: u64,
     /// Misses per thousand accesses.
     pub mpka: f64,
+    /// Translations filled into the TLB, by page size.
+    #[serde(default)]
+    pub fills: FillsBySize,
+    /// Bytes of address space the TLB's entries covered at the end of the run (its reach):
+    /// huge pages in either stage raise it.
+    #[serde(default)]
+    pub reach_bytes: u64,
+}
+
+/// TLB fills by page size: an entry is as large as the smaller of the guest's and the host's
+/// page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FillsBySize {
+    /// 4 KiB entries.
+    #[serde(rename = "4k")]
+    pub size_4k: u64,
+    /// 2 MiB entries.
+    #[serde(rename = "2m")]
+    pub size_2m: u64,
+    /// 1 GiB entries (and larger).
+    #[serde(rename = "1g")]
+    pub size_1g: u64,
+}
+
+impl FillsBySize {
+    /// From the MMU's counters.
+    pub fn from_counts(counts: [u64; 3]) -> Self {
+        let [size_4k, size_2m, size_1g] = counts;
+        FillsBySize { size_4k, size_2m, size_1g }
+    }
 }
 
 /// Page walks and their memory references.

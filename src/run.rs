@@ -9,7 +9,8 @@ use crate::guest::{FaultResolution, Os, OsError};
 use crate::machine::{Machine, Platform, Scheme, SimError};
 use crate::profile::Profile;
 use crate::report::{
-    CauseCounts, ComputeReport, GuestReport, Report, TablesReport, TlbReport, WalkReport,
+    CauseCounts, ComputeReport, FillsBySize, GuestReport, Report, TablesReport, TlbReport,
+    WalkReport,
 };
 use crate::scheme::snp::{NestedTableKind, SnpOptions};
 use crate::scheme::{
@@ -393,6 +394,8 @@ pub fn machine_report<S: Scheme>(
             l2_hits: mmu.l2_hits,
             misses: mmu.misses,
             mpka: if accesses == 0 { 0.0 } else { mmu.misses as f64 * 1000.0 / accesses as f64 },
+            fills: FillsBySize::from_counts(mmu.fills_by_size),
+            reach_bytes: p.mmu.tlb.reach_bytes(),
         },
         walk: WalkReport::from_mmu(mmu),
         flushes: stats.flushes.iter().map(|(&k, &v)| (k.to_owned(), v)).collect(),

@@ -109,6 +109,8 @@ pub struct MmuStats {
     pub nested_pwc: pwc::PwcStats,
     /// Nested TLB counters.
     pub ntlb: nested::NtlbStats,
+    /// TLB fills by page size: 4 KiB, 2 MiB, 1 GiB and larger.
+    pub fills_by_size: [u64; 3],
 }
 
 /// Walks by number of entry reads: bucket `i` counts walks that read `i` entries; the last bucket
@@ -294,6 +296,7 @@ impl Mmu {
     /// Inserts a translation of `gva` tagged with the current context.
     pub fn fill(&mut self, gva: Gva, size: PageSize, base: Hpa, global: bool, allow: AllowMask) {
         let base = Hpa::new(base.as_u64() & !size.offset_mask());
+        self.stats.fills_by_size[(size.level().index() as usize).min(2)] += 1;
         self.tlb.insert(TlbEntry::new(gva, size, base, (self.vmid, self.asid, global), allow));
     }
 

@@ -609,6 +609,14 @@ impl Tlb {
         dropped
     }
 
+    /// The bytes of address space the TLB's entries cover now (its reach), each translation
+    /// counted once although both levels may hold it.
+    pub fn reach_bytes(&self) -> u64 {
+        let distinct: std::collections::HashSet<_> =
+            self.entries().map(|e| (e.vpn, e.size, e.vmid, e.asid, e.global)).collect();
+        distinct.iter().map(|&(_, size, ..)| size.bytes()).sum()
+    }
+
     /// Every entry of both levels (L1 first), for tests and the oracle.
     pub fn entries(&self) -> impl Iterator<Item = &TlbEntry> + '_ {
         self.l1.iter().flat_map(TlbTable::iter).chain(self.l2.iter())
