@@ -129,6 +129,20 @@ pub struct GuestReport {
     /// A digest of the guest-visible history: faults delivered and content tokens read. Equal
     /// digests mean equal histories (differential testing, DESIGN.md §7).
     pub history: String,
+    /// Transparent huge pages (`kernel.thp`).
+    #[serde(default)]
+    pub thp: ThpReport,
+}
+
+/// What the guest kernel did with transparent huge pages (Linux's `/proc/vmstat` names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThpReport {
+    /// Huge pages allocated at faults.
+    pub fault_alloc: u64,
+    /// Faults that could have mapped a huge page but found no free 2 MiB block.
+    pub fault_fallback: u64,
+    /// Huge mappings split into small ones (partial munmap/mprotect, copy-on-write, migration).
+    pub split_pmd: u64,
 }
 
 /// Memory the hypervisor and the simulator used.

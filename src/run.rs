@@ -9,8 +9,8 @@ use crate::guest::{FaultResolution, Os, OsError};
 use crate::machine::{Machine, Platform, Scheme, SimError};
 use crate::profile::Profile;
 use crate::report::{
-    CauseCounts, ComputeReport, FillsBySize, GuestReport, Report, TablesReport, TlbReport,
-    WalkReport,
+    CauseCounts, ComputeReport, FillsBySize, GuestReport, Report, TablesReport, ThpReport,
+    TlbReport, WalkReport,
 };
 use crate::scheme::snp::{NestedTableKind, SnpOptions};
 use crate::scheme::{
@@ -320,6 +320,11 @@ fn report<S: Scheme>(
         peak_frames: os.frames.peak(),
         kill_log: guest.kill_log.clone(),
         history: format!("{history:016x}"),
+        thp: ThpReport {
+            fault_alloc: os.thp.fault_alloc,
+            fault_fallback: os.thp.fault_fallback,
+            split_pmd: os.thp.split_pmd,
+        },
     };
     let id = ReportId {
         scheme: spec.scheme,

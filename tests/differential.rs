@@ -65,3 +65,64 @@ fn every_scheme_gives_the_guest_the_same_history() {
         }
     }
 }
+
+/// Workloads large enough to hold whole 2 MiB pages, and the parts of THP each exercises:
+/// copy-on-write splits (`fork`), whole and partial unmaps (`mmap`), huge fills and the huge
+/// zero page (`random`), splits for page migration (`lsp-micro`).
+fn huge(w: WorkloadKind) -> Vec<(String, String)> {
+    let sets: &[(&str, &str)] = match w {
+        WorkloadKind::Fork => {
+            &[("heap_pages", "1100"), ("forks", "3"), ("child_writes", "40"), ("child_reads", "40")]
+        }
+        WorkloadKind::Mmap => &[("iterations", "4"), ("pages", "1024")],
+        WorkloadKind::Random => &[("pages", "1200"), ("updates", "4000")],
+        WorkloadKind::LspMicro => &[("pages", "1024"), ("operations", "600")],
+        _ => &[],
+    };
+    sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn with_huge_pages_in_either_stage_every_scheme_still_gives_the_same_verified_history() {
+    let workloads =
+        [WorkloadKind::Fork, WorkloadKind::Mmap, WorkloadKind::Random, WorkloadKind::LspMicro];
+    for profile in ["riscv-sv39", "x86-64"] {
+        let mut profile = Profile::builtin(profile).unwrap();
+        profile.set("kernel.thp", "always").unwrap();
+        for w in workloads {
+            let mut seen: Option<(String, u64, String)> = None;
+            let mut huge_faults = 0;
+            for host_page in ["4k", "2m", "1g"] {
+                for &s in SchemeKind::ALL {
+                    let spec = RunSpec {
+                        scheme: s,
+                        workload: w,
+                        workload_sets: huge(w),
+                        scheme_sets: vec![("host_page".into(), host_page.into())],
+                        profile: profile.clone(),
+                        seed: 1,
+                        verify: true,
+                        traces: None,
+                        warmup: 0,
+                    };
+                    let who = format!(
+                        "{} on {} ({}, host {host_page})",
+                        s.name(),
+                        w.name(),
+                        profile.name
+                    );
+                    let r = run(&spec, &mut |_, _| {}).unwrap_or_else(|e| panic!("{who}: {e}"));
+                    huge_faults = r.guest.faults["huge_demand_zero"];
+                    let got = (r.guest.history.clone(), r.guest_page_faults);
+                    match &seen {
+                        None => seen = Some((got.0, got.1, who)),
+                        Some((h, f, first)) => {
+                            assert_eq!((&got.0, got.1), (h, *f), "{who} differs from {first}")
+                        }
+                    }
+                }
+            }
+            assert!(huge_faults > 0, "{} maps huge pages on {}", w.name(), profile.name);
+        }
+    }
+}

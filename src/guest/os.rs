@@ -20,6 +20,7 @@ use super::config::KernelConfig;
 use super::frames::FrameAllocator;
 use super::policy::{Flushes, TlbPolicy};
 use super::process::{Layout, Mm, Pid, Process, Vma};
+use super::thp::ThpStats;
 use crate::report::WarmupReport;
 use crate::stats::Charge;
 
@@ -40,11 +41,17 @@ pub enum FaultResolution {
     Spurious,
     /// A protection violation: the process was killed.
     Segv,
+    /// A fresh zeroed 2 MiB page for a first touch (transparent huge pages).
+    HugeDemandZero,
+    /// The huge zero page, mapped read-only for a first read.
+    HugeZeroPage,
+    /// A store to a shared huge page: split, the store faults again and copies a small page.
+    HugeSplit,
 }
 
 impl FaultResolution {
     /// Every resolution, in report order.
-    pub const ALL: [FaultResolution; 7] = [
+    pub const ALL: [FaultResolution; 10] = [
         FaultResolution::DemandZero,
         FaultResolution::ZeroPage,
         FaultResolution::CowCopy,
@@ -52,6 +59,9 @@ impl FaultResolution {
         FaultResolution::AccessedDirty,
         FaultResolution::Spurious,
         FaultResolution::Segv,
+        FaultResolution::HugeDemandZero,
+        FaultResolution::HugeZeroPage,
+        FaultResolution::HugeSplit,
     ];
 
     /// The name used in reports.
@@ -64,6 +74,9 @@ impl FaultResolution {
             FaultResolution::AccessedDirty => "accessed_dirty",
             FaultResolution::Spurious => "spurious",
             FaultResolution::Segv => "segv",
+            FaultResolution::HugeDemandZero => "huge_demand_zero",
+            FaultResolution::HugeZeroPage => "huge_zero_page",
+            FaultResolution::HugeSplit => "huge_split",
         }
     }
 }
@@ -145,6 +158,10 @@ pub struct Os<S: Scheme> {
     pub(super) template: PageTable<GuestVirt, GuestPhys>,
     /// The shared zero page.
     pub(super) zero_frame: Gfn,
+    /// The huge zero page's first frame, once a first read of a huge page allocated it.
+    pub(super) huge_zero: Option<Gfn>,
+    /// Transparent-huge-page counters.
+    pub thp: ThpStats,
     pub(super) procs: BTreeMap<Pid, Process>,
     pub(super) run_queue: VecDeque<Pid>,
     pub(super) current: Option<Pid>,
@@ -180,6 +197,8 @@ impl<S: Scheme> Os<S> {
             ad: p.arch.guest_regime.ad,
             template: PageTable::new(Gpa::ZERO, format),
             zero_frame: Gfn::new(0),
+            huge_zero: None,
+            thp: ThpStats::default(),
             procs: BTreeMap::new(),
             run_queue: VecDeque::new(),
             current: None,
@@ -230,6 +249,7 @@ impl<S: Scheme> Os<S> {
         p.stats = crate::stats::Stats::default();
         p.mmu.stats = crate::mmu::MmuStats::default();
         self.stats = GuestStats::default();
+        self.thp = ThpStats::default();
     }
 
     /// Runs the first `accesses` user accesses without counting them: just before the next one,
@@ -248,6 +268,7 @@ impl<S: Scheme> Os<S> {
         warmed.accesses = self.user_accesses();
         self.machine.reset_counts();
         self.stats = GuestStats::default();
+        self.thp = ThpStats::default();
         self.warmup_left = 0;
         self.warmed = Some(warmed);
     }
@@ -412,13 +433,20 @@ impl<S: Scheme> Os<S> {
         let page = va.align_down(PageSize::Size4K);
         let is_store = f.access.kind == AccessKind::Store;
         let Some(slot) = self.find_leaf(&root, page) else {
+            if self.huge_fill(&root, page, vma, f.access)? {
+                return Ok(());
+            }
             return self.demand_fill(&root, page, vma, f.access);
         };
         let Ok(Decoded::Leaf { base, attrs }) = self.format.decode(slot.raw, slot.level) else {
             return Err(internal(format!("find_leaf returned a non-leaf at {va}")));
         };
         if is_store && !attrs.perms.contains(Perms::W) {
-            return self.write_protect_fault(&root, page, Gpa::new(base).page(), vma, asid);
+            let base = Gpa::new(base).page();
+            if slot.level != crate::addr::Level::L0 {
+                return self.huge_write_fault(&root, page, base, vma, asid);
+            }
+            return self.write_protect_fault(&root, page, base, vma, asid);
         }
         let needs_ad = !attrs.accessed || (is_store && !attrs.dirty);
         let fmt = self.format;
@@ -520,7 +548,7 @@ impl<S: Scheme> Os<S> {
         }
     }
 
-    fn count(&mut self, r: FaultResolution) {
+    pub(super) fn count(&mut self, r: FaultResolution) {
         self.stats.faults[r as usize] += 1;
     }
 
@@ -687,7 +715,7 @@ impl<S: Scheme> Os<S> {
 }
 
 /// The table allocator of lookups and in-place edits, which never need a new table.
-fn no_table_allocation() -> Result<Gfn, MemError> {
+pub(super) fn no_table_allocation() -> Result<Gfn, MemError> {
     Err(MemError::GuestExhausted { frames: 0, mib: 0 })
 }
 

@@ -26,6 +26,15 @@ pub struct Vma {
     pub end: Gva,
     /// What user accesses may do (`R`, `W`, `X`; `U` is implied).
     pub perms: Perms,
+    /// Marked with `madvise(MADV_HUGEPAGE)` (Linux's `VM_HUGEPAGE`).
+    pub huge: bool,
+}
+
+impl Vma {
+    /// An area with `perms`, not marked for huge pages.
+    pub const fn new(start: Gva, end: Gva, perms: Perms) -> Self {
+        Vma { start, end, perms, huge: false }
+    }
 }
 
 /// Where a 64-bit Linux process keeps things, scaled to the format's user half.
@@ -119,22 +128,28 @@ impl Mm {
             if v.end > end {
                 self.insert(Vma { start: end, ..v });
             }
-            removed.push(Vma { start: v.start.max(start), end: v.end.min(end), perms: v.perms });
+            removed.push(Vma { start: v.start.max(start), end: v.end.min(end), ..v });
         }
         removed
     }
 
-    /// The highest gap of `len` bytes that ends at or below `top` and starts at or above
-    /// `bottom` (Linux's top-down `vm_unmapped_area`).
-    pub fn find_gap(&self, len: u64, bottom: Gva, top: Gva) -> Option<Gva> {
+    /// The highest `align`-aligned start of a gap of `len` bytes that ends at or below `top`
+    /// and starts at or above `bottom` (Linux's top-down `vm_unmapped_area`).
+    pub fn find_gap(&self, len: u64, align: u64, bottom: Gva, top: Gva) -> Option<Gva> {
+        let align = align.max(1);
+        let fit = |floor: u64, end: u64| {
+            end.checked_sub(len).map(|s| s / align * align).filter(|&s| s >= floor)
+        };
         let mut end = top.as_u64();
         for v in self.vmas.range(..top.as_u64()).rev().map(|(_, v)| v) {
-            if v.end.as_u64() <= end && end - v.end.as_u64() >= len {
-                break;
+            if v.end.as_u64() <= end {
+                if let Some(start) = fit(v.end.as_u64(), end) {
+                    return (start >= bottom.as_u64()).then(|| Gva::new(start));
+                }
             }
             end = end.min(v.start.as_u64());
         }
-        let start = end.checked_sub(len)?;
+        let start = fit(0, end)?;
         (start >= bottom.as_u64()).then(|| Gva::new(start))
     }
 
@@ -172,7 +187,7 @@ mod tests {
     }
 
     fn vma(start: u64, end: u64) -> Vma {
-        Vma { start: Gva::new(start), end: Gva::new(end), perms: Perms::R | Perms::W }
+        Vma::new(Gva::new(start), Gva::new(end), Perms::R | Perms::W)
     }
 
     #[test]
@@ -202,14 +217,16 @@ mod tests {
     fn gaps_are_found_top_down_and_reused() {
         let mut m = mm();
         let (bottom, top) = (Gva::new(0x1_0000), Gva::new(0x10_0000));
-        let a = m.find_gap(0x4000, bottom, top).unwrap();
+        let a = m.find_gap(0x4000, 0x1000, bottom, top).unwrap();
         assert_eq!(a, Gva::new(0xf_c000));
         m.insert(vma(0xf_c000, 0x10_0000));
         m.insert(vma(0xe_0000, 0xf_a000));
         // The 0x2000 hole between them is too small for 0x4000 but fits 0x2000.
-        assert_eq!(m.find_gap(0x2000, bottom, top), Some(Gva::new(0xf_a000)));
-        assert_eq!(m.find_gap(0x4000, bottom, top), Some(Gva::new(0xd_c000)));
-        assert_eq!(m.find_gap(0x10_0000, bottom, top), None);
+        assert_eq!(m.find_gap(0x2000, 0x1000, bottom, top), Some(Gva::new(0xf_a000)));
+        assert_eq!(m.find_gap(0x4000, 0x1000, bottom, top), Some(Gva::new(0xd_c000)));
+        assert_eq!(m.find_gap(0x10_0000, 0x1000, bottom, top), None);
+        // Aligned to 64 KiB: the top gap below 0xe_0000 that holds 0x4000 at a 0x1_0000 start.
+        assert_eq!(m.find_gap(0x4000, 0x1_0000, bottom, top), Some(Gva::new(0xd_0000)));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::machine::{GuestRoot, Scheme};
 use crate::paging::format::PTE_BYTES;
 use crate::paging::{Decoded, Perms};
 
+use super::config::Thp;
 use super::os::{internal, Os, OsError};
 use super::process::{Mm, Pid, Process, Vma, TEXT_PAGES};
 use crate::stats::Charge;
@@ -55,12 +56,8 @@ impl<S: Scheme> Os<S> {
     fn new_mm_with_image(&mut self) -> Result<Mm, OsError> {
         let mut mm = self.new_mm()?;
         let l = self.layout;
-        mm.insert(Vma {
-            start: l.text,
-            end: l.text.wrapping_add(TEXT_PAGES * PAGE),
-            perms: Perms::R | Perms::X,
-        });
-        mm.insert(Vma { start: l.stack_bottom, end: l.user_top, perms: Perms::R | Perms::W });
+        mm.insert(Vma::new(l.text, l.text.wrapping_add(TEXT_PAGES * PAGE), Perms::R | Perms::X));
+        mm.insert(Vma::new(l.stack_bottom, l.user_top, Perms::R | Perms::W));
         Ok(mm)
     }
 
@@ -75,7 +72,7 @@ impl<S: Scheme> Os<S> {
         Ok(pid)
     }
 
-    fn syscall(&mut self) -> Result<(), OsError> {
+    pub(super) fn syscall(&mut self) -> Result<(), OsError> {
         self.stats.syscalls += 1;
         self.kernel_entry(self.machine.platform.costs.syscall)
     }
@@ -97,15 +94,19 @@ impl<S: Scheme> Os<S> {
                 "mmap of {pages} pages is impossible"
             )))
         })?;
+        // With THP on, a mapping of whole 2 MiB pages is placed 2 MiB-aligned, as Linux 6.12's
+        // `thp_get_unmapped_area` places anonymous mappings whose length is a multiple of it.
+        let huge = super::thp::HUGE.bytes();
+        let align = if self.cfg.thp != Thp::Never && len % huge == 0 { huge } else { PAGE };
         let proc = self.running(pid)?;
-        let start = proc.mm.find_gap(len, proc.mm.brk, l.mmap_top).ok_or_else(|| {
+        let start = proc.mm.find_gap(len, align, proc.mm.brk, l.mmap_top).ok_or_else(|| {
             OsError::Sim(crate::machine::SimError::Config(format!(
                 "mmap of {pages} pages does not fit the {} user address space",
                 self.format.name
             )))
         })?;
         if let Some(p) = self.procs.get_mut(&pid) {
-            p.mm.insert(Vma { start, end: start.wrapping_add(len), perms });
+            p.mm.insert(Vma::new(start, start.wrapping_add(len), perms));
         }
         Ok(start)
     }
@@ -164,8 +165,8 @@ impl<S: Scheme> Os<S> {
             self.change_range(pid, new, old, None)?;
         } else if new > old {
             if let Some(p) = self.procs.get_mut(&pid) {
-                p.mm.carve(heap, new);
-                p.mm.insert(Vma { start: heap, end: new, perms: Perms::R | Perms::W });
+                let huge = p.mm.carve(heap, new).iter().any(|v| v.huge);
+                p.mm.insert(Vma { huge, ..Vma::new(heap, new, Perms::R | Perms::W) });
             }
         }
         if let Some(p) = self.procs.get_mut(&pid) {
@@ -174,75 +175,91 @@ impl<S: Scheme> Os<S> {
         Ok(new)
     }
 
-    /// Clears (`perms = None`) or restricts the present 4 KiB entries in `[start, end)`,
-    /// recording the pages whose entries changed.
+    /// Clears (`perms = None`) or restricts the present entries in `[start, end)`, recording
+    /// the pages whose entries changed. A huge page wholly inside the range changes whole; one
+    /// only partly inside is split first.
     fn edit_range(
         &mut self,
         pid: Pid,
         start: Gva,
         end: Gva,
         perms: Option<Perms>,
-        changed: &mut Vec<Gva>,
+        changed: &mut Vec<(Gva, PageSize)>,
     ) -> Result<(), OsError> {
-        let root = self
+        let (root, asid) = self
             .procs
             .get(&pid)
-            .map(|p| p.mm.root)
+            .map(|p| (p.mm.root, p.mm.asid.unwrap_or_default()))
             .ok_or_else(|| internal(format!("{pid} is gone")))?;
         let fmt = self.format;
         let mut va = start;
         while va < end {
-            if let Some(slot) = self.find_leaf(&root, va) {
-                if let Ok(Decoded::Leaf { base, attrs }) = fmt.decode(slot.raw, slot.level) {
-                    let new = match perms {
-                        None => Some(0),
-                        Some(p) => {
-                            let keep = attrs.perms & (p | Perms::U);
-                            (keep != attrs.perms).then(|| {
-                                fmt.encode_leaf(
-                                    base,
-                                    slot.level,
-                                    crate::paging::LeafAttrs { perms: keep, ..attrs },
-                                )
-                            })
-                        }
-                    };
-                    if let Some(value) = new {
-                        self.store_entry(slot.entry, value)?;
-                        self.stats.leaf_pte_writes += 1;
-                        changed.push(va);
-                        if perms.is_none() {
-                            self.release_page(Gpa::new(base).page());
+            let Some(slot) = self.find_leaf(&root, va) else {
+                va = va.wrapping_add(PAGE);
+                continue;
+            };
+            let size = PageSize::at_level(slot.level);
+            let page = va.align_down(size);
+            if page < start || page.wrapping_add(size.bytes()) > end {
+                self.split_huge(&root, asid, va)?;
+                continue;
+            }
+            if let Ok(Decoded::Leaf { base, attrs }) = fmt.decode(slot.raw, slot.level) {
+                let new = match perms {
+                    None => Some(0),
+                    Some(p) => {
+                        let keep = attrs.perms & (p | Perms::U);
+                        (keep != attrs.perms).then(|| {
+                            fmt.encode_leaf(
+                                base,
+                                slot.level,
+                                crate::paging::LeafAttrs { perms: keep, ..attrs },
+                            )
+                        })
+                    }
+                };
+                if let Some(value) = new {
+                    self.store_entry(slot.entry, value)?;
+                    self.stats.leaf_pte_writes += 1;
+                    changed.push((page, size));
+                    if perms.is_none() {
+                        let gfn = Gpa::new(base).page();
+                        if size == PageSize::Size4K {
+                            self.release_page(gfn);
+                        } else {
+                            self.release_huge(gfn);
                         }
                     }
                 }
             }
-            va = va.wrapping_add(PAGE);
+            va = page.wrapping_add(size.bytes());
         }
         Ok(())
     }
 
     fn release_page(&mut self, gfn: Gfn) {
-        if gfn != self.zero_frame {
+        if gfn != self.zero_frame && !self.in_huge_zero(gfn) {
             self.frames.release(gfn);
         }
     }
 
-    /// `flush_tlb_range` over the changed pages: page by page up to the threshold, else the
-    /// whole address space.
-    fn flush_range(&mut self, pid: Pid, changed: &[Gva]) -> Result<(), OsError> {
-        let (Some(&first), Some(&last)) = (changed.first(), changed.last()) else {
+    /// `flush_tlb_range` over the changed pages (in address order): one flush per stride —
+    /// 2 MiB when only huge pages changed, else 4 KiB (the mmu_gather's `stride_shift`) — up to
+    /// the threshold, else the whole address space.
+    fn flush_range(&mut self, pid: Pid, changed: &[(Gva, PageSize)]) -> Result<(), OsError> {
+        let (Some(&(first, _)), Some(&(last, _))) = (changed.first(), changed.last()) else {
             return Ok(());
         };
+        let stride = changed.iter().map(|&(_, size)| size).min().unwrap_or(PageSize::Size4K);
         let asid = self.procs.get(&pid).and_then(|p| p.mm.asid).unwrap_or_default();
-        let span = last.offset_from(first).unwrap_or(0) / PAGE + 1;
+        let span = last.offset_from(first).unwrap_or(0) / stride.bytes() + 1;
         if span > self.cfg.range_flush_threshold {
             return self.flush(self.policy.whole_mm(asid));
         }
         let mut va = first;
         for _ in 0..span {
             self.flush(self.policy.page(va, asid))?;
-            va = va.wrapping_add(PAGE);
+            va = va.wrapping_add(stride.bytes());
         }
         Ok(())
     }
@@ -258,11 +275,18 @@ impl<S: Scheme> Os<S> {
     /// per move, then the flushes of the changed range.
     pub fn migrate_pages(&mut self, pid: Pid, vas: &[Gva]) -> Result<(), OsError> {
         self.syscall()?;
-        let root = self.running(pid)?.mm.root;
+        let (root, asid) = {
+            let mm = &self.running(pid)?.mm;
+            (mm.root, mm.asid.unwrap_or_default())
+        };
         let fmt = self.format;
         let mut changed = Vec::with_capacity(vas.len());
         for &va in vas {
             let page = va.align_down(PageSize::Size4K);
+            // A huge page is split and one small page of it moves.
+            if self.find_leaf(&root, page).is_some_and(|s| s.level != Level::L0) {
+                self.split_huge(&root, asid, page)?;
+            }
             let slot = self.find_leaf(&root, page);
             let Some(Ok(Decoded::Leaf { base, attrs })) = slot.map(|s| fmt.decode(s.raw, s.level))
             else {
@@ -281,7 +305,7 @@ impl<S: Scheme> Os<S> {
                 fmt.encode_leaf(new.addr().as_u64(), Level::L0, attrs)
             })?;
             self.release_page(old);
-            changed.push(page);
+            changed.push((page, PageSize::Size4K));
         }
         changed.sort();
         changed.dedup();
@@ -349,7 +373,9 @@ impl<S: Scheme> Os<S> {
                     self.store_entry(dst, fmt.encode_leaf(base, level, child))?;
                     self.stats.leaf_pte_writes += 1;
                     let gfn = Gpa::new(base).page();
-                    if gfn != self.zero_frame {
+                    if level != Level::L0 {
+                        self.share_huge(gfn);
+                    } else if gfn != self.zero_frame {
                         self.frames.share(gfn);
                     }
                 }
@@ -429,9 +455,10 @@ impl<S: Scheme> Os<S> {
                 Ok(Decoded::Leaf { base, .. }) => {
                     self.store_entry(at, 0)?;
                     self.stats.leaf_pte_writes += 1;
-                    let pages = PageSize::at_level(level).bytes() / PAGE;
-                    for k in 0..pages {
-                        self.release_page(Gpa::new(base + k * PAGE).page());
+                    if level == Level::L0 {
+                        self.release_page(Gpa::new(base).page());
+                    } else {
+                        self.release_huge(Gpa::new(base).page());
                     }
                 }
                 Err(_) => return Err(internal(format!("malformed guest entry at {at}"))),

@@ -184,6 +184,33 @@ pub fn find_leaf<In: Space, Out: Space, T: TableStore<Out>>(
     }
 }
 
+/// Whether nothing maps or leads below `va`'s entry at `level`: the entry is invalid, or a
+/// table above it is missing (Linux's `pmd_none` for level 1). A leaf above `level` is not empty.
+pub fn entry_is_empty<In: Space, Out: Space, T: TableStore<Out>>(
+    table: &PageTable<In, Out>,
+    store: &mut T,
+    va: Addr<In>,
+    level: Level,
+) -> bool {
+    let format = *table.format();
+    let mut at = format.root_level();
+    let mut table_addr = table.root();
+    loop {
+        let raw = store.load(table.entry_addr(table_addr, va, at));
+        match format.decode(raw, at) {
+            Ok(Decoded::Invalid) => return true,
+            Ok(Decoded::Table { next, .. }) if at > level => {
+                table_addr = Addr::new(next);
+                match at.down() {
+                    Some(down) => at = down,
+                    None => return false,
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
 /// Replaces the leaf for `va` with `update(old)`, returning the flush obligation.
 pub fn update_leaf<In: Space, Out: Space, T: TableStore<Out>>(
     table: &PageTable<In, Out>,

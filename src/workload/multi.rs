@@ -217,7 +217,7 @@ impl Exec {
             state = match state {
                 ExecChild::Forked => {
                     os.exec(pid)?;
-                    ExecChild::Running(os.mmap(pid, n, RW)?, 0)
+                    ExecChild::Running(os.mmap_data(pid, n, RW)?, 0)
                 }
                 ExecChild::Running(_, done) if done == 2 * n => {
                     self.child = None;
@@ -330,7 +330,7 @@ impl CtxSw {
             let base = match me.base {
                 Some(b) => b,
                 None => {
-                    let b = os.mmap(pid, p.pages, RW)?;
+                    let b = os.mmap_data(pid, p.pages, RW)?;
                     me.base = Some(b);
                     b
                 }
@@ -466,7 +466,7 @@ impl Server {
 
     pub(super) fn start<S: Scheme>(&mut self, os: &mut Os<S>) -> Result<(), OsError> {
         let pid = os.spawn()?;
-        self.shared = os.mmap(pid, self.params.shared_pages, RW)?;
+        self.shared = os.mmap_data(pid, self.params.shared_pages, RW)?;
         self.master = Some(pid);
         Ok(())
     }
@@ -514,7 +514,7 @@ impl Server {
         let buffer = match w.buffer {
             Some(b) => b,
             None => {
-                let b = os.mmap(pid, p.request_pages, RW)?;
+                let b = os.mmap_data(pid, p.request_pages, RW)?;
                 w.buffer = Some(b);
                 w.step = 0;
                 b

@@ -60,7 +60,7 @@ impl PageFault {
 
     pub(super) fn start<S: Scheme>(&mut self, os: &mut Os<S>) -> Result<(), OsError> {
         let pid = os.spawn()?;
-        self.base = os.mmap(pid, self.params.pages, RW)?;
+        self.base = os.mmap_data(pid, self.params.pages, RW)?;
         Ok(())
     }
 
@@ -142,7 +142,7 @@ impl MmapChurn {
         while os.slice_left() > 0 {
             match self.mapping {
                 None if self.iteration == self.params.iterations => return Ok(Step::Exit),
-                None => self.mapping = Some((os.mmap(pid, self.params.pages, RW)?, 0)),
+                None => self.mapping = Some((os.mmap_data(pid, self.params.pages, RW)?, 0)),
                 Some((base, touched)) if touched == self.params.pages => {
                     os.munmap(pid, base, self.params.pages)?;
                     self.mapping = None;
@@ -229,7 +229,7 @@ impl RandomAccess {
 
     pub(super) fn start<S: Scheme>(&mut self, os: &mut Os<S>) -> Result<(), OsError> {
         let pid = os.spawn()?;
-        self.base = os.mmap(pid, self.params.pages, RW)?;
+        self.base = os.mmap_data(pid, self.params.pages, RW)?;
         Ok(())
     }
 
@@ -321,7 +321,7 @@ impl Stream {
     pub(super) fn start<S: Scheme>(&mut self, os: &mut Os<S>) -> Result<(), OsError> {
         let pid = os.spawn()?;
         for a in &mut self.arrays {
-            *a = os.mmap(pid, self.params.pages, RW)?;
+            *a = os.mmap_data(pid, self.params.pages, RW)?;
         }
         Ok(())
     }
@@ -410,7 +410,7 @@ impl PointerChase {
 
     pub(super) fn start<S: Scheme>(&mut self, os: &mut Os<S>) -> Result<(), OsError> {
         let pid = os.spawn()?;
-        self.base = os.mmap(pid, self.params.pages, RW)?;
+        self.base = os.mmap_data(pid, self.params.pages, RW)?;
         Ok(())
     }
 
@@ -502,7 +502,7 @@ impl LspMicro {
 
     pub(super) fn start<S: Scheme>(&mut self, os: &mut Os<S>) -> Result<(), OsError> {
         let pid = os.spawn()?;
-        self.base = os.mmap(pid, self.params.pages, RW)?;
+        self.base = os.mmap_data(pid, self.params.pages, RW)?;
         Ok(())
     }
 

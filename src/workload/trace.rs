@@ -304,7 +304,7 @@ impl Relocation {
                 let vma_end = start.wrapping_add((stop - page) * PAGE_BYTES);
                 match out.last_mut() {
                     Some(v) if v.end == start && v.perms == perms => v.end = vma_end,
-                    _ => out.push(Vma { start, end: vma_end, perms }),
+                    _ => out.push(Vma::new(start, vma_end, perms)),
                 }
                 page = stop;
             }
