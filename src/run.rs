@@ -400,7 +400,7 @@ pub fn machine_report<S: Scheme>(
             misses: mmu.misses,
             mpka: if accesses == 0 { 0.0 } else { mmu.misses as f64 * 1000.0 / accesses as f64 },
             fills: FillsBySize::from_counts(mmu.fills_by_size),
-            reach_bytes: p.mmu.tlb.reach_bytes(),
+            reach_bytes: mmu.mean_reach(p.mmu.tlb.reach_bytes()),
         },
         walk: WalkReport::from_mmu(mmu),
         flushes: stats.flushes.iter().map(|(&k, &v)| (k.to_owned(), v)).collect(),

@@ -111,6 +111,22 @@ pub struct MmuStats {
     pub ntlb: nested::NtlbStats,
     /// TLB fills by page size: 4 KiB, 2 MiB, 1 GiB and larger.
     pub fills_by_size: [u64; 3],
+    /// The sum over fills of the TLB's reach just after each (bytes; u128: a long run of
+    /// gigabyte entries overflows 64 bits).
+    pub reach_sum: u128,
+}
+
+impl MmuStats {
+    /// The TLB's reach averaged over its fills, in bytes, or `now` (the reach now) without
+    /// any fill.
+    pub fn mean_reach(&self, now: u64) -> u64 {
+        let fills: u64 = self.fills_by_size.iter().sum();
+        if fills == 0 {
+            now
+        } else {
+            u64::try_from(self.reach_sum / u128::from(fills)).unwrap_or(u64::MAX)
+        }
+    }
 }
 
 /// Walks by number of entry reads: bucket `i` counts walks that read `i` entries; the last bucket
@@ -298,6 +314,7 @@ impl Mmu {
         let base = Hpa::new(base.as_u64() & !size.offset_mask());
         self.stats.fills_by_size[(size.level().index() as usize).min(2)] += 1;
         self.tlb.insert(TlbEntry::new(gva, size, base, (self.vmid, self.asid, global), allow));
+        self.stats.reach_sum += u128::from(self.tlb.reach_bytes());
     }
 
     /// Applies a TLB-maintenance operation with its exact architectural scope.
