@@ -38,6 +38,7 @@ pub fn platform(arch: ArchConfig, mmu: MmuConfig) -> Result<Platform, SimError> 
         table_pool_frames: crate::mem::host::DEFAULT_POOL_CHUNK,
         handlers: crate::mmu::Handlers::default(),
         vmid: Vmid(1),
+        vcpus: 1,
     };
     Platform::new(&cfg, Costs::default())
 }

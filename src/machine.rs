@@ -106,6 +106,9 @@ impl ArchConfig {
     };
 }
 
+/// Most vCPUs a guest may have.
+pub const MAX_VCPUS: usize = 64;
+
 /// The guest's current address space: its root table and ASID/PCID.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestRoot {
@@ -122,12 +125,16 @@ pub struct Platform {
     pub host: HostMemory,
     /// Guest physical memory and its backing.
     pub guest_mem: GuestBacking,
-    /// The vCPU's translation hardware.
+    /// The running vCPU's translation hardware.
     pub mmu: Mmu,
     /// Formats and regimes.
     pub arch: ArchConfig,
-    /// The guest's current root, once it has set one.
+    /// The running vCPU's current guest root, once the guest has set one.
     pub root: Option<GuestRoot>,
+    /// Which vCPU runs now: its MMU and root are `mmu` and `root`.
+    vcpu: usize,
+    /// Every other vCPU's MMU and root, parked while it does not run (`None` at `vcpu`).
+    parked: Vec<Option<(Mmu, Option<GuestRoot>)>>,
     /// Counters.
     pub stats: Stats,
     /// Cycle costs.
@@ -160,6 +167,8 @@ pub struct PlatformConfig {
     pub handlers: Handlers,
     /// The VMID the guest runs with (`Vmid::HOST` for native runs).
     pub vmid: Vmid,
+    /// The guest's vCPUs, each with an MMU of geometry `mmu` (at least 1).
+    pub vcpus: usize,
 }
 
 impl Platform {
@@ -174,6 +183,13 @@ impl Platform {
         }
         let mut mmu = Mmu::new(&cfg.mmu)?;
         mmu.vmid = cfg.vmid;
+        if !(1..=MAX_VCPUS).contains(&cfg.vcpus) {
+            return Err(SimError::Config(format!(
+                "{} vCPUs: a guest has 1 to {MAX_VCPUS}",
+                cfg.vcpus
+            )));
+        }
+        let parked = (0..cfg.vcpus).map(|i| (i > 0).then(|| (mmu.clone(), None))).collect();
         let mut host = HostMemory::new(cfg.host_bytes / page);
         host.set_pool_chunk(cfg.table_pool_frames);
         Ok(Platform {
@@ -182,12 +198,54 @@ impl Platform {
             mmu,
             arch: cfg.arch,
             root: None,
+            vcpu: 0,
+            parked,
             stats: Stats::default(),
             costs,
             oracle: None,
             handlers: cfg.handlers,
             handler_data: Hpa::new(cfg.host_bytes / page * page),
         })
+    }
+
+    /// The guest's vCPUs.
+    pub fn vcpus(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// The vCPU running now.
+    pub fn vcpu(&self) -> usize {
+        self.vcpu
+    }
+
+    /// Makes vCPU `to` the running one: its MMU and root become `mmu` and `root`, the previous
+    /// vCPU's are parked. Only [`Machine::switch_vcpu`] calls it, so that the scheme follows.
+    fn switch_vcpu(&mut self, to: usize) {
+        if to == self.vcpu {
+            return;
+        }
+        let Some((mmu, root)) = self.parked.get_mut(to).and_then(Option::take) else { return };
+        let mmu = std::mem::replace(&mut self.mmu, mmu);
+        let root = std::mem::replace(&mut self.root, root);
+        self.parked[self.vcpu] = Some((mmu, root));
+        self.vcpu = to;
+        if let Some(oracle) = self.oracle.as_deref_mut() {
+            oracle.switch_vcpu(to);
+        }
+    }
+
+    /// Every vCPU's MMU, the running one's first.
+    pub fn mmus_mut(&mut self) -> impl Iterator<Item = &mut Mmu> + '_ {
+        std::iter::once(&mut self.mmu).chain(self.parked.iter_mut().flatten().map(|(m, _)| m))
+    }
+
+    /// Every vCPU's MMU counters added together.
+    pub fn mmu_stats(&self) -> crate::mmu::MmuStats {
+        let mut total = self.mmu.stats;
+        for (mmu, _) in self.parked.iter().flatten() {
+            total.add(&mmu.stats);
+        }
+        total
     }
 
     /// Maps guest memory with `page`-sized host pages from now on (before anything is backed).
@@ -357,6 +415,12 @@ pub trait Scheme {
     /// describes its state (pages in use, leaves mapped) stays.
     fn reset_counters(&mut self) {}
 
+    /// vCPU `to` runs from now on instead of vCPU `from`: a scheme with per-vCPU state (the
+    /// shadow table the hardware walks, a root buffer) swaps it.
+    fn vcpu_switched(&mut self, from: usize, to: usize) {
+        let _ = (from, to);
+    }
+
     /// The guest freed an address space whose root was `root`.
     fn guest_address_space_freed(
         &mut self,
@@ -389,12 +453,24 @@ impl<S: Scheme> Machine<S> {
         self.platform.oracle = Some(Box::new(Oracle::new(self.scheme.name())));
     }
 
+    /// Runs vCPU `to` from now on: the platform swaps in its MMU and root, and the scheme its
+    /// own per-vCPU state ([`Scheme::vcpu_switched`]).
+    pub fn switch_vcpu(&mut self, to: usize) {
+        let from = self.platform.vcpu;
+        if to != from && to < self.platform.vcpus() {
+            self.platform.switch_vcpu(to);
+            self.scheme.vcpu_switched(from, to);
+        }
+    }
+
     /// Ends a warm-up: every event counter (platform, MMU, oracle, scheme) restarts from zero,
     /// while TLBs, caches and tables keep what the warm-up left in them.
     pub fn reset_counts(&mut self) {
         let p = &mut self.platform;
         p.stats = crate::stats::Stats::default();
-        p.mmu.stats = crate::mmu::MmuStats::default();
+        for mmu in p.mmus_mut() {
+            mmu.stats = crate::mmu::MmuStats::default();
+        }
         if let Some(oracle) = p.oracle.as_deref_mut() {
             oracle.reset_counts();
         }

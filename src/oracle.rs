@@ -203,14 +203,40 @@ type Pages = HashMap<(Gva, PageSize), Vec<Seen>>;
 pub struct Oracle {
     scheme: &'static str,
     access: Option<(Gva, Access)>,
+    /// What the running vCPU's TLB may still hold.
     seen: HashMap<Tag, Pages>,
+    /// Which vCPU runs, and what every other vCPU's TLB may still hold (each vCPU's TLB goes
+    /// stale on its own and is flushed by its own flushes).
+    vcpu: usize,
+    parked: Vec<HashMap<Tag, Pages>>,
     counts: OracleCounts,
 }
 
 impl Oracle {
     /// An oracle checking the fills of the scheme named `scheme`, remembering nothing yet.
     pub fn new(scheme: &'static str) -> Self {
-        Oracle { scheme, access: None, seen: HashMap::new(), counts: OracleCounts::default() }
+        Oracle {
+            scheme,
+            access: None,
+            seen: HashMap::new(),
+            vcpu: 0,
+            parked: Vec::new(),
+            counts: OracleCounts::default(),
+        }
+    }
+
+    /// Follows the platform to vCPU `to`: from now on fills and flushes are that vCPU's.
+    pub fn switch_vcpu(&mut self, to: usize) {
+        if to == self.vcpu {
+            return;
+        }
+        let needed = self.vcpu.max(to) + 1;
+        if self.parked.len() < needed {
+            self.parked.resize_with(needed, HashMap::new);
+        }
+        std::mem::swap(&mut self.seen, &mut self.parked[self.vcpu]);
+        std::mem::swap(&mut self.seen, &mut self.parked[to]);
+        self.vcpu = to;
     }
 
     /// What it has counted.

@@ -66,6 +66,27 @@ pub struct Profile {
     pub handlers: Handlers,
     /// Guest kernel tunables.
     pub kernel: KernelConfig,
+    /// vCPUs and how their execution interleaves.
+    #[serde(default)]
+    pub smp: SmpProfile,
+}
+
+/// The guest's vCPUs (`[smp]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmpProfile {
+    /// vCPUs, each with its own MMU (`--vcpus N`).
+    pub vcpus: u64,
+    /// User accesses a vCPU makes before the next vCPU runs: the simulator runs the vCPUs in
+    /// turn, round robin, so a run is one deterministic interleaving. Assumption: 1,000, short
+    /// against a time slice (1,000,000) so that shootdowns meet other vCPUs mid-work.
+    pub quantum: u64,
+}
+
+impl Default for SmpProfile {
+    fn default() -> Self {
+        SmpProfile { vcpus: 1, quantum: 1_000 }
+    }
 }
 
 /// Paging formats and accessed/dirty maintenance.
@@ -270,6 +291,8 @@ impl Profile {
                 mem.host_mib, mem.guest_mib
             )));
         }
+        in_range("smp.vcpus", self.smp.vcpus, 1, crate::machine::MAX_VCPUS as u64)?;
+        in_range("smp.quantum", self.smp.quantum, 1, u64::MAX)?;
         let k = &self.kernel;
         in_range("kernel.asids", u64::from(k.asids), 1, u64::from(MAX_ASIDS))?;
         in_range("kernel.time_slice", k.time_slice, 1, u64::MAX)?;
@@ -311,6 +334,7 @@ impl Profile {
             table_pool_frames: self.memory.table_pool_frames,
             handlers: self.handlers,
             vmid: GUEST_VMID,
+            vcpus: usize::try_from(self.smp.vcpus).unwrap_or(usize::MAX),
         })
     }
 }

@@ -50,8 +50,8 @@ pub struct TlbReport {
     /// Translations filled into the TLB, by page size.
     #[serde(default)]
     pub fills: FillsBySize,
-    /// Bytes of address space the L2 TLB's entries cover (its reach), averaged over the run's
-    /// fills: huge pages in both stages raise it.
+    /// Bytes of address space a vCPU's L2 TLB entries cover (its reach), averaged over the
+    /// run's fills: huge pages in both stages raise it.
     #[serde(default)]
     pub reach_bytes: u64,
 }

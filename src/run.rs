@@ -372,7 +372,7 @@ pub fn machine_report<S: Scheme>(
         )));
     }
     let stats = &p.stats;
-    let mmu = &p.mmu.stats;
+    let mmu = &p.mmu_stats();
     let accesses = stats.accesses;
     let mut counters = BTreeMap::new();
     machine.scheme.counters(&mut counters);

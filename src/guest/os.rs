@@ -247,7 +247,9 @@ impl<S: Scheme> Os<S> {
     pub fn reset_counters(&mut self) {
         let p = &mut self.machine.platform;
         p.stats = crate::stats::Stats::default();
-        p.mmu.stats = crate::mmu::MmuStats::default();
+        for mmu in p.mmus_mut() {
+            mmu.stats = crate::mmu::MmuStats::default();
+        }
         self.stats = GuestStats::default();
         self.thp = ThpStats::default();
     }

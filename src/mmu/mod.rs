@@ -117,6 +117,34 @@ pub struct MmuStats {
 }
 
 impl MmuStats {
+    /// Adds another vCPU's counters to these (a VM's MMUs counted together). The page-walk
+    /// caches' and nested TLB's counters add up too, so their hit rates are the VM's.
+    pub fn add(&mut self, o: &MmuStats) {
+        self.l1_hits += o.l1_hits;
+        self.l2_hits += o.l2_hits;
+        self.misses += o.misses;
+        self.walks += o.walks;
+        self.guest_refs += o.guest_refs;
+        self.nested_refs += o.nested_refs;
+        self.ad_writes += o.ad_writes;
+        for (a, b) in self.refs_by_level.iter_mut().zip(o.refs_by_level) {
+            *a += b;
+        }
+        for (a, b) in self.refs_histogram.0.iter_mut().zip(o.refs_histogram.0) {
+            *a += b;
+        }
+        for (a, b) in [(&mut self.pwc, o.pwc), (&mut self.nested_pwc, o.nested_pwc)] {
+            a.lookups += b.lookups;
+            a.hits += b.hits;
+        }
+        self.ntlb.lookups += o.ntlb.lookups;
+        self.ntlb.hits += o.ntlb.hits;
+        for (a, b) in self.fills_by_size.iter_mut().zip(o.fills_by_size) {
+            *a += b;
+        }
+        self.reach_sum += o.reach_sum;
+    }
+
     /// The TLB's reach averaged over its fills, in bytes, or `now` (the reach now) without
     /// any fill.
     pub fn mean_reach(&self, now: u64) -> u64 {

@@ -71,7 +71,18 @@ pub struct ShadowStats {
     pub hw_guest_faults: u64,
 }
 
-/// A shadow-paging scheme.
+/// What each vCPU's hardware holds of a shadow scheme: the tree it walks, its root buffer and
+/// its previous roots, parked in [`Shadow::parked`] while another vCPU runs.
+#[derive(Debug, Default)]
+struct VcpuShadow {
+    current: Option<TreeId>,
+    buffer: VecDeque<(Gpa, Asid)>,
+    previous: VecDeque<TreeId>,
+    switched: Option<Asid>,
+}
+
+/// A shadow-paging scheme. The shadow tables are the VM's, shared by its vCPUs (KVM, SSP);
+/// with `granularity = vcpu` each vCPU has one of its own (RVirt).
 #[derive(Debug)]
 pub struct Shadow {
     name: &'static str,
@@ -96,6 +107,9 @@ pub struct Shadow {
     regime: Regime,
     /// The nested table ASP's hardware-mode handler walks (`leaf_fill = hardware` only).
     nested: Option<Nested>,
+    /// The other vCPUs' `current`, `buffer`, `previous` and `switched`, by vCPU (`None` at
+    /// the running one's index, or before any switch).
+    parked: Vec<Option<VcpuShadow>>,
     /// Counters.
     pub stats: ShadowStats,
 }
@@ -130,6 +144,7 @@ impl Shadow {
             switched: None,
             regime: Regime { ad: AdPolicy::Ignore, ..p.arch.guest_regime },
             nested,
+            parked: Vec::new(),
             stats: ShadowStats::default(),
         })
     }
@@ -170,13 +185,16 @@ impl Shadow {
                 let tables = &self.tables;
                 self.unsync.retain(|&g, _| tables.is_mirrored(Gfn::new(g)));
             }
-            let vmid = p.mmu.vmid;
-            p.mmu.pwc.flush(&TlbScope {
-                vmid: Some(vmid),
-                va: None,
-                asid: AsidScope::All,
-                globals: true,
-            });
+            // Shadow tables are shared by the vCPUs: every vCPU's cached pointers into them go.
+            for mmu in p.mmus_mut() {
+                let vmid = mmu.vmid;
+                mmu.pwc.flush(&TlbScope {
+                    vmid: Some(vmid),
+                    va: None,
+                    asid: AsidScope::All,
+                    globals: true,
+                });
+            }
         }
     }
 
@@ -512,7 +530,8 @@ impl Shadow {
     fn tree_for(&mut self, p: &mut Platform, root: GuestRoot) -> Result<TreeId, SimError> {
         self.clock += 1;
         if self.opts.granularity == Granularity::Vcpu {
-            let existing = self.tables.tree_ids().next();
+            // This vCPU's own table, retargeted at the new root.
+            let existing = self.current.filter(|&id| self.tables.tree(id).is_some());
             if let Some(id) = existing {
                 let edit = self.tables.retarget(&mut p.host, id, root.table, root.asid);
                 if edit.writes > 0 {
@@ -526,8 +545,14 @@ impl Shadow {
             self.tables.touch(id, self.clock);
             return Ok(id);
         }
-        while self.tables.len() as u64 >= self.opts.cached_roots {
-            let Some(victim) = self.tables.lru(self.current) else { break };
+        let in_use = self.trees_in_use();
+        // Per-vCPU tables: one each, never evicted for another vCPU's.
+        let limit = match self.opts.granularity {
+            Granularity::Process => self.opts.cached_roots,
+            Granularity::Vcpu => self.opts.cached_roots.max(in_use.len() as u64 + 1),
+        };
+        while self.tables.len() as u64 >= limit {
+            let Some(victim) = self.tables.lru(&in_use) else { break };
             self.forget_tree(p, victim);
             self.tables.stats.trees_evicted += 1;
         }
@@ -536,15 +561,30 @@ impl Shadow {
     }
 
     fn forget_tree(&mut self, p: &mut Platform, id: TreeId) {
-        if let Some(t) = self.tables.tree(id).copied() {
-            self.buffer.retain(|&k| k != (t.guest_root.root(), t.asid));
-        }
-        self.previous.retain(|&t| t != id);
-        if self.current == Some(id) {
-            self.current = None;
+        let key = self.tables.tree(id).map(|t| (t.guest_root.root(), t.asid));
+        let forget = |current: &mut Option<TreeId>,
+                      buffer: &mut VecDeque<(Gpa, Asid)>,
+                      previous: &mut VecDeque<TreeId>| {
+            if let Some(key) = key {
+                buffer.retain(|&k| k != key);
+            }
+            previous.retain(|&t| t != id);
+            if *current == Some(id) {
+                *current = None;
+            }
+        };
+        forget(&mut self.current, &mut self.buffer, &mut self.previous);
+        for v in self.parked.iter_mut().flatten() {
+            forget(&mut v.current, &mut v.buffer, &mut v.previous);
         }
         let edit = self.tables.drop_tree(&mut p.host, id);
         self.after_edit(p, edit);
+    }
+
+    /// The trees some vCPU walks now: never evicted.
+    fn trees_in_use(&self) -> Vec<TreeId> {
+        let parked = self.parked.iter().flatten().filter_map(|v| v.current);
+        self.current.into_iter().chain(parked).collect()
     }
 
     /// Trees a flush with ASID scope `asids` covers.
@@ -805,6 +845,24 @@ impl Scheme for Shadow {
         self.current = Some(id);
         self.switched = Some(root.asid);
         Ok(())
+    }
+
+    fn vcpu_switched(&mut self, from: usize, to: usize) {
+        if self.parked.len() <= from.max(to) {
+            self.parked.resize_with(from.max(to) + 1, || None);
+        }
+        let running = VcpuShadow {
+            current: self.current.take(),
+            buffer: std::mem::take(&mut self.buffer),
+            previous: std::mem::take(&mut self.previous),
+            switched: self.switched.take(),
+        };
+        self.parked[from] = Some(running);
+        let next = self.parked[to].take().unwrap_or_default();
+        self.current = next.current;
+        self.buffer = next.buffer;
+        self.previous = next.previous;
+        self.switched = next.switched;
     }
 
     fn guest_address_space_freed(

@@ -252,9 +252,9 @@ impl ShadowTables {
     }
 
     /// The least recently used live tree other than `keep`.
-    pub fn lru(&self, keep: Option<TreeId>) -> Option<TreeId> {
+    pub fn lru(&self, keep: &[TreeId]) -> Option<TreeId> {
         self.tree_ids()
-            .filter(|&id| Some(id) != keep)
+            .filter(|id| !keep.contains(id))
             .min_by_key(|&id| self.tree(id).map_or(0, |t| t.last_used))
     }
 
