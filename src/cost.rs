@@ -84,6 +84,25 @@ pub struct Costs {
     /// `hspt-*`: one `mprotect` (or whole-region re-`mmap`) invalidating host mappings,
     /// host TLB invalidation included, not counting the per-entry work (assumption).
     pub host_mprotect: u64,
+    /// Sending one inter-processor interrupt without a hypervisor (x86: an x2APIC ICR write).
+    /// Assumption: a few hundred cycles. Virtualized, the write is a VM exit instead
+    /// (`vm_exit`, cause `ipi`).
+    #[serde(default = "default_ipi_send")]
+    pub ipi_send: u64,
+    /// Taking one TLB-shootdown interrupt on the target CPU: interrupt entry, the handler's
+    /// bookkeeping and return, not the flush instructions it runs; the initiator waits about
+    /// as long for the acknowledgements. Assumption: 1,200 cycles (~0.4 µs), a fraction of the
+    /// few microseconds measured for a whole shootdown of one remote core.
+    #[serde(default = "default_ipi_receive")]
+    pub ipi_receive: u64,
+}
+
+fn default_ipi_send() -> u64 {
+    300
+}
+
+fn default_ipi_receive() -> u64 {
+    1_200
 }
 
 impl Default for Costs {
@@ -114,6 +133,8 @@ impl Default for Costs {
             host_signal: 3_000,
             host_mmap: 3_000,
             host_mprotect: 2_000,
+            ipi_send: default_ipi_send(),
+            ipi_receive: default_ipi_receive(),
         }
     }
 }

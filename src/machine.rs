@@ -415,6 +415,47 @@ pub trait Scheme {
     /// describes its state (pages in use, leaves mapped) stays.
     fn reset_counters(&mut self) {}
 
+    /// The guest made an SBI remote-fence call asking for `ops` on `targets` vCPUs: the call's
+    /// cost, and (for a scheme with shared translation tables) the maintenance the fences ask
+    /// for, done once. By default the hypervisor serves it: one VM exit (KVM's SBI RFENCE).
+    fn remote_fence_call(
+        &mut self,
+        p: &mut Platform,
+        ops: &[FlushOp],
+        targets: u64,
+    ) -> Result<(), SimError> {
+        let _ = (ops, targets);
+        p.vm_exit(ExitCause::RemoteFence);
+        p.stats.cycles.vm_exit.charge(p.costs.vm_exit);
+        Ok(())
+    }
+
+    /// Applies an SBI remote fence's `ops` on the running vCPU, the caller's own (`local`) or
+    /// another. By default the hypervisor flushes the vCPU's guest TLB entries of their scope
+    /// (`hfence.vvma`), kicking another vCPU out with a VM exit to do so.
+    fn remote_fence_apply(
+        &mut self,
+        p: &mut Platform,
+        ops: &[FlushOp],
+        local: bool,
+    ) -> Result<(), SimError> {
+        for op in ops {
+            p.mmu.flush(op);
+        }
+        if !local {
+            p.vm_exit(ExitCause::RemoteFence);
+            p.stats.cycles.vm_exit.charge(p.costs.vm_exit);
+        }
+        Ok(())
+    }
+
+    /// The guest sent an inter-processor interrupt: by default the hypervisor emulates the
+    /// interrupt-command write, a VM exit (posted interrupts deliver it without another).
+    fn ipi_sent(&mut self, p: &mut Platform) {
+        p.vm_exit(ExitCause::Ipi);
+        p.stats.cycles.vm_exit.charge(p.costs.vm_exit);
+    }
+
     /// vCPU `to` runs from now on instead of vCPU `from`: a scheme with per-vCPU state (the
     /// shadow table the hardware walks, a root buffer) swaps it.
     fn vcpu_switched(&mut self, from: usize, to: usize) {
@@ -551,6 +592,37 @@ impl<S: Scheme> Machine<S> {
             oracle.flush(&op, p.mmu.vmid, p.mmu.asid);
         }
         self.scheme.guest_flush(p, op)
+    }
+
+    /// An SBI remote fence (`sbi_remote_sfence_vma[_asid]`): the guest on the running vCPU asks
+    /// for `ops` on every vCPU whose bit is set in `targets`, its own included. The scheme
+    /// serves the call ([`Scheme::remote_fence_call`]), then applies the fences on each target
+    /// ([`Scheme::remote_fence_apply`]); the oracle forgets what each target's fences cover.
+    pub fn remote_fence(&mut self, ops: &[FlushOp], targets: u64) -> Result<(), SimError> {
+        let home = self.platform.vcpu;
+        for op in ops {
+            self.platform.stats.count_flush(op);
+        }
+        let count = u64::from(targets.count_ones());
+        self.scheme.remote_fence_call(&mut self.platform, ops, count)?;
+        for t in (0..self.platform.vcpus()).filter(|&t| targets & (1 << t) != 0) {
+            self.switch_vcpu(t);
+            let p = &mut self.platform;
+            if let Some(oracle) = p.oracle.as_deref_mut() {
+                for op in ops {
+                    oracle.flush(op, p.mmu.vmid, p.mmu.asid);
+                }
+            }
+            self.scheme.remote_fence_apply(&mut self.platform, ops, t == home)?;
+        }
+        self.switch_vcpu(home);
+        Ok(())
+    }
+
+    /// The guest on the running vCPU sends one inter-processor interrupt (x86's TLB shootdown):
+    /// its cost, or its VM exit.
+    pub fn ipi(&mut self) {
+        self.scheme.ipi_sent(&mut self.platform);
     }
 
     /// A guest page-table-root switch.

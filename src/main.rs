@@ -133,6 +133,11 @@ struct MachineArgs {
     /// --warmup still apply on top.
     #[arg(long, value_enum, default_value_t = Length::Short)]
     length: Length,
+    /// The guest's vCPUs, each with its own MMU (the profile key `smp.vcpus`; `--set
+    /// smp.quantum=N` sets how many user accesses each runs before the next). [default: the
+    /// profile's, 1]
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u64>,
 }
 
 impl MachineArgs {
@@ -462,6 +467,9 @@ impl Setup {
         let mut workload_sets = Vec::new();
         let mut scheme_sets = Vec::new();
         let mut profile_sets = Vec::new();
+        if let Some(n) = m.vcpus {
+            profile_sets.push(("smp.vcpus".to_owned(), n.to_string()));
+        }
         for raw in &m.sets {
             let (key, value) = config::parse_assignment(raw)?;
             if let Some(k) = key.strip_prefix("workload.") {
@@ -568,6 +576,9 @@ impl Setup {
     /// `profile NAME, seed N[, --length steady][, --warmup N][, --set ...][, --verify]`.
     fn describe(&self) -> String {
         let mut text = format!("profile {}, seed {}", self.profile.name, self.seed);
+        if self.profile.smp.vcpus > 1 {
+            text.push_str(&format!(", {} vCPUs", self.profile.smp.vcpus));
+        }
         if self.length == Length::Steady {
             text.push_str(", --length steady");
         }

@@ -181,6 +181,13 @@ pub fn with_scheme<D: Drive>(
     drive: D,
 ) -> Result<D::Output, SchemeError> {
     let cfg = profile.platform_config()?;
+    if cfg.vcpus > 1 && (scheme == SchemeKind::Softmmu || scheme.hspt_organization().is_some()) {
+        return Err(SchemeError::Config(ConfigError::Invalid(format!(
+            "{} emulates one guest CPU: smp.vcpus must be 1, not {}",
+            scheme.name(),
+            cfg.vcpus
+        ))));
+    }
     Ok(match scheme {
         SchemeKind::Native => drive.drive(Machine::new(platform, Native)),
         SchemeKind::Nested => {
@@ -258,6 +265,7 @@ fn execute<S: Scheme>(
         machine.enable_oracle();
     }
     let mut os = Os::boot(machine, spec.profile.kernel)?;
+    os.set_quantum(spec.profile.smp.quantum);
     os.reset_counters();
     if let Some(oracle) = os.machine.platform.oracle.as_deref_mut() {
         oracle.reset_counts();

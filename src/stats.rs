@@ -44,6 +44,12 @@ cause_enum!(
         Flush => "flush",
         /// A shadow-root-buffer miss.
         BufferMiss => "buffer_miss",
+        /// An inter-processor interrupt sent by the guest (x86: the ICR write the hypervisor
+        /// emulates).
+        Ipi => "ipi",
+        /// An SBI remote fence the hypervisor serves (RISC-V `sbi_remote_sfence_vma`), or a
+        /// vCPU kicked out to apply one.
+        RemoteFence => "remote_fence",
     }
 );
 
@@ -60,6 +66,9 @@ cause_enum!(
         LeafFill => "leaf_fill",
         /// A true guest fault delivered to the guest from hardware mode.
         GuestFault => "guest_fault",
+        /// An SBI remote fence served in hardware mode (M-mode), or the M-mode interrupt that
+        /// applies it on another hart.
+        RemoteFence => "remote_fence",
     }
 );
 

@@ -281,6 +281,12 @@ pub fn replay(
     let trace = |e: TraceError| sim(SimError::Config(e.to_string()));
     let (isa, guest_format, nested_format) = first_paging(reader).map_err(trace)?;
     let mut cfg = spec.profile.platform_config()?;
+    if cfg.vcpus > 1 {
+        return Err(sim(SimError::Config(format!(
+            "a full-system recording is of one guest CPU: smp.vcpus must be 1, not {}",
+            cfg.vcpus
+        ))));
+    }
     cfg.arch.guest_format = guest_format;
     cfg.arch.nested_format = nested_format;
     // The recorded accesses all passed the real permission checks (with sstatus.SUM or x86's

@@ -52,6 +52,13 @@ impl AsidAllocator {
                 return (a, AsidFlush::None);
             }
         }
+        // x86: this CPU may hold the space in another slot than the one it last ran with
+        // elsewhere (`choose_new_asid` searches the CPU's slots).
+        if self.recycling == Recycling::RoundRobin {
+            if let Some(a) = self.asid_of(mm) {
+                return (a, AsidFlush::None);
+            }
+        }
         let mut flush = match self.recycling {
             Recycling::RoundRobin => AsidFlush::ThisAsid,
             Recycling::Rollover => AsidFlush::None,
@@ -69,6 +76,12 @@ impl AsidAllocator {
         // Slots are at most 65,535, so slot + 1 fits an ASID.
         let asid = Asid(u16::try_from(slot + 1).unwrap_or(u16::MAX));
         (asid, flush)
+    }
+
+    /// The ASID `mm` holds here, if any.
+    pub fn asid_of(&self, mm: u64) -> Option<Asid> {
+        let slot = self.owners.iter().position(|&o| o == Some(mm))?;
+        Some(Asid(u16::try_from(slot + 1).unwrap_or(u16::MAX)))
     }
 
     /// Forgets `mm` (its address space was freed), so its ASID is never reported as current.

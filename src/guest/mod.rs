@@ -4,6 +4,7 @@
 //!
 //! - [`os`]: boot, the access path, the page-fault handler, scheduling.
 //! - [`syscalls`]: `spawn`, `fork`, `exec`, `exit`, `mmap`, `munmap`, `mprotect`, `brk`.
+//! - [`smp`]: several CPUs: run queues, placement, migration, threads and TLB shootdowns.
 //! - [`thp`]: transparent huge pages: huge fills, the huge zero page, splitting, `madvise`.
 //! - [`frames`], [`asid`], [`policy`], [`process`]: the allocators, the flush policy and the
 //!   process structures they use.
@@ -15,6 +16,7 @@ pub mod frames;
 pub mod os;
 pub mod policy;
 pub mod process;
+pub mod smp;
 pub mod syscalls;
 pub mod thp;
 

@@ -104,6 +104,10 @@ pub struct GuestStats {
     pub kernel_accesses: u64,
     /// User accesses made through the MMU again after the fault they took was handled.
     pub retried_accesses: u64,
+    /// TLB shootdowns: flushes of an address space that other CPUs may cache.
+    pub shootdowns: u64,
+    /// Tasks an idle CPU pulled from another CPU's run queue.
+    pub migrations: u64,
 }
 
 /// Kills described in [`GuestStats::kill_log`] at most.
@@ -163,13 +167,29 @@ pub struct Os<S: Scheme> {
     /// Transparent-huge-page counters.
     pub thp: ThpStats,
     pub(super) procs: BTreeMap<Pid, Process>,
+    /// Address spaces by id.
+    pub(super) mms: BTreeMap<u64, Mm>,
     pub(super) run_queue: VecDeque<Pid>,
     pub(super) current: Option<Pid>,
     pub(super) next_pid: u32,
     pub(super) next_mm: u64,
     pub(super) asids: AsidAllocator,
     history: u64,
-    slice_left: u64,
+    /// This CPU's turn: user accesses it may still make before the next CPU runs (or, with one
+    /// CPU, before the time slice ends).
+    pub(super) slice_left: u64,
+    /// The time slice left after this turn.
+    pub(super) slice_rest: u64,
+    /// User accesses per CPU turn (`smp.quantum`).
+    pub(super) quantum: u64,
+    /// The CPU the kernel runs on, and every other CPU's state, parked (`None` at `cpu`).
+    pub(super) cpu: usize,
+    pub(super) parked_cpus: Vec<Option<super::smp::Cpu>>,
+    /// x86: the flush generation of each address space this CPU's PCID for it is flushed to.
+    pub(super) synced: BTreeMap<u64, u64>,
+    /// RISC-V: CPUs (one bit each) that owe a full flush at their next switch after an ASID
+    /// rollover on another CPU.
+    pub(super) flush_pending: u64,
     /// User accesses to make before counting starts, plus one (0: no warm-up pending); see
     /// [`Os::warm_up_for`].
     warmup_left: u64,
@@ -200,6 +220,7 @@ impl<S: Scheme> Os<S> {
             huge_zero: None,
             thp: ThpStats::default(),
             procs: BTreeMap::new(),
+            mms: BTreeMap::new(),
             run_queue: VecDeque::new(),
             current: None,
             next_pid: 1,
@@ -207,6 +228,20 @@ impl<S: Scheme> Os<S> {
             asids: AsidAllocator::new(cfg.asids, recycling),
             history: 0xCBF2_9CE4_8422_2325,
             slice_left: cfg.time_slice,
+            slice_rest: 0,
+            quantum: crate::profile::SmpProfile::default().quantum,
+            cpu: 0,
+            parked_cpus: (0..p.vcpus())
+                .map(|i| {
+                    (i > 0).then(|| super::smp::Cpu {
+                        asids: (recycling == Recycling::RoundRobin)
+                            .then(|| AsidAllocator::new(cfg.asids, recycling)),
+                        ..Default::default()
+                    })
+                })
+                .collect(),
+            synced: BTreeMap::new(),
+            flush_pending: 0,
             warmup_left: 0,
             warmup_requested: 0,
             warmed: None,
@@ -425,10 +460,9 @@ impl<S: Scheme> Os<S> {
         self.history =
             (self.history ^ f.gva.page().as_u64() ^ (kind_tag << 60)).wrapping_mul(HISTORY_PRIME);
         let va = f.gva;
-        let proc = self.procs.get(&pid).ok_or_else(|| internal(format!("{pid} is gone")))?;
-        let root = proc.mm.root;
-        let asid = proc.mm.asid.unwrap_or_default();
-        let vma = proc.mm.find_vma(va).copied();
+        let mm = self.mm(pid)?;
+        let root = mm.root;
+        let vma = mm.find_vma(va).copied();
         let Some(vma) = vma.filter(|v| vma_allows(v.perms, f.access)) else {
             return Err(self.kill(pid, va, f.access));
         };
@@ -446,9 +480,9 @@ impl<S: Scheme> Os<S> {
         if is_store && !attrs.perms.contains(Perms::W) {
             let base = Gpa::new(base).page();
             if slot.level != crate::addr::Level::L0 {
-                return self.huge_write_fault(&root, page, base, vma, asid);
+                return self.huge_write_fault(pid, &root, page, base, vma);
             }
-            return self.write_protect_fault(&root, page, base, vma, asid);
+            return self.write_protect_fault(pid, &root, page, base, vma);
         }
         let needs_ad = !attrs.accessed || (is_store && !attrs.dirty);
         let fmt = self.format;
@@ -495,11 +529,11 @@ impl<S: Scheme> Os<S> {
 
     fn write_protect_fault(
         &mut self,
+        pid: Pid,
         root: &PageTable<GuestVirt, GuestPhys>,
         page: Gva,
         old: Gfn,
         vma: Vma,
-        asid: crate::addr::Asid,
     ) -> Result<(), OsError> {
         let fmt = self.format;
         let attrs =
@@ -534,7 +568,9 @@ impl<S: Scheme> Os<S> {
             self.frames.release(old);
         }
         self.count(FaultResolution::CowCopy);
-        self.flush_all(self.policy.after_replace(page, asid))
+        // ptep_clear_flush (every CPU that may cache the page), then update_mmu_cache (local).
+        self.flush_mm(pid, super::smp::MmFlush::Pages(vec![page]))?;
+        self.flush_all(self.policy.after_fill(page))
     }
 
     fn kill(&mut self, pid: Pid, va: Gva, access: Access) -> OsError {
@@ -652,42 +688,58 @@ impl<S: Scheme> Os<S> {
     /// Makes `pid` the running process: its ASID, root switch and the flush they owe.
     pub fn switch_to(&mut self, pid: Pid) -> Result<(), OsError> {
         if self.current == Some(pid) {
-            self.slice_left = self.cfg.time_slice;
+            self.start_slice();
             return Ok(());
         }
-        let proc = self.procs.get(&pid).ok_or_else(|| internal(format!("{pid} is not alive")))?;
-        let (mm_id, last, root_table) = (proc.mm.id, proc.mm.asid, proc.mm.root);
+        let mm = self.mm(pid)?;
+        let (mm_id, last, root_table, gen) = (mm.id, mm.asid, mm.root, mm.tlb_gen);
         self.stats.context_switches += 1;
         let (asid, owed) = self.asids.activate(mm_id, last);
-        if let Some(p) = self.procs.get_mut(&pid) {
-            p.mm.asid = Some(asid);
-        }
+        let here = 1u64 << self.cpu;
+        let mm = self.mm_mut(pid)?;
+        mm.asid = Some(asid);
+        mm.cpus |= here;
         self.current = Some(pid);
-        self.slice_left = self.cfg.time_slice;
+        self.start_slice();
         let root = GuestRoot { table: root_table, asid };
         self.machine.guest_root_switch(root)?;
         match self.policy {
             TlbPolicy::RiscV => {
                 if owed == AsidFlush::Everything {
+                    // Every other CPU flushes everything at its next switch.
+                    self.flush_pending = !here;
+                }
+                if owed == AsidFlush::Everything || self.flush_pending & here != 0 {
+                    self.flush_pending &= !here;
                     self.flush(self.policy.everything())?;
                 }
             }
             TlbPolicy::X86 => {
-                // The CR3 load itself: no-flush unless the PCID was recycled.
-                self.flush(FlushOp::MovCr3 { pcid: asid, noflush: owed == AsidFlush::None })?;
+                // The CR3 load itself: no-flush unless the PCID was recycled or the space was
+                // flushed elsewhere since this CPU's PCID for it was (`tlb_gen`).
+                let stale = self.synced.get(&mm_id).is_some_and(|&g| g < gen);
+                let noflush = owed == AsidFlush::None && !stale;
+                self.synced.insert(mm_id, gen);
+                self.flush(FlushOp::MovCr3 { pcid: asid, noflush })?;
             }
         }
         self.kernel_entry(self.machine.platform.costs.context_switch)
     }
 
-    /// Round robin: the running process goes to the back of the queue and the next one runs.
-    /// Returns the process now running, or `None` when no process is left.
+    /// Round robin on this CPU: the running process goes to the back of the queue and the next
+    /// one runs; an idle CPU first pulls a waiting task from the busiest CPU. Returns the
+    /// process now running, or `None` when this CPU has nothing to run.
     pub fn schedule(&mut self) -> Result<Option<Pid>, OsError> {
         if let Some(cur) = self.current {
             if let Some(pos) = self.run_queue.iter().position(|&p| p == cur) {
                 self.run_queue.remove(pos);
                 self.run_queue.push_back(cur);
             }
+        }
+        if self.run_queue.is_empty() && !self.pull_task() {
+            // Idle: lazy TLB mode, the last space stays loaded.
+            self.current = None;
+            return Ok(None);
         }
         let Some(&next) = self.run_queue.front() else { return Ok(None) };
         self.switch_to(next)?;
@@ -712,7 +764,28 @@ impl<S: Scheme> Os<S> {
         }
         let id = self.next_mm;
         self.next_mm += 1;
-        Ok(Mm { id, root, asid: None, vmas: BTreeMap::new(), brk: self.layout.heap })
+        Ok(Mm {
+            id,
+            root,
+            asid: None,
+            vmas: BTreeMap::new(),
+            brk: self.layout.heap,
+            users: 1,
+            cpus: 0,
+            tlb_gen: 0,
+        })
+    }
+
+    /// The address space of task `pid`.
+    pub(super) fn mm(&self, pid: Pid) -> Result<&Mm, OsError> {
+        let id = self.procs.get(&pid).ok_or_else(|| internal(format!("{pid} is not alive")))?.mm;
+        self.mms.get(&id).ok_or_else(|| internal(format!("{pid}'s address space is gone")))
+    }
+
+    /// The address space of task `pid`, to change.
+    pub(super) fn mm_mut(&mut self, pid: Pid) -> Result<&mut Mm, OsError> {
+        let id = self.procs.get(&pid).ok_or_else(|| internal(format!("{pid} is not alive")))?.mm;
+        self.mms.get_mut(&id).ok_or_else(|| internal(format!("{pid}'s address space is gone")))
     }
 }
 

@@ -91,6 +91,14 @@ pub struct Mm {
     pub vmas: BTreeMap<u64, Vma>,
     /// Current heap break.
     pub brk: Gva,
+    /// Threads using it (a process and the threads it cloned).
+    pub users: u32,
+    /// CPUs that have run it since it was created (RISC-V's `mm_cpumask`, never cleared: an
+    /// ASID-tagged TLB may hold its entries after the CPU switched away), one bit per CPU.
+    pub cpus: u64,
+    /// Flushes of it so far (x86's `tlb_gen`): a CPU whose PCID for it was flushed up to an
+    /// older generation flushes that PCID when it switches back.
+    pub tlb_gen: u64,
 }
 
 impl Mm {
@@ -160,13 +168,13 @@ impl Mm {
     }
 }
 
-/// A process.
+/// A process, or a thread of one: a task with its own kernel stack.
 #[derive(Clone, Debug)]
 pub struct Process {
     /// Its id.
     pub pid: Pid,
-    /// Its address space.
-    pub mm: Mm,
+    /// Its address space's id, shared by the threads of one process.
+    pub mm: u64,
     /// Its kernel stack, in the direct map.
     pub kernel_stack: Gva,
 }
@@ -183,6 +191,9 @@ mod tests {
             asid: None,
             vmas: BTreeMap::new(),
             brk: Gva::ZERO,
+            users: 1,
+            cpus: 0,
+            tlb_gen: 0,
         }
     }
 

@@ -10,6 +10,7 @@ use crate::paging::{Decoded, Perms};
 use super::config::Thp;
 use super::os::{internal, Os, OsError};
 use super::process::{Mm, Pid, Process, Vma, TEXT_PAGES};
+use super::smp::MmFlush;
 use crate::stats::Charge;
 
 /// Entries per 4 KiB table.
@@ -23,7 +24,7 @@ impl<S: Scheme> Os<S> {
         self.charge_kernel(self.machine.platform.costs.process_create);
         let mm = self.new_mm_with_image()?;
         let pid = self.add_process(mm)?;
-        if self.current.is_none() {
+        if self.current.is_none() && self.run_queue.contains(&pid) {
             self.switch_to(pid)?;
         }
         Ok(pid)
@@ -47,7 +48,7 @@ impl<S: Scheme> Os<S> {
         }
         self.charge_kernel(self.machine.platform.costs.process_create);
         let pid = self.add_process(mm)?;
-        if self.current.is_none() {
+        if self.current.is_none() && self.run_queue.contains(&pid) {
             self.switch_to(pid)?;
         }
         Ok(pid)
@@ -62,12 +63,20 @@ impl<S: Scheme> Os<S> {
     }
 
     fn add_process(&mut self, mm: Mm) -> Result<Pid, OsError> {
+        let id = mm.id;
+        self.mms.insert(id, mm);
+        self.add_task(id)
+    }
+
+    /// A new task (process or thread) on address space `mm`, with a kernel stack of its own,
+    /// queued on the least loaded CPU.
+    pub(super) fn add_task(&mut self, mm: u64) -> Result<Pid, OsError> {
         let stack = self.frames.alloc()?;
         let pid = Pid(self.next_pid);
         self.next_pid += 1;
         let kernel_stack = self.layout.direct_map.wrapping_add(stack.addr().as_u64());
         self.procs.insert(pid, Process { pid, mm, kernel_stack });
-        self.run_queue.push_back(pid);
+        self.enqueue_new(pid);
         self.stats.processes += 1;
         Ok(pid)
     }
@@ -98,16 +107,15 @@ impl<S: Scheme> Os<S> {
         // `thp_get_unmapped_area` places anonymous mappings whose length is a multiple of it.
         let huge = super::thp::HUGE.bytes();
         let align = if self.cfg.thp != Thp::Never && len % huge == 0 { huge } else { PAGE };
-        let proc = self.running(pid)?;
-        let start = proc.mm.find_gap(len, align, proc.mm.brk, l.mmap_top).ok_or_else(|| {
+        self.running(pid)?;
+        let mm = self.mm(pid)?;
+        let start = mm.find_gap(len, align, mm.brk, l.mmap_top).ok_or_else(|| {
             OsError::Sim(crate::machine::SimError::Config(format!(
                 "mmap of {pages} pages does not fit the {} user address space",
                 self.format.name
             )))
         })?;
-        if let Some(p) = self.procs.get_mut(&pid) {
-            p.mm.insert(Vma::new(start, start.wrapping_add(len), perms));
-        }
+        self.mm_mut(pid)?.insert(Vma::new(start, start.wrapping_add(len), perms));
         Ok(start)
     }
 
@@ -133,14 +141,11 @@ impl<S: Scheme> Os<S> {
         end: Gva,
         perms: Option<Perms>,
     ) -> Result<(), OsError> {
-        let removed = match self.procs.get_mut(&pid) {
-            Some(p) => p.mm.carve(start, end),
-            None => return Err(internal(format!("{pid} is not alive"))),
-        };
+        let removed = self.mm_mut(pid)?.carve(start, end);
         let mut changed = Vec::new();
         for vma in removed {
-            if let (Some(perms), Some(p)) = (perms, self.procs.get_mut(&pid)) {
-                p.mm.insert(Vma { perms, ..vma });
+            if let Some(perms) = perms {
+                self.mm_mut(pid)?.insert(Vma { perms, ..vma });
             }
             self.edit_range(pid, vma.start, vma.end, perms, &mut changed)?;
         }
@@ -152,9 +157,10 @@ impl<S: Scheme> Os<S> {
         self.syscall()?;
         let heap = self.layout.heap;
         let new = heap.wrapping_add(pages * PAGE);
+        self.running(pid)?;
         let (old, top) = {
-            let p = self.running(pid)?;
-            (p.mm.brk, p.mm.vmas.range(heap.as_u64() + 1..).next().map(|(_, v)| v.start))
+            let mm = self.mm(pid)?;
+            (mm.brk, mm.vmas.range(heap.as_u64() + 1..).next().map(|(_, v)| v.start))
         };
         if top.is_some_and(|t| new > t) || new > self.layout.mmap_top {
             return Err(OsError::Sim(crate::machine::SimError::Config(format!(
@@ -164,14 +170,11 @@ impl<S: Scheme> Os<S> {
         if new < old {
             self.change_range(pid, new, old, None)?;
         } else if new > old {
-            if let Some(p) = self.procs.get_mut(&pid) {
-                let huge = p.mm.carve(heap, new).iter().any(|v| v.huge);
-                p.mm.insert(Vma { huge, ..Vma::new(heap, new, Perms::R | Perms::W) });
-            }
+            let mm = self.mm_mut(pid)?;
+            let huge = mm.carve(heap, new).iter().any(|v| v.huge);
+            mm.insert(Vma { huge, ..Vma::new(heap, new, Perms::R | Perms::W) });
         }
-        if let Some(p) = self.procs.get_mut(&pid) {
-            p.mm.brk = new;
-        }
+        self.mm_mut(pid)?.brk = new;
         Ok(new)
     }
 
@@ -186,11 +189,7 @@ impl<S: Scheme> Os<S> {
         perms: Option<Perms>,
         changed: &mut Vec<(Gva, PageSize)>,
     ) -> Result<(), OsError> {
-        let (root, asid) = self
-            .procs
-            .get(&pid)
-            .map(|p| (p.mm.root, p.mm.asid.unwrap_or_default()))
-            .ok_or_else(|| internal(format!("{pid} is gone")))?;
+        let root = self.mm(pid)?.root;
         let fmt = self.format;
         let mut va = start;
         while va < end {
@@ -201,7 +200,7 @@ impl<S: Scheme> Os<S> {
             let size = PageSize::at_level(slot.level);
             let page = va.align_down(size);
             if page < start || page.wrapping_add(size.bytes()) > end {
-                self.split_huge(&root, asid, va)?;
+                self.split_huge(pid, &root, va)?;
                 continue;
             }
             if let Ok(Decoded::Leaf { base, attrs }) = fmt.decode(slot.raw, slot.level) {
@@ -251,17 +250,12 @@ impl<S: Scheme> Os<S> {
             return Ok(());
         };
         let stride = changed.iter().map(|&(_, size)| size).min().unwrap_or(PageSize::Size4K);
-        let asid = self.procs.get(&pid).and_then(|p| p.mm.asid).unwrap_or_default();
         let span = last.offset_from(first).unwrap_or(0) / stride.bytes() + 1;
         if span > self.cfg.range_flush_threshold {
-            return self.flush(self.policy.whole_mm(asid));
+            return self.flush_mm(pid, MmFlush::All);
         }
-        let mut va = first;
-        for _ in 0..span {
-            self.flush(self.policy.page(va, asid))?;
-            va = va.wrapping_add(stride.bytes());
-        }
-        Ok(())
+        let pages = (0..span).map(|i| first.wrapping_add(i * stride.bytes())).collect();
+        self.flush_mm(pid, MmFlush::Pages(pages))
     }
 
     /// Moves the page at `va` to a fresh frame (a kernel page migration, as the LSP
@@ -275,17 +269,15 @@ impl<S: Scheme> Os<S> {
     /// per move, then the flushes of the changed range.
     pub fn migrate_pages(&mut self, pid: Pid, vas: &[Gva]) -> Result<(), OsError> {
         self.syscall()?;
-        let (root, asid) = {
-            let mm = &self.running(pid)?.mm;
-            (mm.root, mm.asid.unwrap_or_default())
-        };
+        self.running(pid)?;
+        let root = self.mm(pid)?.root;
         let fmt = self.format;
         let mut changed = Vec::with_capacity(vas.len());
         for &va in vas {
             let page = va.align_down(PageSize::Size4K);
             // A huge page is split and one small page of it moves.
             if self.find_leaf(&root, page).is_some_and(|s| s.level != Level::L0) {
-                self.split_huge(&root, asid, page)?;
+                self.split_huge(pid, &root, page)?;
             }
             let slot = self.find_leaf(&root, page);
             let Some(Ok(Decoded::Leaf { base, attrs })) = slot.map(|s| fmt.decode(s.raw, s.level))
@@ -317,9 +309,10 @@ impl<S: Scheme> Os<S> {
     pub fn fork(&mut self, parent: Pid) -> Result<Pid, OsError> {
         self.syscall()?;
         self.charge_kernel(self.machine.platform.costs.process_create);
-        let (vmas, brk, proot, asid) = {
-            let p = self.running(parent)?;
-            (p.mm.vmas.clone(), p.mm.brk, p.mm.root, p.mm.asid.unwrap_or_default())
+        self.running(parent)?;
+        let (vmas, brk, proot) = {
+            let mm = self.mm(parent)?;
+            (mm.vmas.clone(), mm.brk, mm.root)
         };
         let mut mm = self.new_mm()?;
         mm.vmas = vmas;
@@ -335,7 +328,7 @@ impl<S: Scheme> Os<S> {
         )?;
         let child = self.add_process(mm)?;
         // dup_mmap ends with flush_tlb_mm(oldmm).
-        self.flush(self.policy.whole_mm(asid))?;
+        self.flush_mm(parent, MmFlush::All)?;
         Ok(child)
     }
 
@@ -391,14 +384,29 @@ impl<S: Scheme> Os<S> {
         self.charge_kernel(self.machine.platform.costs.process_create);
         self.running(pid)?;
         let mm = self.new_mm_with_image()?;
+        let new = mm.id;
+        self.mms.insert(new, mm);
         let old = match self.procs.get_mut(&pid) {
-            Some(p) => std::mem::replace(&mut p.mm, mm),
+            Some(p) => std::mem::replace(&mut p.mm, new),
             None => return Err(internal(format!("{pid} is gone"))),
         };
         // exec_mmap: activate_mm switches to the new space first.
         self.current = None;
         self.switch_to(pid)?;
-        self.free_mm(&old, false)
+        self.drop_mm_user(old, false)
+    }
+
+    /// One task fewer uses address space `id`; the last one tears it down (`mmput`). `loaded`
+    /// says whether the CPU still uses it.
+    fn drop_mm_user(&mut self, id: u64, loaded: bool) -> Result<(), OsError> {
+        let Some(mm) = self.mms.get_mut(&id) else {
+            return Err(internal(format!("address space {id} is gone")));
+        };
+        mm.users = mm.users.saturating_sub(1);
+        if mm.users > 0 {
+            return Ok(());
+        }
+        self.free_mm(id, loaded)
     }
 
     /// `exit()`: tears the address space down (with the flush of `tlb_finish_mmu`) and removes
@@ -411,11 +419,11 @@ impl<S: Scheme> Os<S> {
             self.syscall()?;
         }
         let current = self.current == Some(pid);
-        self.free_mm(&proc.mm, current)?;
+        self.drop_mm_user(proc.mm, current)?;
         self.frames
             .release(Gpa::new(proc.kernel_stack.as_u64() - self.layout.direct_map.as_u64()).page());
         self.procs.remove(&pid);
-        self.run_queue.retain(|&p| p != pid);
+        self.dequeue(pid);
         if current {
             self.current = None;
         }
@@ -424,12 +432,16 @@ impl<S: Scheme> Os<S> {
 
     /// Clears every user entry of `mm` and frees its pages and tables; `loaded` says whether the
     /// space is still the one the CPU uses (then its ASID is flushed, as `tlb_finish_mmu` does).
-    fn free_mm(&mut self, mm: &Mm, loaded: bool) -> Result<(), OsError> {
+    fn free_mm(&mut self, id: u64, loaded: bool) -> Result<(), OsError> {
+        let Some(mm) = self.mms.get(&id).cloned() else {
+            return Err(internal(format!("address space {id} is gone")));
+        };
         let level = mm.root.format().root_level();
         self.teardown_tree(mm.root.root(), level, true)?;
         if loaded {
-            self.flush(self.policy.whole_mm(mm.asid.unwrap_or_default()))?;
+            self.flush_mm_id(id, MmFlush::All)?;
         }
+        self.mms.remove(&id);
         self.asids.release(mm.id);
         let root = GuestRoot { table: mm.root, asid: mm.asid.unwrap_or_default() };
         self.machine.scheme.guest_address_space_freed(&mut self.machine.platform, root)?;

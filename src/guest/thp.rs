@@ -16,7 +16,7 @@
 //! Not modelled: `khugepaged` (collapsing small pages back into huge ones) and compaction (a
 //! freed block whose frames were freed one by one never becomes a block again).
 
-use crate::addr::{Asid, Gfn, Gpa, GuestPhys, GuestVirt, Gva, Level, PageSize};
+use crate::addr::{Gfn, Gpa, GuestPhys, GuestVirt, Gva, Level, PageSize};
 use crate::machine::Scheme;
 use crate::paging::format::PTE_BYTES;
 use crate::paging::mapper;
@@ -27,7 +27,8 @@ use crate::stats::Charge;
 use super::config::Thp;
 use super::frames::BLOCK_FRAMES;
 use super::os::{internal, FaultResolution, Os, OsError};
-use super::process::Vma;
+use super::process::{Pid, Vma};
+use super::smp::MmFlush;
 
 /// The size of a transparent huge page.
 pub const HUGE: PageSize = PageSize::Size2M;
@@ -147,11 +148,11 @@ impl<S: Scheme> Os<S> {
     /// and copies one small page.
     pub(super) fn huge_write_fault(
         &mut self,
+        pid: Pid,
         root: &PageTable<GuestVirt, GuestPhys>,
         page: Gva,
         base: Gfn,
         vma: Vma,
-        asid: Asid,
     ) -> Result<(), OsError> {
         let head = page.align_down(HUGE);
         let exclusive = !self.in_huge_zero(base)
@@ -170,7 +171,7 @@ impl<S: Scheme> Os<S> {
             self.count(FaultResolution::CowReuse);
             return self.flush_all(self.policy.after_upgrade(head));
         }
-        self.split_huge(root, asid, head)?;
+        self.split_huge(pid, root, head)?;
         self.count(FaultResolution::HugeSplit);
         Ok(())
     }
@@ -180,8 +181,8 @@ impl<S: Scheme> Os<S> {
     /// place and flushes the huge page's address.
     pub(super) fn split_huge(
         &mut self,
+        pid: Pid,
         root: &PageTable<GuestVirt, GuestPhys>,
-        asid: Asid,
         va: Gva,
     ) -> Result<(), OsError> {
         let head = va.align_down(HUGE);
@@ -209,7 +210,7 @@ impl<S: Scheme> Os<S> {
         }
         self.store_entry(slot.entry, fmt.encode_table(table.addr().as_u64()))?;
         self.thp.split_pmd += 1;
-        self.flush(self.policy.page(head, asid))
+        self.flush_mm(pid, MmFlush::Pages(vec![head]))
     }
 
     /// Drops the mapping of the huge page whose first frame is `base`: its frames' references
@@ -231,17 +232,12 @@ impl<S: Scheme> Os<S> {
 
     /// `madvise(va, pages * 4096, MADV_HUGEPAGE)`: marks the range for huge pages (what is
     /// mapped already stays as it is: collapsing is `khugepaged`'s, not modelled).
-    pub fn madvise_hugepage(
-        &mut self,
-        pid: super::process::Pid,
-        va: Gva,
-        pages: u64,
-    ) -> Result<(), OsError> {
+    pub fn madvise_hugepage(&mut self, pid: Pid, va: Gva, pages: u64) -> Result<(), OsError> {
         self.syscall()?;
         let end = va.wrapping_add(pages * PageSize::Size4K.bytes());
-        let p = self.procs.get_mut(&pid).ok_or_else(|| internal(format!("{pid} is not alive")))?;
-        for vma in p.mm.carve(va, end) {
-            p.mm.insert(Vma { huge: true, ..vma });
+        let mm = self.mm_mut(pid)?;
+        for vma in mm.carve(va, end) {
+            mm.insert(Vma { huge: true, ..vma });
         }
         Ok(())
     }
@@ -252,12 +248,7 @@ impl<S: Scheme> Os<S> {
     /// `madvise(MADV_HUGEPAGE)` on it, as a THP-aware allocator does (jemalloc reads the THP
     /// mode at start-up for its `opt.thp`); under the other modes the `madvise` would change
     /// nothing, so the program skips it.
-    pub fn mmap_data(
-        &mut self,
-        pid: super::process::Pid,
-        pages: u64,
-        perms: Perms,
-    ) -> Result<Gva, OsError> {
+    pub fn mmap_data(&mut self, pid: Pid, pages: u64, perms: Perms) -> Result<Gva, OsError> {
         let start = self.mmap(pid, pages, perms)?;
         if self.cfg.thp == Thp::Madvise {
             self.madvise_hugepage(pid, start, pages)?;

@@ -4,9 +4,11 @@
 use crate::addr::{Gva, Hpa};
 use crate::machine::{Platform, Scheme, SimError, Stop};
 use crate::mem::OutsideGuestMemory;
+use crate::mmu::FlushOp;
 use crate::mmu::TranslationFault;
 use crate::paging::walk::{WalkError, WalkFault};
 use crate::paging::{Access, FaultKind};
+use crate::stats::{Charge, TrapCause};
 
 /// The native baseline.
 #[derive(Debug, Clone, Copy, Default)]
@@ -61,5 +63,39 @@ impl Scheme for Native {
         let size = leaf.size.min(crate::mem::backing::CHUNK_SIZE);
         p.fill_tlb(gva, size, hpa, leaf.global, allow)?;
         Ok(hpa)
+    }
+
+    /// The SBI call traps to the firmware in M-mode (OpenSBI), which fences this hart itself.
+    fn remote_fence_call(
+        &mut self,
+        p: &mut Platform,
+        _ops: &[FlushOp],
+        _targets: u64,
+    ) -> Result<(), SimError> {
+        p.hw_trap(TrapCause::RemoteFence);
+        p.stats.cycles.hw_trap.charge(p.costs.hw_trap);
+        Ok(())
+    }
+
+    /// The firmware's M-mode interrupt runs the fences on another hart.
+    fn remote_fence_apply(
+        &mut self,
+        p: &mut Platform,
+        ops: &[FlushOp],
+        local: bool,
+    ) -> Result<(), SimError> {
+        for op in ops {
+            p.mmu.flush(op);
+        }
+        if !local {
+            p.hw_trap(TrapCause::RemoteFence);
+            p.stats.cycles.hw_trap.charge(p.costs.hw_trap);
+        }
+        Ok(())
+    }
+
+    /// An interrupt-command write, no hypervisor in the way.
+    fn ipi_sent(&mut self, p: &mut Platform) {
+        p.stats.cycles.guest_kernel.charge(p.costs.ipi_send);
     }
 }

@@ -410,37 +410,55 @@ impl Workload {
 }
 
 /// Runs `workload` to completion: every process runs its turns under the round-robin scheduler
-/// until none is left. `progress` is called between turns with (done, total).
+/// until none is left. With several CPUs they take turns of `smp.quantum` accesses each, round
+/// robin, each running its own run queue. `progress` is called between turns with (done,
+/// total).
 pub fn drive<S: Scheme>(
     os: &mut Os<S>,
     workload: &mut Workload,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(), OsError> {
     workload.start(os)?;
-    loop {
+    // CPUs in a row that found nothing to run: a whole round of them ends the run.
+    let mut idle = 0;
+    while os.process_count() > 0 {
         let pid = match os.current() {
-            Some(p) => p,
-            None => match os.schedule()? {
-                Some(p) => p,
-                None => break,
-            },
+            Some(p) => Some(p),
+            None => os.schedule()?,
         };
-        match workload.run(os, pid) {
-            Ok(Step::Preempted | Step::Yield) => {
-                os.schedule()?;
+        match pid {
+            Some(pid) => {
+                idle = 0;
+                match workload.run(os, pid) {
+                    // The end of this CPU's turn only: its task goes on at its next turn.
+                    Ok(Step::Preempted) if !os.slice_expired() => {}
+                    Ok(Step::Preempted | Step::Yield) => {
+                        os.schedule()?;
+                    }
+                    Ok(Step::Exit) => {
+                        os.exit(pid)?;
+                        os.schedule()?;
+                    }
+                    Err(OsError::Killed { pid, .. }) => {
+                        workload.killed(pid);
+                        os.schedule()?;
+                    }
+                    Err(e) => return Err(e),
+                }
+                let (done, total) = workload.progress();
+                progress(done, total);
             }
-            Ok(Step::Exit) => {
-                os.exit(pid)?;
-                os.schedule()?;
+            None => {
+                idle += 1;
+                if idle >= os.cpus() {
+                    return Err(crate::guest::os::internal(format!(
+                        "{} processes left but no CPU has one to run",
+                        os.process_count()
+                    )));
+                }
             }
-            Err(OsError::Killed { pid, .. }) => {
-                workload.killed(pid);
-                os.schedule()?;
-            }
-            Err(e) => return Err(e),
         }
-        let (done, total) = workload.progress();
-        progress(done, total);
+        os.next_cpu();
     }
     let (_, total) = workload.progress();
     progress(total, total);

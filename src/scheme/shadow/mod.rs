@@ -847,6 +847,63 @@ impl Scheme for Shadow {
         Ok(())
     }
 
+    /// The remote fence is intercepted where the scheme handles flushes: in hardware mode
+    /// (SSP and LSP intercept the SBI call in M-mode) or in the hypervisor; a scope the scheme
+    /// syncs in the hypervisor (LSP's wide flushes) makes it a VM exit. Shared tables are
+    /// maintained once, here, for every target.
+    fn remote_fence_call(
+        &mut self,
+        p: &mut Platform,
+        ops: &[FlushOp],
+        _targets: u64,
+    ) -> Result<(), SimError> {
+        let mut at = self.opts.flush_handler;
+        let mut work = 0;
+        if self.opts.granularity == Granularity::Process {
+            for op in ops {
+                let Some(scope) = op.effect(p.mmu.vmid, p.mmu.asid).tlb else { continue };
+                let (handled_at, w) = self.handle_flush(p, scope)?;
+                work += w;
+                if handled_at == HandlerAt::Hypervisor {
+                    at = HandlerAt::Hypervisor;
+                }
+            }
+        }
+        match at {
+            HandlerAt::Hypervisor => Self::exit(p, ExitCause::RemoteFence, work),
+            HandlerAt::Hardware => Self::trap(p, TrapCause::RemoteFence, work),
+        }
+        Ok(())
+    }
+
+    /// Each target's TLB is fenced; another vCPU is reached by an M-mode interrupt (hardware
+    /// mode) or kicked out by the hypervisor. A per-vCPU shadow table is maintained on its own
+    /// vCPU.
+    fn remote_fence_apply(
+        &mut self,
+        p: &mut Platform,
+        ops: &[FlushOp],
+        local: bool,
+    ) -> Result<(), SimError> {
+        for op in ops {
+            p.mmu.flush(op);
+        }
+        let mut work = 0;
+        if self.opts.granularity == Granularity::Vcpu {
+            for op in ops {
+                let Some(scope) = op.effect(p.mmu.vmid, p.mmu.asid).tlb else { continue };
+                work += self.handle_flush(p, scope)?.1;
+            }
+        }
+        if !local || work > 0 {
+            match self.opts.flush_handler {
+                HandlerAt::Hypervisor => Self::exit(p, ExitCause::RemoteFence, work),
+                HandlerAt::Hardware => Self::trap(p, TrapCause::RemoteFence, work),
+            }
+        }
+        Ok(())
+    }
+
     fn vcpu_switched(&mut self, from: usize, to: usize) {
         if self.parked.len() <= from.max(to) {
             self.parked.resize_with(from.max(to) + 1, || None);
