@@ -132,6 +132,20 @@ pub struct GuestReport {
     /// Transparent huge pages (`kernel.thp`).
     #[serde(default)]
     pub thp: ThpReport,
+    /// The guest's vCPUs (`smp.vcpus`).
+    #[serde(default = "one")]
+    pub vcpus: u64,
+    /// TLB shootdowns: flushes of an address space other vCPUs may cache (an SBI remote fence
+    /// on RISC-V, IPIs on x86).
+    #[serde(default)]
+    pub shootdowns: u64,
+    /// Tasks an idle vCPU pulled from another's run queue.
+    #[serde(default)]
+    pub migrations: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// What the guest kernel did with transparent huge pages (Linux's `/proc/vmstat` names).

@@ -333,6 +333,9 @@ fn report<S: Scheme>(
             fault_fallback: os.thp.fault_fallback,
             split_pmd: os.thp.split_pmd,
         },
+        vcpus: os.cpus() as u64,
+        shootdowns: guest.shootdowns,
+        migrations: guest.migrations,
     };
     let id = ReportId {
         scheme: spec.scheme,

@@ -22,6 +22,9 @@ fn small(w: WorkloadKind) -> Vec<(String, String)> {
         WorkloadKind::PointerChase => &[("pages", "400"), ("loads", "3000")],
         WorkloadKind::Server => &[("workers", "3"), ("requests", "8"), ("shared_pages", "96")],
         WorkloadKind::LspMicro => &[("pages", "64"), ("operations", "1000")],
+        WorkloadKind::Threads => {
+            &[("threads", "3"), ("pages", "256"), ("accesses", "2000"), ("buffer_every", "200")]
+        }
     };
     sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }

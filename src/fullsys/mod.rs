@@ -752,6 +752,7 @@ impl<S: Scheme> State<S> {
             faults: [("recorded".to_owned(), self.report.page_faults.values().sum())].into(),
             syscalls: self.report.syscalls,
             history: format!("{:016x}", self.history.0),
+            vcpus: 1,
             ..GuestReport::default()
         };
         let id = ReportId {

@@ -187,6 +187,8 @@ pub struct Os<S: Scheme> {
     pub(super) parked_cpus: Vec<Option<super::smp::Cpu>>,
     /// x86: the flush generation of each address space this CPU's PCID for it is flushed to.
     pub(super) synced: BTreeMap<u64, u64>,
+    /// The address space this CPU's MMU is set to (it stays loaded while the CPU idles).
+    pub(super) loaded: Option<u64>,
     /// RISC-V: CPUs (one bit each) that owe a full flush at their next switch after an ASID
     /// rollover on another CPU.
     pub(super) flush_pending: u64,
@@ -241,6 +243,7 @@ impl<S: Scheme> Os<S> {
                 })
                 .collect(),
             synced: BTreeMap::new(),
+            loaded: None,
             flush_pending: 0,
             warmup_left: 0,
             warmup_requested: 0,
@@ -694,6 +697,19 @@ impl<S: Scheme> Os<S> {
         let mm = self.mm(pid)?;
         let (mm_id, last, root_table, gen) = (mm.id, mm.asid, mm.root, mm.tlb_gen);
         self.stats.context_switches += 1;
+        if self.loaded == Some(mm_id) && self.mms.contains_key(&mm_id) {
+            // Another thread of the space this CPU has loaded: no root switch (`switch_mm`
+            // returns early), but x86 still catches up with flushes made elsewhere.
+            self.current = Some(pid);
+            self.start_slice();
+            if self.policy == TlbPolicy::X86 && self.synced.get(&mm_id).is_some_and(|&g| g < gen) {
+                self.synced.insert(mm_id, gen);
+                let asid = self.asid_here(mm_id);
+                self.flush(FlushOp::MovCr3 { pcid: asid, noflush: false })?;
+            }
+            return self.kernel_entry(self.machine.platform.costs.context_switch);
+        }
+        self.loaded = Some(mm_id);
         let (asid, owed) = self.asids.activate(mm_id, last);
         let here = 1u64 << self.cpu;
         let mm = self.mm_mut(pid)?;

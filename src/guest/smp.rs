@@ -42,6 +42,8 @@ pub(super) struct Cpu {
     pub(super) asids: Option<AsidAllocator>,
     /// x86: the flush generation of each address space this CPU's PCID for it is flushed to.
     pub(super) synced: BTreeMap<u64, u64>,
+    /// The address space this CPU's MMU is set to.
+    pub(super) loaded: Option<u64>,
 }
 
 /// What a flush of one address space covers (`flush_tlb_range` or `flush_tlb_mm`).
@@ -82,6 +84,7 @@ impl<S: Scheme> Os<S> {
             slice_rest: std::mem::replace(&mut self.slice_rest, next.slice_rest),
             asids,
             synced: std::mem::replace(&mut self.synced, next.synced),
+            loaded: std::mem::replace(&mut self.loaded, next.loaded),
         };
         self.parked_cpus[self.cpu] = Some(old);
         self.cpu = to;

@@ -8,6 +8,7 @@
 
 mod multi;
 mod single;
+mod threads;
 pub mod trace;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,7 @@ pub use single::{
     LspMicro, LspMicroParams, MmapChurn, MmapParams, PageFault, PageFaultParams, PointerChase,
     PointerChaseParams, RandomAccess, RandomParams, Stream, StreamParams,
 };
+pub use threads::{Threads, ThreadsParams};
 pub use trace::{TraceParams, TraceReplay, TraceReport, TraceSet};
 
 /// What a process did with its turn.
@@ -60,11 +62,13 @@ pub enum WorkloadKind {
     Server,
     /// The LSP micro-benchmark.
     LspMicro,
+    /// One process of threads sharing an address space (TLB shootdowns with several vCPUs).
+    Threads,
 }
 
 impl WorkloadKind {
     /// Every workload, in listing order.
-    pub const ALL: [WorkloadKind; 10] = [
+    pub const ALL: [WorkloadKind; 11] = [
         WorkloadKind::Pagefault,
         WorkloadKind::Fork,
         WorkloadKind::Exec,
@@ -75,6 +79,7 @@ impl WorkloadKind {
         WorkloadKind::PointerChase,
         WorkloadKind::Server,
         WorkloadKind::LspMicro,
+        WorkloadKind::Threads,
     ];
 
     /// The workloads `memvirt compare` runs when none is named: one of each kind of pressure
@@ -101,6 +106,7 @@ impl WorkloadKind {
             WorkloadKind::PointerChase => "pointer-chase",
             WorkloadKind::Server => "server",
             WorkloadKind::LspMicro => "lsp-micro",
+            WorkloadKind::Threads => "threads",
         }
     }
 
@@ -136,6 +142,9 @@ impl WorkloadKind {
             WorkloadKind::LspMicro => {
                 "LSP micro-benchmark: sequential operations over 1,024 pages, a fraction modify the page's PTE and flush it, the rest access it"
             }
+            WorkloadKind::Threads => {
+                "multi-threaded: threads share one address space, access a shared region at random and map, write and unmap private buffers (each unmap a TLB shootdown with several vCPUs)"
+            }
         }
     }
 
@@ -155,6 +164,7 @@ impl WorkloadKind {
             WorkloadKind::PointerChase => v(PointerChaseParams::default()),
             WorkloadKind::Server => v(ServerParams::default()),
             WorkloadKind::LspMicro => v(LspMicroParams::default()),
+            WorkloadKind::Threads => v(ThreadsParams::default()),
         }
     }
 
@@ -175,6 +185,7 @@ impl WorkloadKind {
             WorkloadKind::PointerChase => &[("loads", "20000000")],
             WorkloadKind::Server => &[("requests", "5000")],
             WorkloadKind::LspMicro => &[("operations", "1000000")],
+            WorkloadKind::Threads => &[("accesses", "1000000")],
         };
         // The defaults always validate, so the estimate cannot fail.
         let warmup = self.estimated_accesses(&[]).map_or(0, |a| u64::try_from(a).unwrap_or(0));
@@ -200,6 +211,7 @@ impl WorkloadKind {
             WorkloadKind::PointerChase => e::<PointerChaseParams>(sets),
             WorkloadKind::Server => e::<ServerParams>(sets),
             WorkloadKind::LspMicro => e::<LspMicroParams>(sets),
+            WorkloadKind::Threads => e::<ThreadsParams>(sets),
         }
     }
 
@@ -219,6 +231,7 @@ impl WorkloadKind {
             }
             WorkloadKind::Server => Workload::Server(Server::new(params(sets)?, seed)),
             WorkloadKind::LspMicro => Workload::LspMicro(LspMicro::new(params(sets)?, seed)),
+            WorkloadKind::Threads => Workload::Threads(Threads::new(params(sets)?, seed)),
         })
     }
 }
@@ -355,6 +368,8 @@ pub enum Workload {
     Server(Server),
     /// `lsp-micro`.
     LspMicro(LspMicro),
+    /// `threads`.
+    Threads(Threads),
     /// Trace replay (`--trace`).
     Trace(TraceReplay),
 }
@@ -374,6 +389,7 @@ macro_rules! dispatch {
             Workload::PointerChase($w) => $body,
             Workload::Server($w) => $body,
             Workload::LspMicro($w) => $body,
+            Workload::Threads($w) => $body,
             Workload::Trace($w) => $body,
         }
     };

@@ -21,6 +21,9 @@ pub fn small(w: WorkloadKind) -> Vec<(&'static str, &'static str)> {
         WorkloadKind::PointerChase => vec![("pages", "512"), ("loads", "5000")],
         WorkloadKind::Server => vec![("workers", "3"), ("requests", "10"), ("shared_pages", "128")],
         WorkloadKind::LspMicro => vec![("pages", "64"), ("operations", "1000")],
+        WorkloadKind::Threads => {
+            vec![("threads", "3"), ("pages", "256"), ("accesses", "2000"), ("buffer_every", "200")]
+        }
     }
 }
 
