@@ -207,7 +207,7 @@ struct BenchArgs {
     /// Schemes to time, comma-separated [default: native,nested].
     #[arg(long, value_enum, value_delimiter = ',')]
     schemes: Vec<SchemeKind>,
-    /// Workloads, comma-separated [default: all ten].
+    /// Workloads, comma-separated [default: all eleven].
     #[arg(long, value_enum, value_delimiter = ',')]
     workloads: Vec<WorkloadKind>,
     /// Time every run N times, in N interleaved rounds (so that a change in the machine's load
