@@ -139,7 +139,7 @@ fn run_json_has_the_contract_fields() {
     assert_eq!(r["guest_page_faults"], 200);
     // Native ran as the baseline, so the overhead is known.
     assert!(r["overhead_vs_native"].as_f64().is_some_and(|o| o > 0.0), "{r}");
-    for (counts, causes) in [("vm_exits", 8), ("hw_traps", 5)] {
+    for (counts, causes) in [("vm_exits", 10), ("hw_traps", 6)] {
         let map = r[counts].as_object().expect("an object of counts");
         assert_eq!(map.len(), causes + 1, "{counts}: one key per cause plus total: {map:?}");
         let total = map.get("total").and_then(Value::as_u64).expect("a total");
@@ -761,5 +761,5 @@ fn warm_up_length_and_footprint_mistakes_are_clear_errors() {
     fails(&pagefault(&["--set", "memory.table_pool_frames=0"]), &["memory.table_pool_frames"]);
     // `memvirt list` shows both lengths of every workload.
     let list = ok(&["list"]);
-    assert_eq!(list.matches("length: short ~").count(), 10, "{list}");
+    assert_eq!(list.matches("length: short ~").count(), 11, "{list}");
 }

@@ -33,12 +33,18 @@ fn walk_cycles_per_walk(r: &Report) -> f64 {
 fn equal_shadow_tables_give_asp_and_ssp_equal_walk_costs() -> Result<(), RunError> {
     // After the warm-up every shadow leaf exists, so both walk only their shadow tables, which
     // hold the same entries. With table pools those tables also sit at the same offsets of
-    // their 2 MiB regions, so every walk reads the same cache sets: equal to the reference.
+    // their 2 MiB regions, so every walk reads the same cache sets. They may differ only in the
+    // LLC, the level ASP's nested-table lines share with its shadow lines: 3 of 2.28 M
+    // references since the host-page change of 2026-12-07.
     let ssp = random_steady(SchemeKind::Ssp, &[])?;
     let asp = random_steady(SchemeKind::Asp, &[])?;
     assert_eq!(ssp.walk.walks, asp.walk.walks);
-    assert_eq!(ssp.walk.refs_by_level, asp.walk.refs_by_level);
-    assert_eq!(ssp.cycles_by_category.walk, asp.cycles_by_category.walk);
+    assert_eq!(ssp.walk.guest_refs, asp.walk.guest_refs);
+    let (s, a) = (ssp.walk.refs_by_level, asp.walk.refs_by_level);
+    assert_eq!(s[..2], a[..2], "the private cache levels see the same lines");
+    assert!(s[2].abs_diff(a[2]) <= 10 && s[3].abs_diff(a[3]) <= 10, "{s:?} vs {a:?}");
+    let walk_ratio = walk_cycles_per_walk(&asp) / walk_cycles_per_walk(&ssp);
+    assert!((walk_ratio - 1.0).abs() < 1e-4, "ASP walks cost {walk_ratio}x SSP's");
     // Allocated one by one, ASP's shadow pages alternate with its nested pages, use half the
     // cache sets, and its walks cost more (the artefact the pools remove).
     let interleaved = [("memory.table_pool_frames", "1")];

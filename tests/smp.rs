@@ -93,6 +93,29 @@ fn riscv_munmap_of_a_shared_space_is_one_sbi_remote_fence_to_both_harts() {
 }
 
 #[test]
+fn shared_shadow_tables_are_filled_once_per_vm_and_per_vcpu_ones_once_per_vcpu() {
+    let rv = profile("riscv-sv39", 2);
+    for (sharing, fills) in [("vm", 0), ("vcpu", 1)] {
+        let mut opts = SchemeKind::Ssp.shadow_options().unwrap();
+        opts = opts.with_sets(&[("sharing".into(), sharing.into())]).unwrap();
+        let mut os = boot(&rv, |p| Shadow::new(p, "ssp", opts).unwrap());
+        let p = os.spawn().unwrap();
+        let va = os.mmap(p, 4, RW).unwrap();
+        os.store(va, 1).unwrap();
+        let t = os.spawn_thread(p).unwrap();
+        os.next_cpu();
+        assert_eq!(os.schedule().unwrap(), Some(t));
+        // The thread's first access to the page on CPU 1: the shared table already has it.
+        let before = os.machine.scheme.stats.fills;
+        assert_eq!(os.load(va).unwrap(), 1);
+        assert_eq!(os.machine.scheme.stats.fills - before, fills, "sharing = {sharing}");
+    }
+    let tsp = SchemeKind::Tsp.shadow_options().unwrap();
+    let e = tsp.with_sets(&[("sharing".into(), "vcpu".into())]).unwrap_err();
+    assert!(e.to_string().contains("scheme.notice"), "{e}");
+}
+
+#[test]
 fn a_space_only_one_cpu_has_run_is_flushed_locally() {
     let mut os =
         boot(&profile("riscv-sv39", 2), |p| Nested::new(p, NestedOptions::default()).unwrap());
@@ -230,6 +253,14 @@ fn with_several_vcpus_every_scheme_gives_the_same_verified_history() {
                 }
                 if w == WorkloadKind::Threads {
                     assert!(shootdowns > 0, "threads shoot down on {name} with {vcpus} vCPUs");
+                }
+                // Per-vCPU shadow tables give the same history too.
+                for s in [SchemeKind::Ssp, SchemeKind::Lsp, SchemeKind::Asp] {
+                    let mut per_vcpu = spec(s, w, &profile, true);
+                    per_vcpu.scheme_sets = vec![("sharing".into(), "vcpu".into())];
+                    let r = run(&per_vcpu, &mut |_, _| {}).unwrap();
+                    let (h, first) = seen.as_ref().unwrap();
+                    assert_eq!(&r.guest.history, h, "{} sharing=vcpu vs {first}", s.name());
                 }
             }
         }

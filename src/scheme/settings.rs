@@ -163,7 +163,7 @@ mod tests {
         assert!(e.to_string().contains("squash_penalty"), "{e}");
         let e = check_scheme_sets(&set("ways", "0"), &[SchemeKind::SpecShadow]).unwrap_err();
         assert!(e.to_string().contains("spec-shadow"), "{e}");
-        let e = check_scheme_sets(&set("ways", "8"), &[SchemeKind::Nested]).unwrap_err();
+        let e = check_scheme_sets(&set("ways", "8"), &[SchemeKind::Native]).unwrap_err();
         assert!(e.to_string().contains("spec-shadow"), "{e}");
         assert!(SchemeKind::Nested.own_sets(&set("colour", "red")).is_err());
     }

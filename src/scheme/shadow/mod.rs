@@ -21,7 +21,7 @@ pub mod tables;
 
 use std::collections::{BTreeMap, VecDeque};
 
-pub use options::{Granularity, HandlerAt, Notice, ShadowOptions, SyncAt, WideFlush};
+pub use options::{Granularity, HandlerAt, Notice, ShadowOptions, Sharing, SyncAt, WideFlush};
 use tables::{
     Edit, GuestPath, HvGuestMemory, HvMemError, ShadowLeaf, ShadowTables, TableStats, TreeId,
 };
@@ -75,10 +75,26 @@ pub struct ShadowStats {
 /// its previous roots, parked in [`Shadow::parked`] while another vCPU runs.
 #[derive(Debug, Default)]
 struct VcpuShadow {
+    /// With `sharing = "vcpu"`: the vCPU's own shadow tables.
+    tables: Option<ShadowTables>,
     current: Option<TreeId>,
     buffer: VecDeque<(Gpa, Asid)>,
     previous: VecDeque<TreeId>,
     switched: Option<Asid>,
+}
+
+/// Drops every vCPU's cached walk pointers into shadow tables (shared tables may be walked by
+/// any vCPU).
+fn drop_walk_pointers(p: &mut Platform) {
+    for mmu in p.mmus_mut() {
+        let vmid = mmu.vmid;
+        mmu.pwc.flush(&TlbScope {
+            vmid: Some(vmid),
+            va: None,
+            asid: AsidScope::All,
+            globals: true,
+        });
+    }
 }
 
 /// A shadow-paging scheme. The shadow tables are the VM's, shared by its vCPUs (KVM, SSP);
@@ -156,7 +172,13 @@ impl Shadow {
 
     /// Shadow pages in use.
     pub fn shadow_pages(&self) -> u64 {
-        self.tables.pages()
+        let parked = self.parked.iter().flatten().filter_map(|v| v.tables.as_ref());
+        self.tables.pages() + parked.map(ShadowTables::pages).sum::<u64>()
+    }
+
+    /// Whether each vCPU keeps shadow tables of its own.
+    fn per_vcpu(&self) -> bool {
+        self.opts.granularity == Granularity::Vcpu || self.opts.sharing == Sharing::Vcpu
     }
 
     fn ad_by_hardware(p: &Platform) -> bool {
@@ -185,16 +207,7 @@ impl Shadow {
                 let tables = &self.tables;
                 self.unsync.retain(|&g, _| tables.is_mirrored(Gfn::new(g)));
             }
-            // Shadow tables are shared by the vCPUs: every vCPU's cached pointers into them go.
-            for mmu in p.mmus_mut() {
-                let vmid = mmu.vmid;
-                mmu.pwc.flush(&TlbScope {
-                    vmid: Some(vmid),
-                    va: None,
-                    asid: AsidScope::All,
-                    globals: true,
-                });
-            }
+            drop_walk_pointers(p);
         }
     }
 
@@ -859,7 +872,7 @@ impl Scheme for Shadow {
     ) -> Result<(), SimError> {
         let mut at = self.opts.flush_handler;
         let mut work = 0;
-        if self.opts.granularity == Granularity::Process {
+        if !self.per_vcpu() {
             for op in ops {
                 let Some(scope) = op.effect(p.mmu.vmid, p.mmu.asid).tlb else { continue };
                 let (handled_at, w) = self.handle_flush(p, scope)?;
@@ -889,7 +902,7 @@ impl Scheme for Shadow {
             p.mmu.flush(op);
         }
         let mut work = 0;
-        if self.opts.granularity == Granularity::Vcpu {
+        if self.per_vcpu() {
             for op in ops {
                 let Some(scope) = op.effect(p.mmu.vmid, p.mmu.asid).tlb else { continue };
                 work += self.handle_flush(p, scope)?.1;
@@ -908,14 +921,22 @@ impl Scheme for Shadow {
         if self.parked.len() <= from.max(to) {
             self.parked.resize_with(from.max(to) + 1, || None);
         }
+        let own_tables = self.opts.sharing == Sharing::Vcpu;
         let running = VcpuShadow {
+            tables: None,
             current: self.current.take(),
             buffer: std::mem::take(&mut self.buffer),
             previous: std::mem::take(&mut self.previous),
             switched: self.switched.take(),
         };
+        let mut running = running;
+        let mut next = self.parked[to].take().unwrap_or_default();
+        if own_tables {
+            let fresh = || ShadowTables::new(self.tables.format(), self.opts.write_protects());
+            let theirs = next.tables.take().unwrap_or_else(fresh);
+            running.tables = Some(std::mem::replace(&mut self.tables, theirs));
+        }
         self.parked[from] = Some(running);
-        let next = self.parked[to].take().unwrap_or_default();
         self.current = next.current;
         self.buffer = next.buffer;
         self.previous = next.previous;
@@ -940,17 +961,46 @@ impl Scheme for Shadow {
                 self.forget_tree(p, id);
             }
         }
+        // Other vCPUs' own tables shadowing the space go too: a new space may get its root.
+        for v in self.parked.iter_mut().flatten() {
+            let Some(tables) = v.tables.as_mut() else { continue };
+            let gone: Vec<TreeId> = tables
+                .tree_ids()
+                .filter(|&id| tables.tree(id).is_some_and(|t| t.guest_root == root.table))
+                .collect();
+            for id in gone {
+                let key = tables.tree(id).map(|t| (t.guest_root.root(), t.asid));
+                v.buffer.retain(|&k| Some(k) != key);
+                v.previous.retain(|&t| t != id);
+                if v.current == Some(id) {
+                    v.current = None;
+                }
+                if tables.drop_tree(&mut p.host, id).structural {
+                    drop_walk_pointers(p);
+                }
+            }
+        }
         Ok(())
     }
 
     fn reset_counters(&mut self) {
         self.stats = Default::default();
-        let t = &mut self.tables.stats;
-        *t = TableStats { pages: t.pages, peak_pages: t.pages, ..TableStats::default() };
+        let parked = self.parked.iter_mut().flatten().filter_map(|v| v.tables.as_mut());
+        for tables in std::iter::once(&mut self.tables).chain(parked) {
+            let t = &mut tables.stats;
+            *t = TableStats { pages: t.pages, peak_pages: t.pages, ..TableStats::default() };
+        }
     }
 
     fn counters(&self, out: &mut BTreeMap<&'static str, u64>) {
-        let t = &self.tables.stats;
+        let mut t = self.tables.stats;
+        for other in self.parked.iter().flatten().filter_map(|v| v.tables.as_ref()) {
+            let o = &other.stats;
+            t.pages += o.pages;
+            t.peak_pages += o.peak_pages;
+            t.trees_created += o.trees_created;
+            t.trees_evicted += o.trees_evicted;
+        }
         let s = &self.stats;
         for (k, v) in [
             ("shadow_pages", t.pages),

@@ -17,6 +17,20 @@ pub enum Granularity {
     Vcpu,
 }
 
+/// Whether the vCPUs of a VM share its per-process shadow tables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sharing {
+    /// One set of shadow tables for the VM, shared by its vCPUs (KVM, SSP): each is filled once
+    /// for all, and changing one must reach every vCPU's cached walk pointers.
+    #[default]
+    Vm,
+    /// A set per vCPU: each vCPU fills its own, and each maintains its own at the flushes it
+    /// receives. Flush interception only (write protection would have to emulate every guest
+    /// write into every vCPU's mirrors).
+    Vcpu,
+}
+
 /// How the hypervisor learns that the guest changed a page-table entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -104,6 +118,10 @@ pub struct ShadowOptions {
     /// The page size with which the hypervisor maps guest memory: shadow entries are no larger
     /// than min(guest page, host page) (splintering), and ASP's nested table maps this size.
     pub host_page: HostPage,
+    /// Per-process shadow tables shared by the VM's vCPUs or kept per vCPU (`granularity =
+    /// "vcpu"` is always per vCPU).
+    #[serde(default)]
+    pub sharing: Sharing,
 }
 
 /// The largest table counts a parameter may ask for (far beyond any sensible setting).
@@ -126,6 +144,7 @@ impl ShadowOptions {
         cached_roots: 64,
         leaf_fill: HandlerAt::Hypervisor,
         host_page: HostPage::Size4K,
+        sharing: Sharing::Vm,
     };
 
     /// KVM's shadow MMU: out-of-sync leaf pages (Xen's out-of-sync pages too; papers.md,
@@ -192,6 +211,13 @@ impl ShadowOptions {
         }
         if self.unsync_limit > MAX_ROOTS * 512 {
             return bad(format!("scheme.unsync_limit is at most {}", MAX_ROOTS * 512));
+        }
+        if self.sharing == Sharing::Vcpu && self.notice != Notice::Flush {
+            return bad(
+                "scheme.sharing = \"vcpu\" needs scheme.notice = \"flush\": write protection keeps \
+                 one set of shadow tables for the VM"
+                    .into(),
+            );
         }
         if self.granularity == Granularity::Vcpu && self.root_buffer != 0 {
             return bad(

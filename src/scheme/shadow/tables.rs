@@ -227,6 +227,11 @@ impl ShadowTables {
         }
     }
 
+    /// The guest format the tables shadow.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
     /// The tree `id`, if live.
     pub fn tree(&self, id: TreeId) -> Option<&Tree> {
         self.trees.get(id).and_then(Option::as_ref)
