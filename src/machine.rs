@@ -234,6 +234,13 @@ impl Platform {
         }
     }
 
+    /// Applies `ops` to the running vCPU's TLB and walk caches, as the hardware executes them.
+    pub fn fence(&mut self, ops: &[FlushOp]) {
+        for op in ops {
+            self.mmu.flush(op);
+        }
+    }
+
     /// Every vCPU's MMU, the running one's first.
     pub fn mmus_mut(&mut self) -> impl Iterator<Item = &mut Mmu> + '_ {
         std::iter::once(&mut self.mmu).chain(self.parked.iter_mut().flatten().map(|(m, _)| m))
@@ -439,9 +446,7 @@ pub trait Scheme {
         ops: &[FlushOp],
         local: bool,
     ) -> Result<(), SimError> {
-        for op in ops {
-            p.mmu.flush(op);
-        }
+        p.fence(ops);
         if !local {
             p.vm_exit(ExitCause::RemoteFence);
             p.stats.cycles.vm_exit.charge(p.costs.vm_exit);

@@ -84,9 +84,7 @@ impl Scheme for Native {
         ops: &[FlushOp],
         local: bool,
     ) -> Result<(), SimError> {
-        for op in ops {
-            p.mmu.flush(op);
-        }
+        p.fence(ops);
         if !local {
             p.hw_trap(TrapCause::RemoteFence);
             p.stats.cycles.hw_trap.charge(p.costs.hw_trap);

@@ -898,9 +898,7 @@ impl Scheme for Shadow {
         ops: &[FlushOp],
         local: bool,
     ) -> Result<(), SimError> {
-        for op in ops {
-            p.mmu.flush(op);
-        }
+        p.fence(ops);
         let mut work = 0;
         if self.per_vcpu() {
             for op in ops {
