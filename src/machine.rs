@@ -454,6 +454,13 @@ pub trait Scheme {
         Ok(())
     }
 
+    /// A broadcast invalidation of `ops` reached the running vCPU: nothing more by default (the
+    /// fences are already applied to its TLB).
+    fn broadcast_received(&mut self, p: &mut Platform, ops: &[FlushOp]) -> Result<(), SimError> {
+        let _ = (p, ops);
+        Ok(())
+    }
+
     /// The guest sent an inter-processor interrupt: by default the hypervisor emulates the
     /// interrupt-command write, a VM exit (posted interrupts deliver it without another).
     fn ipi_sent(&mut self, p: &mut Platform) {
@@ -619,6 +626,27 @@ impl<S: Scheme> Machine<S> {
                 }
             }
             self.scheme.remote_fence_apply(&mut self.platform, ops, t == home)?;
+        }
+        self.switch_vcpu(home);
+        Ok(())
+    }
+
+    /// A broadcast invalidation (INVLPGB, `TLBI ...IS`): `ops`, which the running vCPU has just
+    /// executed as ordinary flushes, reach the TLBs of the other vCPUs in `targets` (a bit each)
+    /// in hardware, with no interrupt and no exit; a scheme with per-vCPU tables keeps them in
+    /// step ([`Scheme::broadcast_received`]).
+    pub fn broadcast_fence(&mut self, ops: &[FlushOp], targets: u64) -> Result<(), SimError> {
+        let home = self.platform.vcpu;
+        for t in (0..self.platform.vcpus()).filter(|&t| t != home && targets & (1 << t) != 0) {
+            self.switch_vcpu(t);
+            let p = &mut self.platform;
+            if let Some(oracle) = p.oracle.as_deref_mut() {
+                for op in ops {
+                    oracle.flush(op, p.mmu.vmid, p.mmu.asid);
+                }
+            }
+            p.fence(ops);
+            self.scheme.broadcast_received(&mut self.platform, ops)?;
         }
         self.switch_vcpu(home);
         Ok(())

@@ -81,11 +81,17 @@ pub struct SmpProfile {
     /// turn, round robin, so a run is one deterministic interleaving. Assumption: 1,000, short
     /// against a time slice (1,000,000) so that shootdowns meet other vCPUs mid-work.
     pub quantum: u64,
+    /// The hardware broadcasts TLB invalidations to every CPU (AMD's INVLPGB with TLBSYNC, Arm's
+    /// `TLBI ...IS`): the kernel flushes a space other CPUs may cache with its ordinary fences,
+    /// which reach every vCPU's TLB, instead of IPIs or an SBI call. Default false: neither
+    /// x86-64 Linux's default nor RISC-V has it.
+    #[serde(default)]
+    pub broadcast_flush: bool,
 }
 
 impl Default for SmpProfile {
     fn default() -> Self {
-        SmpProfile { vcpus: 1, quantum: 1_000 }
+        SmpProfile { vcpus: 1, quantum: 1_000, broadcast_flush: false }
     }
 }
 

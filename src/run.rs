@@ -265,7 +265,7 @@ fn execute<S: Scheme>(
         machine.enable_oracle();
     }
     let mut os = Os::boot(machine, spec.profile.kernel)?;
-    os.set_quantum(spec.profile.smp.quantum);
+    os.set_smp(spec.profile.smp.quantum, spec.profile.smp.broadcast_flush);
     os.reset_counters();
     if let Some(oracle) = os.machine.platform.oracle.as_deref_mut() {
         oracle.reset_counts();

@@ -26,6 +26,7 @@ fn boot<S: Scheme>(profile: &Profile, scheme: impl FnOnce(&mut Platform) -> S) -
     let mut machine = Machine::new(platform, scheme);
     machine.enable_oracle();
     let mut os = Os::boot(machine, profile.kernel).unwrap();
+    os.set_smp(profile.smp.quantum, profile.smp.broadcast_flush);
     os.reset_counters();
     os
 }
@@ -161,6 +162,26 @@ fn x86_munmap_flushes_locally_and_sends_one_ipi_to_the_cpu_running_the_space() {
 }
 
 #[test]
+fn a_broadcast_invalidation_reaches_the_other_vcpu_without_an_ipi() {
+    for broadcast in [false, true] {
+        let mut x86 = profile("x86-64", 2);
+        x86.set("smp.broadcast_flush", &broadcast.to_string()).unwrap();
+        let mut os = boot(&x86, |p| Nested::new(p, NestedOptions::default()).unwrap());
+        let (p, _, va) = two_cpus_one_space(&mut os);
+        let invlpg = flushes(&os, "invlpg");
+        os.mprotect(p, va, 1, Perms::R).unwrap();
+        let expected = if broadcast { (0, 1) } else { (1, 2) };
+        let got = (exits(&os, ExitCause::Ipi), flushes(&os, "invlpg") - invlpg);
+        assert_eq!(got, expected, "broadcast {broadcast}: (IPI exits, INVLPGs executed)");
+        // Either way CPU 1's cached translation of the page is gone: its next load walks.
+        os.next_cpu();
+        let walks = os.machine.platform.mmu.stats.walks;
+        assert_eq!(os.load(va).unwrap(), 1);
+        assert!(os.machine.platform.mmu.stats.walks > walks, "broadcast {broadcast}");
+    }
+}
+
+#[test]
 fn x86_cpus_that_switched_away_get_no_ipi_and_flush_the_pcid_when_they_return() {
     let mut os = boot(&profile("x86-64", 2), |p| Nested::new(p, NestedOptions::default()).unwrap());
     let (p, t, va) = two_cpus_one_space(&mut os);
@@ -253,6 +274,14 @@ fn with_several_vcpus_every_scheme_gives_the_same_verified_history() {
                 }
                 if w == WorkloadKind::Threads {
                     assert!(shootdowns > 0, "threads shoot down on {name} with {vcpus} vCPUs");
+                }
+                // So do broadcast invalidations.
+                let mut broadcast = profile.clone();
+                broadcast.set("smp.broadcast_flush", "true").unwrap();
+                for s in [SchemeKind::Nested, SchemeKind::Tsp, SchemeKind::Ssp, SchemeKind::Rvirt] {
+                    let r = run(&spec(s, w, &broadcast, true), &mut |_, _| {}).unwrap();
+                    let (h, first) = seen.as_ref().unwrap();
+                    assert_eq!(&r.guest.history, h, "{} broadcast vs {first}", s.name());
                 }
                 // Per-vCPU shadow tables give the same history too.
                 for s in [SchemeKind::Ssp, SchemeKind::Lsp, SchemeKind::Asp] {

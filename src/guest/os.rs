@@ -182,6 +182,8 @@ pub struct Os<S: Scheme> {
     pub(super) slice_rest: u64,
     /// User accesses per CPU turn (`smp.quantum`).
     pub(super) quantum: u64,
+    /// The hardware broadcasts invalidations (`smp.broadcast_flush`).
+    pub(super) broadcast: bool,
     /// The CPU the kernel runs on, and every other CPU's state, parked (`None` at `cpu`).
     pub(super) cpu: usize,
     pub(super) parked_cpus: Vec<Option<super::smp::Cpu>>,
@@ -232,6 +234,7 @@ impl<S: Scheme> Os<S> {
             slice_left: cfg.time_slice,
             slice_rest: 0,
             quantum: crate::profile::SmpProfile::default().quantum,
+            broadcast: false,
             cpu: 0,
             parked_cpus: (0..p.vcpus())
                 .map(|i| {

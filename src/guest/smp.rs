@@ -156,9 +156,11 @@ impl<S: Scheme> Os<S> {
         self.slice_rest = self.cfg.time_slice - self.slice_left;
     }
 
-    /// Sets the user accesses of a CPU's turn (`smp.quantum`, at least 1).
-    pub fn set_quantum(&mut self, quantum: u64) {
+    /// Sets the user accesses of a CPU's turn (`smp.quantum`, at least 1) and whether the
+    /// hardware broadcasts invalidations (`smp.broadcast_flush`).
+    pub fn set_smp(&mut self, quantum: u64, broadcast: bool) {
         self.quantum = quantum.max(1);
+        self.broadcast = broadcast;
     }
 
     /// Ends this CPU's turn and starts the next CPU's (round robin), continuing the task it
@@ -221,6 +223,17 @@ impl<S: Scheme> Os<S> {
             return Ok(());
         }
         self.stats.shootdowns += 1;
+        if self.broadcast {
+            // The ordinary fences, broadcast by the hardware to every other CPU.
+            let ops = self.fences(mm, &what);
+            for op in &ops {
+                self.flush(*op)?;
+            }
+            self.synced.insert(mm, gen);
+            let all = (1u64 << self.cpus()) - 1;
+            self.machine.broadcast_fence(&ops, all & !here)?;
+            return Ok(());
+        }
         match self.policy {
             TlbPolicy::RiscV => {
                 let ops = self.fences(mm, &what);

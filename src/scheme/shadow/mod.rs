@@ -915,6 +915,21 @@ impl Scheme for Shadow {
         Ok(())
     }
 
+    /// A broadcast invalidation reaches this vCPU: its own shadow tables (per-vCPU sharing) are
+    /// maintained by the hypervisor that intercepted the initiator's flush, within that exit.
+    fn broadcast_received(&mut self, p: &mut Platform, ops: &[FlushOp]) -> Result<(), SimError> {
+        if !self.per_vcpu() {
+            return Ok(());
+        }
+        let mut work = 0;
+        for op in ops {
+            let Some(scope) = op.effect(p.mmu.vmid, p.mmu.asid).tlb else { continue };
+            work += self.handle_flush(p, scope)?.1;
+        }
+        p.stats.cycles.vm_exit.charge(p.costs.hv_per_entry * work);
+        Ok(())
+    }
+
     fn vcpu_switched(&mut self, from: usize, to: usize) {
         if self.parked.len() <= from.max(to) {
             self.parked.resize_with(from.max(to) + 1, || None);
