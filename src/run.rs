@@ -102,16 +102,26 @@ pub enum RunError {
 }
 
 /// Why `scheme` cannot run on `profile` with `scheme_sets` (`scheme.` prefix stripped), if it
-/// cannot: an HSPT scheme whose guest address space does not fit its host process.
+/// cannot: an emulator given several vCPUs, or an HSPT scheme whose guest address space does not
+/// fit its host process.
 pub fn unavailable(
     scheme: SchemeKind,
     profile: &Profile,
     scheme_sets: &[(String, String)],
 ) -> Option<String> {
+    if profile.smp.vcpus > 1 && emulates_one_cpu(scheme) {
+        return Some(format!("it emulates one guest CPU, not {}", profile.smp.vcpus));
+    }
     let org = scheme.hspt_organization()?;
     let opts = HsptOptions::default().with_sets(&scheme.own_sets(scheme_sets).ok()?).ok()?;
     let bits = profile.arch().ok()?.guest_format.input_bits();
     crate::scheme::host::check(&opts.host, bits, opts.regions_for(org)).err().map(|e| e.to_string())
+}
+
+/// Whether `scheme` is a cross-ISA emulator of one guest CPU (`softmmu`, HSPT), which cannot
+/// run a guest of several vCPUs.
+fn emulates_one_cpu(scheme: SchemeKind) -> bool {
+    scheme == SchemeKind::Softmmu || scheme.hspt_organization().is_some()
 }
 
 /// Runs `spec` to completion. `progress(done, total)` is called now and then, in the
@@ -181,7 +191,7 @@ pub fn with_scheme<D: Drive>(
     drive: D,
 ) -> Result<D::Output, SchemeError> {
     let cfg = profile.platform_config()?;
-    if cfg.vcpus > 1 && (scheme == SchemeKind::Softmmu || scheme.hspt_organization().is_some()) {
+    if cfg.vcpus > 1 && emulates_one_cpu(scheme) {
         return Err(SchemeError::Config(ConfigError::Invalid(format!(
             "{} emulates one guest CPU: smp.vcpus must be 1, not {}",
             scheme.name(),

@@ -313,6 +313,9 @@ fn runs_with_several_vcpus_are_deterministic() {
 
 #[test]
 fn emulators_refuse_more_than_one_vcpu() {
+    let two = profile("riscv-sv39", 2);
+    assert!(memvirt::run::unavailable(SchemeKind::Softmmu, &two, &[]).is_some());
+    assert!(memvirt::run::unavailable(SchemeKind::Ssp, &two, &[]).is_none());
     let profile = profile("riscv-sv39", 2);
     for s in [SchemeKind::Softmmu, SchemeKind::HsptShared] {
         let e = run(&spec(s, WorkloadKind::Fork, &profile, false), &mut |_, _| {}).unwrap_err();
