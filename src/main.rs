@@ -196,6 +196,10 @@ struct CompareArgs {
     /// lists the ranges and their sources.
     #[arg(long)]
     sensitivity: bool,
+    /// Runs at once: each (workload, scheme) run is independent, so they run in parallel; the
+    /// output is the same for any N. 0: one per core.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    jobs: usize,
     #[command(flatten)]
     machine: MachineArgs,
     #[command(flatten)]
@@ -673,19 +677,20 @@ fn compare(args: &CompareArgs) -> Result<()> {
     check_output(&args.out, &args.machine.inputs())?;
     let workloads = selected(&args.workloads, &WorkloadKind::DEFAULT_MIX);
     let setup = Setup::new(&args.machine, &schemes, &workloads)?;
-    let per_workload = schemes.len() + usize::from(!schemes.contains(&SchemeKind::Native));
-    let mut progress = Progress::new(per_workload * workloads.len());
-    let mut reports = Vec::new();
-    let mut per_workload_reports = Vec::new();
-    for &w in &workloads {
-        let Some(&first) = schemes.first() else { bail!("--schemes names no scheme") };
-        let spec = setup.spec(first, w, workloads.len() == 1);
-        let mut update = |s, d, t| progress.update(s, w, d, t);
-        let these = run::compare(&spec, &schemes, &mut update)?;
-        reports.extend(these.iter().cloned());
-        per_workload_reports.push((spec, these));
+    if schemes.is_empty() {
+        bail!("--schemes names no scheme");
     }
-    progress.finish();
+    let single = workloads.len() == 1;
+    let specs: Vec<_> = workloads.iter().map(|&w| setup.spec(schemes[0], w, single)).collect();
+    let bar = SharedBar::new(
+        format!("compare: {} schemes x {} workloads", schemes.len(), workloads.len()),
+        SharedBar::RUNS,
+    );
+    let grouped = run::compare_parallel(&specs, &schemes, args.jobs, &|d, t| bar.update(d, t));
+    bar.finish();
+    let grouped = grouped?;
+    let reports: Vec<_> = grouped.iter().flatten().cloned().collect();
+    let per_workload_reports: Vec<_> = specs.into_iter().zip(grouped).collect();
     let title =
         format!("memvirt compare: {} (overhead vs native on the same workload)", setup.describe());
     if !args.sensitivity {

@@ -440,6 +440,62 @@ pub fn machine_report<S: Scheme>(
     })
 }
 
+/// Runs every scheme of `schemes` on each workload of `specs` (each spec's scheme is ignored),
+/// plus `native` for a workload where it is not among them, as independent runs on `jobs`
+/// threads (rayon; 0: one per core), and fills `overhead_vs_native`. Every run is deterministic
+/// and the reports come back grouped by spec, in the order of `schemes`, so the result is the
+/// same whatever the thread count. `finished(done, total)` is called from the worker threads as
+/// runs end. The first error in that order is returned.
+pub fn compare_parallel(
+    specs: &[RunSpec],
+    schemes: &[SchemeKind],
+    jobs: usize,
+    finished: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Vec<Vec<Report>>, RunError> {
+    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut order: Vec<SchemeKind> = schemes.to_vec();
+    let with_native = !order.contains(&SchemeKind::Native);
+    if with_native {
+        order.push(SchemeKind::Native);
+    }
+    let runs: Vec<(usize, SchemeKind)> =
+        (0..specs.len()).flat_map(|i| order.iter().map(move |&s| (i, s))).collect();
+    let (total, done) = (runs.len(), AtomicUsize::new(0));
+    let one = |&(i, scheme): &(usize, SchemeKind)| {
+        let result = run(&RunSpec { scheme, ..specs[i].clone() }, &mut |_, _| {});
+        finished(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+        result
+    };
+    let results: Vec<Result<Report, RunError>> =
+        match rayon::ThreadPoolBuilder::new().num_threads(jobs).build() {
+            Ok(pool) => pool.install(|| runs.par_iter().map(one).collect()),
+            // No thread could be started: run them here, one after another.
+            Err(_) => runs.iter().map(one).collect(),
+        };
+    let mut results = results.into_iter();
+    let mut grouped = Vec::with_capacity(specs.len());
+    for _ in specs {
+        let mut reports = Vec::with_capacity(order.len());
+        for _ in &order {
+            match results.next() {
+                Some(r) => reports.push(r?),
+                None => break,
+            }
+        }
+        let native =
+            reports.iter().find(|r| r.scheme == SchemeKind::Native.name()).map_or(0, |r| r.cycles);
+        if with_native {
+            reports.pop();
+        }
+        for r in &mut reports {
+            r.set_native(native);
+        }
+        grouped.push(reports);
+    }
+    Ok(grouped)
+}
+
 /// Runs every scheme in `schemes` on `spec`'s workload, plus `native` for the overhead column
 /// if it is not among them, and fills `overhead_vs_native` in each report. Reports come back
 /// in the order of `schemes`.
