@@ -620,7 +620,7 @@ fn selected<T: Copy + Ord>(items: &[T], default: &[T]) -> Vec<T> {
 fn run_one(args: &RunArgs) -> Result<()> {
     if !args.trace.traces.is_empty() {
         let (m, t, out) = (&args.machine, &args.trace, &args.out);
-        return trace_cmd::run_traces(m, &[args.scheme], t, out, "run");
+        return trace_cmd::run_traces(m, &[args.scheme], t, out, "run", None);
     }
     args.trace.check_unused()?;
     let Some(workload) = args.workload else { bail!("run needs --workload or --trace") };
@@ -671,7 +671,7 @@ fn compare(args: &CompareArgs) -> Result<()> {
     }
     if !args.trace.traces.is_empty() {
         let (m, t, out) = (&args.machine, &args.trace, &args.out);
-        return trace_cmd::run_traces(m, &schemes, t, out, "compare");
+        return trace_cmd::run_traces(m, &schemes, t, out, "compare", Some(args.jobs));
     }
     args.trace.check_unused()?;
     check_output(&args.out, &args.machine.inputs())?;

@@ -17,7 +17,9 @@ use memvirt::trace::record::{self, RecordOptions};
 use memvirt::trace::{self, Compression, Fetches, InputFormat, Kind, ReadOptions};
 use memvirt::workload::{Length, TraceParams, TraceSet, WorkloadKind};
 
-use super::{check_output, emit, write_reports, MachineArgs, OutputArgs, Progress, Setup};
+use super::{
+    check_output, emit, write_reports, MachineArgs, OutputArgs, Progress, Setup, SharedBar,
+};
 
 /// `--trace FILE` and its options, on `run` and `compare`.
 #[derive(Args, Debug)]
@@ -424,12 +426,16 @@ pub(super) fn record(a: &RecordArgs) -> Result<()> {
 /// `run`/`compare` with `--trace` (`command` names which, for the title): every scheme in
 /// `schemes` on the traces, converted and checked once for all of them; native runs too, as the
 /// overhead baseline, and is reported only if it is among `schemes`.
+/// Replays the traces under each of `schemes` (and native). `jobs`: run them in parallel on
+/// that many threads (0: one per core), with a bar of runs; `None`: one after another, with a
+/// bar following each run's records.
 pub(super) fn run_traces(
     machine: &MachineArgs,
     schemes: &[SchemeKind],
     t: &TraceInputArgs,
     out: &OutputArgs,
     command: &str,
+    jobs: Option<usize>,
 ) -> Result<()> {
     let mut inputs = machine.inputs();
     inputs.extend(t.traces.iter().map(PathBuf::as_path));
@@ -459,12 +465,28 @@ pub(super) fn run_traces(
         ..setup.spec(first, WorkloadKind::Pagefault, true)
     };
     let name = traces.name();
-    let runs = schemes.len() + usize::from(!schemes.contains(&SchemeKind::Native));
-    let mut progress = Progress::new(runs);
-    let reports =
-        run::compare(&spec, schemes, &mut |s, d, total| progress.update_named(s, &name, d, total))
+    let reports = match jobs {
+        Some(jobs) => {
+            let bar =
+                SharedBar::new(format!("{command}: {} schemes", schemes.len()), SharedBar::RUNS);
+            let grouped =
+                run::compare_parallel(std::slice::from_ref(&spec), schemes, jobs, &|d, n| {
+                    bar.update(d, n)
+                });
+            bar.finish();
+            grouped.map_err(|e| anyhow!(e))?.into_iter().flatten().collect()
+        }
+        None => {
+            let runs = schemes.len() + usize::from(!schemes.contains(&SchemeKind::Native));
+            let mut progress = Progress::new(runs);
+            let reports = run::compare(&spec, schemes, &mut |s, d, total| {
+                progress.update_named(s, &name, d, total)
+            })
             .map_err(|e| anyhow!(e))?;
-    progress.finish();
+            progress.finish();
+            reports
+        }
+    };
     let title = format!("memvirt {command}: traces {name}, {}", setup.describe());
     write_reports(&reports, out, &title)
 }
