@@ -200,6 +200,10 @@ struct CompareArgs {
     /// output is the same for any N. 0: one per core.
     #[arg(long, value_name = "N", default_value_t = 0)]
     jobs: usize,
+    /// Also draw the overhead over native and the VM exits plus hardware-mode traps of every
+    /// scheme on every workload as grouped bars, an SVG file written once every run succeeded.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
     #[command(flatten)]
     machine: MachineArgs,
     #[command(flatten)]
@@ -675,6 +679,12 @@ fn compare(args: &CompareArgs) -> Result<()> {
     }
     args.trace.check_unused()?;
     check_output(&args.out, &args.machine.inputs())?;
+    if let Some(svg) = &args.svg {
+        if args.out.output.as_ref().is_some_and(|o| o == svg) {
+            bail!("--svg and --output both name {}: give each its own file", svg.display());
+        }
+        outfile::check(svg, &args.machine.inputs()).context("--svg")?;
+    }
     let workloads = selected(&args.workloads, &WorkloadKind::DEFAULT_MIX);
     let setup = Setup::new(&args.machine, &schemes, &workloads)?;
     if schemes.is_empty() {
@@ -693,6 +703,10 @@ fn compare(args: &CompareArgs) -> Result<()> {
     let per_workload_reports: Vec<_> = specs.into_iter().zip(grouped).collect();
     let title =
         format!("memvirt compare: {} (overhead vs native on the same workload)", setup.describe());
+    if let Some(path) = &args.svg {
+        let chart = memvirt::plot::compare::svg(&reports, &title)?;
+        write_atomically(path, &chart)?;
+    }
     if !args.sensitivity {
         return write_reports(&reports, &args.out, &title);
     }

@@ -763,3 +763,25 @@ fn warm_up_length_and_footprint_mistakes_are_clear_errors() {
     let list = ok(&["list"]);
     assert_eq!(list.matches("length: short ~").count(), 11, "{list}");
 }
+
+#[test]
+fn compare_draws_its_bars_and_runs_in_parallel_with_the_same_output() {
+    let dir = scratch("compare-svg");
+    let svg = dir.join("bars.svg");
+    let svg_arg = svg.to_str().expect("utf-8 path");
+    let args =
+        ["compare", "--workloads", "fork", "--schemes", "nested,ssp", "--set", "workload.forks=3"];
+    let one = ok(&[&args[..], &["--jobs", "1", "--format", "json", "--svg", svg_arg]].concat());
+    let two = ok(&[&args[..], &["--jobs", "2", "--format", "json"]].concat());
+    assert_eq!(one, two, "the same reports for any thread count");
+    let chart = std::fs::read_to_string(&svg).expect("the SVG was written");
+    assert!(
+        chart.starts_with("<svg") && chart.contains("\nssp\n"),
+        "{}",
+        &chart[..200.min(chart.len())]
+    );
+    fails(
+        &[&args[..], &["--svg", svg_arg, "--output", svg_arg]].concat(),
+        &["--svg and --output both name"],
+    );
+}

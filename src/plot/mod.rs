@@ -7,6 +7,8 @@
 //! (`walk_caches=on,off`) are placed evenly and labelled with their text. The output is a pure
 //! function of the sweep, so equal sweeps give byte-identical files.
 
+pub mod compare;
+
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
