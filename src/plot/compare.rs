@@ -140,15 +140,7 @@ fn panel(
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(g.workloads.len() * 2 + 1)
-        .x_label_formatter(&|x: &f64| {
-            // Labels only at the middle of each group.
-            let i = x.floor();
-            if (x - i - 0.5).abs() < 1e-9 {
-                names.get(i as usize).map_or_else(String::new, |n| (*n).to_owned())
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x: &f64| group_label(names, *x))
         .y_desc(label)
         .y_label_formatter(&|y: &f64| if log { compact(10f64.powf(*y)) } else { format!("{y:.0}") })
         .label_style(("sans-serif", 12))
@@ -169,6 +161,17 @@ fn panel(
         }
     }
     Ok(())
+}
+
+/// The workload name at the middle of its group (`x` = index + 0.5), nothing elsewhere.
+fn group_label(names: &[&str], x: f64) -> String {
+    let i = x.floor();
+    if (x - i - 0.5).abs() > 1e-9 || i < 0.0 {
+        return String::new();
+    }
+    // Checked non-negative above; positions beyond the names find nothing.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    names.get(i as usize).map_or_else(String::new, |n| (*n).to_owned())
 }
 
 /// A count on the log axis: 1, 10, 100, 1k, 10k, 100k, 1M, ...
