@@ -346,6 +346,29 @@ impl Platform {
         self.mmu.run_handler(&self.handlers.trap, data);
     }
 
+    /// A VM exit whose handler touched `entries` table entries: counted, with its footprint, and
+    /// charged `vm_exit + hv_per_entry × entries`.
+    pub fn exit_with_work(&mut self, cause: ExitCause, entries: u64) {
+        self.vm_exit(cause);
+        self.stats.cycles.vm_exit.charge(self.costs.vm_exit + self.costs.hv_per_entry * entries);
+    }
+
+    /// A hardware-mode trap whose handler touched `entries` table entries, charged at the
+    /// hypervisor's per-entry cost (assumption).
+    pub fn trap_with_work(&mut self, cause: TrapCause, entries: u64) {
+        self.hw_trap(cause);
+        self.stats.cycles.hw_trap.charge(self.costs.hw_trap + self.costs.hv_per_entry * entries);
+    }
+
+    /// Tells the oracle, if on, that the running vCPU executed `ops`: it forgets what they cover.
+    fn oracle_forget(&mut self, ops: &[FlushOp]) {
+        if let Some(oracle) = self.oracle.as_deref_mut() {
+            for op in ops {
+                oracle.flush(op, self.mmu.vmid, self.mmu.asid);
+            }
+        }
+    }
+
     /// One software refill: the trap round trip and the handler's per-entry work for the walk
     /// in the trace.
     pub fn charge_refill_trap(&mut self) {
@@ -422,18 +445,12 @@ pub trait Scheme {
     /// describes its state (pages in use, leaves mapped) stays.
     fn reset_counters(&mut self) {}
 
-    /// The guest made an SBI remote-fence call asking for `ops` on `targets` vCPUs: the call's
+    /// The guest made an SBI remote-fence call asking for `ops` on several vCPUs: the call's
     /// cost, and (for a scheme with shared translation tables) the maintenance the fences ask
     /// for, done once. By default the hypervisor serves it: one VM exit (KVM's SBI RFENCE).
-    fn remote_fence_call(
-        &mut self,
-        p: &mut Platform,
-        ops: &[FlushOp],
-        targets: u64,
-    ) -> Result<(), SimError> {
-        let _ = (ops, targets);
-        p.vm_exit(ExitCause::RemoteFence);
-        p.stats.cycles.vm_exit.charge(p.costs.vm_exit);
+    fn remote_fence_call(&mut self, p: &mut Platform, ops: &[FlushOp]) -> Result<(), SimError> {
+        let _ = ops;
+        p.exit_with_work(ExitCause::RemoteFence, 0);
         Ok(())
     }
 
@@ -448,8 +465,7 @@ pub trait Scheme {
     ) -> Result<(), SimError> {
         p.fence(ops);
         if !local {
-            p.vm_exit(ExitCause::RemoteFence);
-            p.stats.cycles.vm_exit.charge(p.costs.vm_exit);
+            p.exit_with_work(ExitCause::RemoteFence, 0);
         }
         Ok(())
     }
@@ -464,8 +480,7 @@ pub trait Scheme {
     /// The guest sent an inter-processor interrupt: by default the hypervisor emulates the
     /// interrupt-command write, a VM exit (posted interrupts deliver it without another).
     fn ipi_sent(&mut self, p: &mut Platform) {
-        p.vm_exit(ExitCause::Ipi);
-        p.stats.cycles.vm_exit.charge(p.costs.vm_exit);
+        p.exit_with_work(ExitCause::Ipi, 0);
     }
 
     /// vCPU `to` runs from now on instead of vCPU `from`: a scheme with per-vCPU state (the
@@ -600,9 +615,7 @@ impl<S: Scheme> Machine<S> {
     pub fn guest_flush(&mut self, op: FlushOp) -> Result<(), SimError> {
         let p = &mut self.platform;
         p.stats.count_flush(&op);
-        if let Some(oracle) = p.oracle.as_deref_mut() {
-            oracle.flush(&op, p.mmu.vmid, p.mmu.asid);
-        }
+        p.oracle_forget(std::slice::from_ref(&op));
         self.scheme.guest_flush(p, op)
     }
 
@@ -615,16 +628,10 @@ impl<S: Scheme> Machine<S> {
         for op in ops {
             self.platform.stats.count_flush(op);
         }
-        let count = u64::from(targets.count_ones());
-        self.scheme.remote_fence_call(&mut self.platform, ops, count)?;
+        self.scheme.remote_fence_call(&mut self.platform, ops)?;
         for t in (0..self.platform.vcpus()).filter(|&t| targets & (1 << t) != 0) {
             self.switch_vcpu(t);
-            let p = &mut self.platform;
-            if let Some(oracle) = p.oracle.as_deref_mut() {
-                for op in ops {
-                    oracle.flush(op, p.mmu.vmid, p.mmu.asid);
-                }
-            }
+            self.platform.oracle_forget(ops);
             self.scheme.remote_fence_apply(&mut self.platform, ops, t == home)?;
         }
         self.switch_vcpu(home);
@@ -639,13 +646,8 @@ impl<S: Scheme> Machine<S> {
         let home = self.platform.vcpu;
         for t in (0..self.platform.vcpus()).filter(|&t| t != home && targets & (1 << t) != 0) {
             self.switch_vcpu(t);
-            let p = &mut self.platform;
-            if let Some(oracle) = p.oracle.as_deref_mut() {
-                for op in ops {
-                    oracle.flush(op, p.mmu.vmid, p.mmu.asid);
-                }
-            }
-            p.fence(ops);
+            self.platform.oracle_forget(ops);
+            self.platform.fence(ops);
             self.scheme.broadcast_received(&mut self.platform, ops)?;
         }
         self.switch_vcpu(home);

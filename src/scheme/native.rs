@@ -66,14 +66,8 @@ impl Scheme for Native {
     }
 
     /// The SBI call traps to the firmware in M-mode (OpenSBI), which fences this hart itself.
-    fn remote_fence_call(
-        &mut self,
-        p: &mut Platform,
-        _ops: &[FlushOp],
-        _targets: u64,
-    ) -> Result<(), SimError> {
-        p.hw_trap(TrapCause::RemoteFence);
-        p.stats.cycles.hw_trap.charge(p.costs.hw_trap);
+    fn remote_fence_call(&mut self, p: &mut Platform, _ops: &[FlushOp]) -> Result<(), SimError> {
+        p.trap_with_work(TrapCause::RemoteFence, 0);
         Ok(())
     }
 
@@ -86,8 +80,7 @@ impl Scheme for Native {
     ) -> Result<(), SimError> {
         p.fence(ops);
         if !local {
-            p.hw_trap(TrapCause::RemoteFence);
-            p.stats.cycles.hw_trap.charge(p.costs.hw_trap);
+            p.trap_with_work(TrapCause::RemoteFence, 0);
         }
         Ok(())
     }

@@ -15,7 +15,6 @@ use crate::paging::flat::NestedTable;
 use crate::paging::mapper::{self, MapError};
 use crate::paging::walk::PageTable;
 use crate::paging::{Access, FaultKind, LeafAttrs, Perms, Stage};
-use crate::stats::Charge;
 use crate::stats::ExitCause;
 
 /// Who performs the two-dimensional walk on a TLB miss.
@@ -183,9 +182,7 @@ impl Nested {
         if let Some(flat) = &mut self.flat {
             return flat.nested_fault(p, gfn);
         }
-        p.vm_exit(ExitCause::NestedFault);
-        let levels = u64::from(self.table.format().levels);
-        p.stats.cycles.vm_exit.charge(p.costs.vm_exit + p.costs.hv_per_entry * levels);
+        p.exit_with_work(ExitCause::NestedFault, u64::from(self.table.format().levels));
         self.map(p, gfn)
     }
 

@@ -185,20 +185,6 @@ impl Shadow {
         p.arch.guest_regime.ad != AdPolicy::Ignore
     }
 
-    // ----- costs ------------------------------------------------------------------------------
-
-    fn exit(p: &mut Platform, cause: ExitCause, entries: u64) {
-        p.vm_exit(cause);
-        p.stats.cycles.vm_exit.charge(p.costs.vm_exit + p.costs.hv_per_entry * entries);
-    }
-
-    /// A hardware-mode trap; its handler's entry work is charged at the same per-entry cost as
-    /// the hypervisor's (assumption).
-    fn trap(p: &mut Platform, cause: TrapCause, entries: u64) {
-        p.hw_trap(cause);
-        p.stats.cycles.hw_trap.charge(p.costs.hw_trap + p.costs.hv_per_entry * entries);
-    }
-
     /// Cached walk pointers may lead into shadow pages that changed or were freed: drop them.
     /// Guest pages no longer mirrored stop being out of sync.
     fn after_edit(&mut self, p: &mut Platform, edit: Edit) {
@@ -296,19 +282,22 @@ impl Shadow {
         }
         match walked {
             GuestWalk::Fault { fault, path } => {
-                Self::exit(p, ExitCause::GuestFaultInjection, u64::from(path.reads + path.writes));
+                p.exit_with_work(
+                    ExitCause::GuestFaultInjection,
+                    u64::from(path.reads + path.writes),
+                );
                 p.stats.guest_faults += 1;
                 Err(Stop::GuestFault(TranslationFault::first_stage(gva, access, &format, fault)))
             }
             GuestWalk::Unbacked { path } => {
-                Self::exit(p, ExitCause::GuestFaultInjection, u64::from(path.reads));
+                p.exit_with_work(ExitCause::GuestFaultInjection, u64::from(path.reads));
                 p.stats.guest_faults += 1;
                 Err(Stop::GuestFault(access_fault(gva, access, &format)))
             }
             GuestWalk::Leaf { leaf, path } => {
                 let writable = leaf.dirty || !Self::ad_by_hardware(p);
                 let Some(shadow) = Self::shadow_leaf(p, gva, &leaf, writable)? else {
-                    Self::exit(p, ExitCause::GuestFaultInjection, u64::from(path.reads));
+                    p.exit_with_work(ExitCause::GuestFaultInjection, u64::from(path.reads));
                     p.stats.guest_faults += 1;
                     return Err(Stop::GuestFault(access_fault(gva, access, &format)));
                 };
@@ -325,7 +314,7 @@ impl Shadow {
                     self.stats.fills += 1;
                     ExitCause::ShadowFault
                 };
-                Self::exit(p, cause, u64::from(path.reads + path.writes) + Self::work(edit));
+                p.exit_with_work(cause, u64::from(path.reads + path.writes) + Self::work(edit));
                 Ok(())
             }
         }
@@ -752,7 +741,7 @@ impl Scheme for Shadow {
             // KVM/Xen: unprotect the leaf page and let the write through; its mirrors are stale
             // until the guest's next flush of it.
             let work = self.go_out_of_sync(p, gfn);
-            Self::exit(p, ExitCause::WriteProtect, 1 + work);
+            p.exit_with_work(ExitCause::WriteProtect, 1 + work);
             return Ok(());
         }
         if self.opts.write_flood > 0 {
@@ -764,7 +753,7 @@ impl Scheme for Shadow {
                 self.flood.remove(&gfn.as_u64());
                 self.stats.unshadowed += 1;
                 let work = self.drop_mirrors(p, gfn);
-                Self::exit(p, ExitCause::WriteProtect, work);
+                p.exit_with_work(ExitCause::WriteProtect, work);
                 return Ok(());
             }
         }
@@ -778,7 +767,7 @@ impl Scheme for Shadow {
             work += u64::from(edit.writes);
         }
         self.stats.emulated_writes += 1;
-        Self::exit(p, ExitCause::WriteProtect, work);
+        p.exit_with_work(ExitCause::WriteProtect, work);
         Ok(())
     }
 
@@ -789,7 +778,7 @@ impl Scheme for Shadow {
         // The guest rewrote a whole shadowed page (reusing a table page as data): the first
         // store exits and the hypervisor stops shadowing the page.
         let work = self.drop_mirrors(p, gfn);
-        Self::exit(p, ExitCause::WriteProtect, work);
+        p.exit_with_work(ExitCause::WriteProtect, work);
         Ok(())
     }
 
@@ -809,8 +798,8 @@ impl Scheme for Shadow {
             p.stats.cycles.vm_exit.charge(p.costs.hv_per_entry * work);
         } else {
             match at {
-                HandlerAt::Hypervisor => Self::exit(p, ExitCause::Flush, work),
-                HandlerAt::Hardware => Self::trap(p, TrapCause::Flush, work),
+                HandlerAt::Hypervisor => p.exit_with_work(ExitCause::Flush, work),
+                HandlerAt::Hardware => p.trap_with_work(TrapCause::Flush, work),
             }
         }
         Ok(())
@@ -834,7 +823,7 @@ impl Scheme for Shadow {
             self.stats.buffer_hits += 1;
             self.buffer.retain(|&k| k != key);
             self.buffer.push_back(key);
-            Self::trap(p, TrapCause::RootSwitch, work);
+            p.trap_with_work(TrapCause::RootSwitch, work);
         } else {
             if self.opts.root_buffer > 0 {
                 self.stats.buffer_misses += 1;
@@ -843,9 +832,9 @@ impl Scheme for Shadow {
                 while self.buffer.len() as u64 > self.opts.root_buffer {
                     self.buffer.pop_front();
                 }
-                Self::exit(p, ExitCause::BufferMiss, work);
+                p.exit_with_work(ExitCause::BufferMiss, work);
             } else {
-                Self::exit(p, ExitCause::RootSwitch, work);
+                p.exit_with_work(ExitCause::RootSwitch, work);
             }
         }
         if let Some(prev) = old.filter(|&o| o != id) {
@@ -864,12 +853,7 @@ impl Scheme for Shadow {
     /// (SSP and LSP intercept the SBI call in M-mode) or in the hypervisor; a scope the scheme
     /// syncs in the hypervisor (LSP's wide flushes) makes it a VM exit. Shared tables are
     /// maintained once, here, for every target.
-    fn remote_fence_call(
-        &mut self,
-        p: &mut Platform,
-        ops: &[FlushOp],
-        _targets: u64,
-    ) -> Result<(), SimError> {
+    fn remote_fence_call(&mut self, p: &mut Platform, ops: &[FlushOp]) -> Result<(), SimError> {
         let mut at = self.opts.flush_handler;
         let mut work = 0;
         if !self.per_vcpu() {
@@ -883,8 +867,8 @@ impl Scheme for Shadow {
             }
         }
         match at {
-            HandlerAt::Hypervisor => Self::exit(p, ExitCause::RemoteFence, work),
-            HandlerAt::Hardware => Self::trap(p, TrapCause::RemoteFence, work),
+            HandlerAt::Hypervisor => p.exit_with_work(ExitCause::RemoteFence, work),
+            HandlerAt::Hardware => p.trap_with_work(TrapCause::RemoteFence, work),
         }
         Ok(())
     }
@@ -908,8 +892,8 @@ impl Scheme for Shadow {
         }
         if !local || work > 0 {
             match self.opts.flush_handler {
-                HandlerAt::Hypervisor => Self::exit(p, ExitCause::RemoteFence, work),
-                HandlerAt::Hardware => Self::trap(p, TrapCause::RemoteFence, work),
+                HandlerAt::Hypervisor => p.exit_with_work(ExitCause::RemoteFence, work),
+                HandlerAt::Hardware => p.trap_with_work(TrapCause::RemoteFence, work),
             }
         }
         Ok(())
@@ -1086,7 +1070,7 @@ impl Shadow {
                     for id in covered {
                         sync += self.resync_va(p, id, va)?;
                     }
-                    Self::exit(p, ExitCause::Flush, sync);
+                    p.exit_with_work(ExitCause::Flush, sync);
                 }
                 Ok((at, 0))
             }
