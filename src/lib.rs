@@ -14,6 +14,8 @@
 //! - [`trace`]: ChampSim and valgrind lackey readers, the compact trace format, `memvirt record`;
 //!   replayed by [`workload`]'s trace workload.
 //! - [`sweep`], [`plot`]: one setting swept over values for every scheme, and its SVG chart.
+//! - [`experiment`]: experiment files (profiles × settings × seeds × workloads × schemes), their
+//!   points, result files and Slurm job arrays.
 //! - [`reproduce`]: the seed papers' experiments, each claim judged against memvirt's figure.
 //! - [`sensitivity`]: which ranking of schemes survives every assumed cost across its range.
 //!
@@ -24,6 +26,7 @@
 pub mod addr;
 pub mod config;
 pub mod cost;
+pub mod experiment;
 pub mod fixture;
 pub mod fullsys;
 pub mod guest;

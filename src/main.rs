@@ -24,6 +24,7 @@ use memvirt::scheme::SchemeKind;
 use memvirt::sensitivity;
 use memvirt::workload::{Length, TraceParams, WorkloadKind};
 
+mod experiment_cmd;
 mod guest_cmd;
 mod reproduce_cmd;
 mod sweep_cmd;
@@ -92,6 +93,10 @@ enum Command {
     /// reason memvirt gives; `--svg FILE` draws the claims. README's reproduction figures come
     /// from it.
     Reproduce(reproduce_cmd::ReproduceArgs),
+    /// Experiments as files: profiles × settings × seeds × workloads × schemes, one result file
+    /// per point (`experiment run FILE`, resumable), merged by `experiment collect DIR`, or run
+    /// as a Slurm job array by `experiment submit FILE` (docs/experiments.md).
+    Experiment(experiment_cmd::ExperimentArgs),
 }
 
 #[derive(Args, Debug)]
@@ -342,6 +347,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Record(args)) => trace_cmd::record(&args),
         Some(Command::Guest(args)) => guest_cmd::guest(&args),
         Some(Command::Reproduce(args)) => reproduce_cmd::reproduce(&args),
+        Some(Command::Experiment(args)) => experiment_cmd::experiment(&args),
     }
 }
 

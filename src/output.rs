@@ -218,8 +218,35 @@ pub fn overhead_percent(overhead: Option<f64>) -> String {
     overhead.map_or_else(|| "-".to_owned(), |o| format!("{:+.1}%", o * 100.0))
 }
 
+/// Reports with `columns` in front of their own (`(name, one cell per report)`), as a table or
+/// CSV: the rows of `memvirt experiment collect`, whose columns say each point's settings. JSON
+/// has its own form there (an error here).
+pub fn render_with_columns(
+    reports: &[Report],
+    columns: &[(String, Vec<String>)],
+    format: Format,
+    title: &str,
+) -> Result<String, RenderError> {
+    match format {
+        Format::Table => Ok(table_with(reports, columns, title)),
+        Format::Csv => Ok(csv_with(reports, columns)),
+        Format::Json => Err(RenderError::Unsupported("JSON of points is the experiment's".into())),
+    }
+}
+
+/// The cells of row `i` of `columns`.
+fn leading_cells(columns: &[(String, Vec<String>)], i: usize) -> Vec<String> {
+    columns.iter().map(|(_, cells)| cells.get(i).cloned().unwrap_or_default()).collect()
+}
+
 fn report_table(reports: &[Report], title: &str) -> String {
-    let mut t = Table::new(&[
+    table_with(reports, &[], title)
+}
+
+fn table_with(reports: &[Report], columns: &[(String, Vec<String>)], title: &str) -> String {
+    let mut header: Vec<(&str, Align)> =
+        columns.iter().map(|(name, _)| (name.as_str(), Align::Left)).collect();
+    header.extend([
         ("workload", Align::Left),
         ("scheme", Align::Left),
         ("accesses", Align::Right),
@@ -231,8 +258,10 @@ fn report_table(reports: &[Report], title: &str) -> String {
         ("cycles", Align::Right),
         ("overhead", Align::Right),
     ]);
-    for r in reports {
-        t.row(vec![
+    let mut t = Table::new(&header);
+    for (i, r) in reports.iter().enumerate() {
+        let mut row = leading_cells(columns, i);
+        row.extend([
             r.workload.clone(),
             r.scheme.clone(),
             r.accesses.to_string(),
@@ -244,6 +273,7 @@ fn report_table(reports: &[Report], title: &str) -> String {
             r.cycles.to_string(),
             overhead_percent(r.overhead_vs_native),
         ]);
+        t.row(row);
     }
     let mut text = t.render(title);
     text.push_str(&compute_and_warmup(reports));
@@ -338,15 +368,21 @@ fn csv_header(reports: &[Report]) -> (Vec<String>, Vec<&str>, Vec<&str>) {
 }
 
 fn report_csv(reports: &[Report]) -> String {
-    let (header, exits, traps) = csv_header(reports);
+    csv_with(reports, &[])
+}
+
+fn csv_with(reports: &[Report], columns: &[(String, Vec<String>)]) -> String {
+    let (mut header, exits, traps) = csv_header(reports);
+    header.splice(0..0, columns.iter().map(|(name, _)| name.clone()));
     let mut out = String::new();
     csv_line(&mut out, &header);
     // A cause a report lacks (none does) is an empty cell rather than an invented 0.
     let count = |map: &std::collections::BTreeMap<String, u64>, c: &str| {
         map.get(c).map(u64::to_string).unwrap_or_default()
     };
-    for r in reports {
-        let mut row = vec![
+    for (i, r) in reports.iter().enumerate() {
+        let mut row = leading_cells(columns, i);
+        row.extend([
             r.scheme.clone(),
             r.workload.clone(),
             r.profile.clone(),
@@ -355,7 +391,7 @@ fn report_csv(reports: &[Report]) -> String {
             r.tlb_misses.to_string(),
             r.walk_refs_per_miss.to_string(),
             r.vm_exits.total.to_string(),
-        ];
+        ]);
         row.extend(exits.iter().map(|c| count(&r.vm_exits.by_cause, c)));
         row.push(r.hw_traps.total.to_string());
         row.extend(traps.iter().map(|c| count(&r.hw_traps.by_cause, c)));

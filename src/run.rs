@@ -83,6 +83,35 @@ impl RunSpec {
     }
 }
 
+impl RunSpec {
+    /// Everything the report of this run depends on, as JSON: memvirt's version, the scheme, the
+    /// settings, the whole profile, the seed, the warm-up and `--verify`. `workload` stands for
+    /// the workload (its name, or what identifies a trace's content), which the spec itself
+    /// cannot say for a trace. Two specs with the same identity give the same report.
+    pub fn identity(&self, workload: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "memvirt": env!("CARGO_PKG_VERSION"),
+            "scheme": self.scheme.name(),
+            "workload": workload,
+            "workload_sets": self.workload_sets,
+            "scheme_sets": self.scheme_sets,
+            "profile": serde_json::to_value(&self.profile).unwrap_or(serde_json::Value::Null),
+            "seed": self.seed,
+            "verify": self.verify,
+            "warmup": self.warmup,
+        })
+    }
+}
+
+/// A short name for `text`: its 64-bit FNV-1a hash as 16 hex digits. Not cryptographic; it
+/// tells apart the runs of one experiment or the journals of one directory.
+pub fn digest(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -193,11 +193,7 @@ impl Journal {
 /// `memvirt-sweep-DIGEST.partial.jsonl`, the digest (FNV-1a) of the sweep's identity, so that
 /// different sweeps never share a journal and the same sweep finds its own again.
 pub fn default_name(spec: &SweepSpec) -> String {
-    let text = identity(spec).to_string();
-    let digest = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    format!("memvirt-sweep-{digest:016x}.partial.jsonl")
+    format!("memvirt-sweep-{}.partial.jsonl", crate::run::digest(&identity(spec).to_string()))
 }
 
 /// Everything a point's report depends on besides its value and scheme.
