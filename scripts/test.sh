@@ -29,6 +29,14 @@ if scripts/guest-kit.sh fetch >/dev/null 2>/tmp/memvirt-guest-kit.log; then
 else
     echo "warning: the guest kit could not be installed (see /tmp/memvirt-guest-kit.log): the full-system test will skip" >&2
 fi
+# `memvirt experiment submit`'s test runs a job array on a one-node Slurm cluster it starts on
+# localhost (Debian packages `slurm-wlm` and `munge`, installed here). Where they cannot be
+# installed that test says so and skips; wherever they are, it is required (MEMVIRT_REQUIRE_SLURM).
+if scripts/slurm-cluster.sh install; then
+    export MEMVIRT_REQUIRE_SLURM=1
+else
+    echo "warning: Slurm could not be installed: the job-array test will skip" >&2
+fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Broken or private intra-doc links are errors too (the API docs are part of the deliverable).

@@ -182,7 +182,7 @@ fn plan(experiment: Experiment) -> Result<Plan> {
             Some(i) => i,
             None => {
                 let setup = setup_for(&experiment, &point, &schemes, &builtin, &trace_keys)
-                    .with_context(|| combination(&point))?;
+                    .with_context(|| settings_of(&point))?;
                 setups.push((point.clone(), setup));
                 setups.len() - 1
             }
@@ -274,14 +274,19 @@ fn setup_for(
     Ok(setup)
 }
 
-/// `profile P, K=V, seed S, workload W`: the combination a point belongs to, for messages.
-fn combination(point: &Point) -> String {
+/// `profile P, K=V, seed S`: the settings of a point, for messages.
+fn settings_of(point: &Point) -> String {
     let mut text = format!("profile {}", point.profile);
     for (k, v) in &point.settings {
         text.push_str(&format!(", {k}={v}"));
     }
-    text.push_str(&format!(", seed {}, workload {}", point.seed, point.workload.name()));
+    text.push_str(&format!(", seed {}", point.seed));
     text
+}
+
+/// `profile P, K=V, seed S, workload W`: the combination a point belongs to, for messages.
+fn combination(point: &Point) -> String {
+    format!("{}, workload {}", settings_of(point), point.workload.name())
 }
 
 /// Every trace of the experiment, opened once and shared by all its points (a compact trace is
@@ -789,7 +794,7 @@ fn submit(args: &SubmitArgs) -> Result<()> {
     let absolute = |p: &Path| -> Result<PathBuf> {
         Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
     };
-    let dir = absolute(&dir)?;
+    let dir = absolute(dir.strip_prefix(".").unwrap_or(&dir))?;
     let job = slurm::Job {
         name: format!("memvirt-{}", plan.experiment.name),
         tasks,
@@ -828,12 +833,20 @@ fn submit(args: &SubmitArgs) -> Result<()> {
         String::from_utf8_lossy(&out.stdout).trim().split(';').next().unwrap_or("").to_owned();
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let what = if job_id.is_empty() {
-            "sbatch failed".to_owned()
-        } else {
-            format!("job {job_id} failed")
-        };
-        bail!("{what} ({}): {}; task logs in {}", out.status, stderr.trim(), job.logs.display());
+        if job_id.is_empty() {
+            bail!(
+                "sbatch did not take the job ({}): {} (is this a Slurm cluster's login node, or \
+                 SLURM_CONF set? --dry-run prints the script)",
+                out.status,
+                stderr.trim()
+            );
+        }
+        bail!(
+            "job {job_id} failed ({}): {}; task logs in {}",
+            out.status,
+            stderr.trim(),
+            job.logs.display()
+        );
     }
     println!(
         "experiment {}: {points} points as job {job_id}, {tasks} array tasks of {} CPU{} ({}); logs in {}",

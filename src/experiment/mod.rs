@@ -593,3 +593,153 @@ fn scalar(what: &str, value: &toml::Value) -> Result<String, String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Experiment, String> {
+        Experiment::parse(text, "exp", Path::new("/base"))
+    }
+
+    const SMALL: &str = r#"
+        profiles = ["riscv-sv39", "x86-64"]
+        schemes = ["nested", "ssp"]
+        workloads = ["pagefault"]
+        seeds = [1, 2]
+        [vary]
+        smp.vcpus = [1, 2]
+    "#;
+
+    #[test]
+    fn defaults_name_the_default_profile_mix_and_seed() {
+        let e = parse("").unwrap();
+        assert_eq!(e.name, "exp");
+        assert_eq!(e.profiles, [crate::profile::DEFAULT]);
+        assert_eq!(e.workloads, WorkloadKind::DEFAULT_MIX);
+        assert_eq!(e.seeds, [1]);
+        assert!(e.schemes.is_empty());
+        // Every scheme (native among them) on each of the six workloads, one combination.
+        assert_eq!(e.points().len(), SchemeKind::ALL.len() * 6);
+    }
+
+    #[test]
+    fn points_are_the_product_in_a_fixed_order_with_native_as_baseline() {
+        let e = parse(SMALL).unwrap();
+        let points = e.points();
+        // 2 profiles × 2 vCPU counts × 2 seeds × 1 workload × (nested, ssp, native).
+        assert_eq!(points.len(), 2 * 2 * 2 * 3);
+        assert_eq!(e.point_count(), points.len());
+        let first: Vec<_> = points[..4]
+            .iter()
+            .map(|p| (p.profile.as_str(), p.settings[0].1.as_str(), p.seed, p.scheme.name()))
+            .collect();
+        assert_eq!(
+            first,
+            [
+                ("riscv-sv39", "1", 1, "nested"),
+                ("riscv-sv39", "1", 1, "ssp"),
+                ("riscv-sv39", "1", 1, "native"),
+                ("riscv-sv39", "1", 2, "nested"),
+            ]
+        );
+        assert_eq!(points.iter().filter(|p| p.baseline_only).count(), 8);
+        assert!(points.iter().all(|p| p.baseline_only == (p.scheme == SchemeKind::Native)));
+        assert_eq!(points[23].profile, "x86-64");
+        assert_eq!(points[23].sets(&e), ["smp.vcpus=2"]);
+    }
+
+    #[test]
+    fn chunks_cover_every_point_exactly_once() {
+        for (points, tasks) in [(24, 1), (24, 5), (7, 7), (3, 10), (0, 2)] {
+            let mut seen = vec![0; points];
+            for task in 0..tasks {
+                for i in chunk(points, task, tasks) {
+                    seen[i] += 1;
+                }
+            }
+            assert!(seen.iter().all(|&n| n == 1), "{points} points in {tasks} tasks: {seen:?}");
+        }
+        assert_eq!(chunk(10, 1, 4).collect::<Vec<_>>(), [1, 5, 9]);
+        assert_eq!(parse_chunk("2/4"), Ok((2, 4)));
+        assert!(parse_chunk("4/4").unwrap_err().contains("0 <= I < N"));
+        assert!(parse_chunk("1of4").unwrap_err().contains("I/N"));
+    }
+
+    #[test]
+    fn the_snapshot_reads_back_as_the_same_experiment() {
+        let text = r#"
+            name = "round-trip"
+            description = "quotes \" and all"
+            profiles = ["x86-64", "mine.toml"]
+            traces = ["t/a.mvt"]
+            workloads = ["fork"]
+            length = "short"
+            warmup = 100
+            verify = true
+            [set]
+            "kernel.thp" = "always"
+            workload.forks = 3
+            [vary]
+            "scheme.host_page" = ["4k", "2m"]
+            costs.vm_exit = [1000, 2500.5]
+        "#;
+        let e = parse(text).unwrap();
+        assert_eq!(e.profiles[1], "/base/mine.toml");
+        assert_eq!(e.traces, [PathBuf::from("/base/t/a.mvt")]);
+        assert_eq!(e.vary[0], ("costs.vm_exit".to_owned(), vec!["1000".into(), "2500.5".into()]));
+        assert_eq!(e.set[1], ("workload.forks".to_owned(), "3".to_owned()));
+        let again = Experiment::parse(&e.to_toml().unwrap(), "other", Path::new("/elsewhere"));
+        assert_eq!(again.unwrap(), e);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let cases = [
+            ("shemes = []", "unknown field `shemes`"),
+            ("schemes = [\"nestd\"]", "unknown scheme \"nestd\"; known: native, nested"),
+            ("workloads = [\"forks\"]", "unknown workload \"forks\""),
+            ("seeds = [1, 1]", "seeds: 1 is given twice"),
+            ("length = \"long\"", "`short` or `steady`"),
+            ("name = \"a b\"", "name \"a b\""),
+            ("[vary]\nsmp.vcpus = 2", "vary.smp.vcpus: give a list"),
+            ("[vary]\nsmp.vcpus = []", "the list is empty"),
+            ("[vary]\nsmp.vcpus = [1, 1]", "the value 1 is given twice"),
+            ("[set]\nsmp.vcpus = [1]", "not a single value"),
+            ("[set]\n\"smp.vcpus\" = 1\n[vary]\n\"smp.vcpus\" = [2]", "in both [set] and [vary]"),
+            ("traces = [\"a\"]\nlength = \"steady\"", "a trace's length is its own"),
+            ("seeds = 3", "line 1"),
+        ];
+        for (text, expected) in cases {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(expected), "{text:?}: {e}");
+        }
+        let values: Vec<String> = (0..400).map(|i| i.to_string()).collect();
+        let huge = format!("[vary]\na.b = [{}]\nc.d = [{}]", values.join(","), values.join(","));
+        assert!(parse(&huge).unwrap_err().contains("more than the 100000"));
+    }
+
+    #[test]
+    fn a_result_file_is_checked_against_its_point() {
+        let dir = std::env::temp_dir().join(format!("memvirt-exp-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.json");
+        assert!(PointRecord::read(&path, "abc").unwrap().is_none());
+        let point = parse(SMALL).unwrap().points().remove(0);
+        let record = PointRecord {
+            memvirt_experiment_point: POINT_FORMAT,
+            identity: "abc".into(),
+            point: point.label(),
+            report: Report::default(),
+        };
+        std::fs::write(&path, record.to_json().unwrap()).unwrap();
+        assert_eq!(PointRecord::read(&path, "abc").unwrap(), Some(record));
+        let other = PointRecord::read(&path, "def").unwrap_err().to_string();
+        assert!(other.contains("the result of point abc, not of def"), "{other}");
+        std::fs::write(&path, "{\"truncated\": ").unwrap();
+        let bad = PointRecord::read(&path, "abc").unwrap_err().to_string();
+        assert!(bad.contains("p.json") && bad.contains("remove the file"), "{bad}");
+        assert_eq!(point.file_name("0123"), "pagefault.nested.0123.json");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
