@@ -21,7 +21,8 @@ use memvirt::report::Report;
 use memvirt::run::{self, RunSpec};
 use memvirt::scheme::SchemeKind;
 use memvirt::sweep::{Metric, Sweep};
-use memvirt::workload::{TraceParams, TraceSet, WorkloadKind};
+use memvirt::trace::decode::Window;
+use memvirt::workload::{TraceParams, TraceSet, WorkloadKind, DEFAULT_KEEP_DECODED_BYTES};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -296,6 +297,14 @@ fn prepare_traces(
     experiment: &Experiment,
 ) -> Result<BTreeMap<PathBuf, (TraceSet, serde_json::Value)>> {
     let mut traces = BTreeMap::new();
+    // The records the points replay, if [set] says (a varied skip or limit decodes per run).
+    let sets: Vec<(String, String)> = experiment
+        .set
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("workload.")?.to_owned(), v.clone())))
+        .filter(|(k, _)| k == "skip" || k == "limit")
+        .collect();
+    let window = TraceParams::with_sets(&sets).map_or(Window::ALL, |p| p.window());
     for path in &experiment.traces {
         let bytes = std::fs::read(path).with_context(|| format!("trace {}", path.display()))?;
         let fingerprint = serde_json::json!({
@@ -304,7 +313,12 @@ fn prepare_traces(
             "crc32": crc32fast::hash(&bytes),
         });
         drop(bytes);
-        let set = TraceSet::prepare(std::slice::from_ref(path), Default::default())?;
+        let set = TraceSet::prepare_keeping(
+            std::slice::from_ref(path),
+            Default::default(),
+            DEFAULT_KEEP_DECODED_BYTES,
+            window,
+        )?;
         super::trace_cmd::warn(&set.warnings());
         traces.insert(path.clone(), (set, fingerprint));
     }

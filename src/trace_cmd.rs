@@ -38,6 +38,11 @@ pub(super) struct TraceInputArgs {
     /// record is replayed).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
+    /// Memory the traces' decoded records may take (16 bytes each): within it a trace is
+    /// decoded once, while it is checked, and every run shares the records; beyond it each run
+    /// decodes the file again on a thread of its own. 0: always decode in each run.
+    #[arg(long, value_name = "MIB", default_value_t = memvirt::workload::DEFAULT_KEEP_DECODED_BYTES >> 20)]
+    pub keep_decoded: u64,
     #[command(flatten)]
     pub read: ReadArgs,
 }
@@ -454,7 +459,8 @@ pub(super) fn run_traces(
         }
     }
     let params = TraceParams::with_sets(&sets).context("trace replay")?;
-    let traces = TraceSet::prepare(&t.traces, t.read.options())?;
+    let keep = t.keep_decoded.saturating_mul(1 << 20);
+    let traces = TraceSet::prepare_keeping(&t.traces, t.read.options(), keep, params.window())?;
     warn(&traces.warnings());
     traces.check_skip(params.skip)?;
     let Some(&first) = schemes.first() else { bail!("--schemes names no scheme") };

@@ -13,7 +13,7 @@ use memvirt::profile::Profile;
 use memvirt::run::{self, RunSpec};
 use memvirt::scheme::SchemeKind;
 use memvirt::trace::compact::{self, PageRun, Writer};
-use memvirt::trace::decode::{Prefetch, Reader};
+use memvirt::trace::decode::{Prefetch, Reader, Window};
 use memvirt::trace::{
     self, Compression, Fetches, InputFormat, Kind, ReadOptions, Record, RecordSink, Source,
     StreamMeta, TraceError, PAGE_BYTES,
@@ -485,6 +485,79 @@ fn a_trace_warms_up_until_every_stream_ran_its_instructions(
     let spec = RunSpec { warmup: 101, ..spec };
     let e = run::run(&spec, &mut |_, _| {}).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("its longest stream ran 104"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn records_decoded_once_replay_exactly_as_records_decoded_per_run(
+) -> Result<(), Box<dyn std::error::Error>> {
+    // Two streams of 70,000 and 100,000 loads: several 32 Ki-record blocks each, so the kept
+    // window starts and ends inside blocks.
+    let load = |addr: u64| Record { addr, gap: 2, size: 8, kind: Kind::Load };
+    let a: Vec<Record> = (0..70_000u64).map(|i| load(0x10_0000 + (i * 4160) % 0x40_0000)).collect();
+    let b: Vec<Record> =
+        (0..100_000u64).map(|i| load(0x80_0000 + (i * 8256) % 0x80_0000)).collect();
+    let dir = Dir::new("kept");
+    let path = dir.file("k.mvt", &compact_bytes(&[(a, 3), (b, 0)])?);
+    let window = |skip: u64, limit: u64| Window { skip, limit };
+    for (skip, limit) in [(0, u64::MAX), (40_000, 45_000), (32_768, 1), (69_999, 100_000)] {
+        let sets = [
+            ("skip", skip.to_string()),
+            ("limit", if limit == u64::MAX { "0".into() } else { limit.to_string() }),
+        ];
+        let sets: Vec<(&str, &str)> = sets.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let kept = TraceSet::prepare_keeping(
+            std::slice::from_ref(&path),
+            opts(InputFormat::Auto),
+            1 << 30,
+            window(skip, limit),
+        )?;
+        let (w, streams) = kept.files()[0].decoded.as_ref().ok_or("the records were not kept")?;
+        assert_eq!(*w, window(skip, limit));
+        let expected = [70_000u64, 100_000].map(|n| n.saturating_sub(skip).min(limit));
+        assert_eq!(
+            [streams[0].len() as u64, streams[1].len() as u64],
+            expected,
+            "skip {skip} limit {limit}"
+        );
+        let decoding = TraceSet::prepare_keeping(
+            std::slice::from_ref(&path),
+            opts(InputFormat::Auto),
+            0,
+            window(skip, limit),
+        )?;
+        assert!(decoding.files()[0].decoded.is_none());
+        for scheme in [SchemeKind::Native, SchemeKind::Nested] {
+            let shared =
+                run::run(&trace_spec(scheme, "riscv-sv39", kept.clone(), &sets), &mut |_, _| {})?;
+            let own = run::run(
+                &trace_spec(scheme, "riscv-sv39", decoding.clone(), &sets),
+                &mut |_, _| {},
+            )?;
+            assert_eq!(shared, own, "{} skip {skip} limit {limit}", scheme.name());
+        }
+    }
+    // A run whose window is not the kept one decodes the file itself, with the same result.
+    let kept = TraceSet::prepare_keeping(
+        std::slice::from_ref(&path),
+        opts(InputFormat::Auto),
+        1 << 30,
+        Window::ALL,
+    )?;
+    let fresh = TraceSet::prepare_keeping(
+        std::slice::from_ref(&path),
+        opts(InputFormat::Auto),
+        0,
+        Window::ALL,
+    )?;
+    let sets = [("skip", "1000"), ("limit", "5000")];
+    let r1 = run::run(&trace_spec(SchemeKind::Nested, "riscv-sv39", kept, &sets), &mut |_, _| {})?;
+    let r2 = run::run(&trace_spec(SchemeKind::Nested, "riscv-sv39", fresh, &sets), &mut |_, _| {})?;
+    assert_eq!(r1, r2);
+    assert_eq!(r1.trace.as_ref().map(|t| t.streams[1].replayed), Some(5000));
+    // 170,000 records take 2.7 MB: a budget of 2 MB keeps none of them.
+    let over = TraceSet::prepare_keeping(&[path], opts(InputFormat::Auto), 2_000_000, Window::ALL)?;
+    assert!(over.files()[0].decoded.is_none());
     Ok(())
 }
 

@@ -184,9 +184,28 @@ impl Reader {
     /// records: counts by kind, the address range and the footprint, page by page and flag by
     /// flag. `Ok` means the whole file is sound and its directory exact.
     pub fn validate(&self) -> Result<(), TraceError> {
+        self.validate_keeping(0, Window::ALL).map(|_| ())
+    }
+
+    /// [`Reader::validate`], keeping the decoded records of every stream that a replay with
+    /// `window` (records skipped, then at most that many replayed) would replay, when they take
+    /// at most `keep_bytes` together (each [`Record`] is [`RECORD_BYTES`] in memory): the one
+    /// decoding every run that replays the trace can share ([`crate::workload::TraceSet`]).
+    /// `None` when they take more, or for a full-system trace.
+    pub fn validate_keeping(
+        &self,
+        keep_bytes: u64,
+        window: Window,
+    ) -> Result<Option<Vec<Arc<Vec<Record>>>>, TraceError> {
         if self.header.source == Source::Qemu {
-            return super::system::validate(self);
+            super::system::validate(self)?;
+            return Ok(None);
         }
+        // The directory's counts are claims: keeping stops if the records outgrow the budget.
+        let mut room = keep_bytes / RECORD_BYTES;
+        let claimed: u64 = self.streams.iter().map(|i| window.replayed(i.records)).sum();
+        let mut keep = claimed <= room;
+        let mut kept: Vec<Arc<Vec<Record>>> = Vec::new();
         let mut batch = Vec::new();
         for (s, info) in self.streams.iter().enumerate() {
             let claim = |detail: String| {
@@ -198,16 +217,71 @@ impl Reader {
             };
             let mut check = ClaimCheck::new(info).map_err(claim)?;
             let mut dec = self.stream(s, 0, u64::MAX)?;
+            let mut records: Vec<Record> = Vec::new();
+            if keep {
+                let wanted = window.replayed(info.records).min(room);
+                records.reserve_exact(usize::try_from(wanted).unwrap_or(0));
+            }
+            // Records of this stream decoded before the batch.
+            let mut at = 0u64;
             while dec.next_batch(&mut batch)? {
                 for r in &batch {
                     check.record(r).map_err(claim)?;
                 }
+                let (from, to) = window.overlap(at, batch.len() as u64);
+                at += batch.len() as u64;
+                if keep && to > from {
+                    if to - from > room {
+                        (keep, records, kept) = (false, Vec::new(), Vec::new());
+                        continue;
+                    }
+                    room -= to - from;
+                    let (from, to) = (usize::try_from(from), usize::try_from(to));
+                    if let (Ok(from), Ok(to)) = (from, to) {
+                        records.extend_from_slice(&batch[from..to]);
+                    }
+                }
             }
             check.finish().map_err(claim)?;
+            if keep {
+                kept.push(Arc::new(records));
+            }
         }
-        Ok(())
+        Ok(keep.then_some(kept))
     }
 }
+
+/// The records of a stream a replay takes: `skip` of them skipped, then at most `limit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Records skipped first.
+    pub skip: u64,
+    /// Records replayed at most (`u64::MAX`: all).
+    pub limit: u64,
+}
+
+impl Window {
+    /// Every record.
+    pub const ALL: Window = Window { skip: 0, limit: u64::MAX };
+
+    /// How many of a stream of `records` the window replays.
+    pub fn replayed(self, records: u64) -> u64 {
+        records.saturating_sub(self.skip).min(self.limit)
+    }
+
+    /// The part of the `n` records from record `at` that the window replays, as offsets into
+    /// them, `from..to` (empty: `from == to`).
+    fn overlap(self, at: u64, n: u64) -> (u64, u64) {
+        let end = self.skip.saturating_add(self.limit);
+        let from = self.skip.clamp(at, at + n);
+        let to = end.clamp(at, at + n);
+        (from - at, to.max(from) - at)
+    }
+}
+
+/// Bytes one decoded [`Record`] takes in memory, for the budget of
+/// [`Reader::validate_keeping`].
+pub const RECORD_BYTES: u64 = std::mem::size_of::<Record>() as u64;
 
 /// Checks one stream's directory entry against its records as they are decoded.
 struct ClaimCheck<'a> {
@@ -859,6 +933,18 @@ mod tests {
     use super::*;
     use crate::trace::compact::{with_directory, Writer};
     use crate::trace::{Kind, RecordSink};
+
+    #[test]
+    fn a_window_takes_the_records_after_skip_up_to_limit() {
+        let w = Window { skip: 10, limit: 5 };
+        assert_eq!([w.replayed(0), w.replayed(12), w.replayed(100)], [0, 2, 5]);
+        assert_eq!(Window::ALL.replayed(7), 7);
+        // Batches of 8 records from 0, 8, 16: only 10..15 are taken.
+        assert_eq!(w.overlap(0, 8), (8, 8));
+        assert_eq!(w.overlap(8, 8), (2, 7));
+        assert_eq!(w.overlap(16, 8), (0, 0));
+        assert_eq!(Window::ALL.overlap(u64::MAX - 4, 4), (0, 4));
+    }
 
     fn rec(addr: u64, size: u16, kind: Kind) -> Record {
         Record { addr, gap: 1, size, kind }

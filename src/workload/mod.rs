@@ -25,7 +25,7 @@ pub use single::{
     PointerChaseParams, RandomAccess, RandomParams, Stream, StreamParams,
 };
 pub use threads::{Threads, ThreadsParams};
-pub use trace::{TraceParams, TraceReplay, TraceReport, TraceSet};
+pub use trace::{TraceParams, TraceReplay, TraceReport, TraceSet, DEFAULT_KEEP_DECODED_BYTES};
 
 /// What a process did with its turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

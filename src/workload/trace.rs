@@ -26,7 +26,7 @@ use crate::machine::{Scheme, SimError};
 use crate::paging::Perms;
 use crate::report::WarmupReport;
 use crate::trace::compact::{PageRun, StreamInfo};
-use crate::trace::decode::{Prefetch, Reader};
+use crate::trace::decode::{Prefetch, Reader, Window, RECORD_BYTES};
 use crate::trace::{self, Kind, PageFlags, ReadOptions, Record, TraceError, PAGE_BYTES};
 
 /// Relocation moves whole regions of this size (1 GiB: what one entry of the level above the
@@ -52,6 +52,11 @@ impl Validate for TraceParams {
 }
 
 impl TraceParams {
+    /// The records of each stream these parameters replay.
+    pub fn window(&self) -> Window {
+        Window { skip: self.skip, limit: if self.limit == 0 { u64::MAX } else { self.limit } }
+    }
+
     /// The defaults with `sets` (`KEY`, `VALUE` pairs) applied.
     pub fn with_sets(sets: &[(String, String)]) -> Result<Self, ConfigError> {
         if sets.iter().any(|(k, _)| k == "cycles_per_instruction") {
@@ -98,6 +103,10 @@ pub struct TraceFile {
     pub reader: Reader,
     /// What the user should know about it (a version-1 compact trace has no checksums).
     pub warnings: Vec<String>,
+    /// The records of every stream that a replay with the window replays, decoded once when
+    /// the trace was prepared and shared by every run that replays the same window; `None` when
+    /// they did not fit the budget, and each run decodes the file itself.
+    pub decoded: Option<(Window, Vec<Arc<Vec<Record>>>)>,
     _temp: Option<TempFile>,
 }
 
@@ -107,10 +116,29 @@ pub struct TraceSet {
     files: Arc<Vec<TraceFile>>,
 }
 
+/// How much memory [`TraceSet::prepare`] may keep the decoded records of its traces in, by
+/// default: 4 GiB, 268 M records, a sixth of the development machine's memory. Above it every run
+/// decodes the file again on a thread of its own.
+pub const DEFAULT_KEEP_DECODED_BYTES: u64 = 4 << 30;
+
 impl TraceSet {
-    /// Opens each input: a compact file is checked whole (every block decoded once); any other
-    /// is converted to a temporary compact file first (removed with the set).
+    /// [`TraceSet::prepare_keeping`] every record within the default budget,
+    /// [`DEFAULT_KEEP_DECODED_BYTES`].
     pub fn prepare(inputs: &[PathBuf], opts: ReadOptions) -> Result<TraceSet, TraceError> {
+        TraceSet::prepare_keeping(inputs, opts, DEFAULT_KEEP_DECODED_BYTES, Window::ALL)
+    }
+
+    /// Opens each input: a compact file is checked whole (every block decoded once); any other
+    /// is converted to a temporary compact file first (removed with the set). The records a
+    /// replay with `window` (the `skip` and `limit` of [`TraceParams`]) replays are kept
+    /// decoded, for every such run to share, when they take at most `keep_bytes` together (0:
+    /// never).
+    pub fn prepare_keeping(
+        inputs: &[PathBuf],
+        opts: ReadOptions,
+        keep_bytes: u64,
+        window: Window,
+    ) -> Result<TraceSet, TraceError> {
         if inputs.iter().filter(|p| p.as_path() == std::path::Path::new("-")).count() > 1 {
             return Err(TraceError::Other(
                 "standard input (`--trace -`) can be read only once: give the other traces as files"
@@ -118,11 +146,12 @@ impl TraceSet {
             ));
         }
         let mut files = Vec::with_capacity(inputs.len());
+        let mut room = keep_bytes;
         for (i, path) in inputs.iter().enumerate() {
             let label = path
                 .file_name()
                 .map_or_else(|| trace::display_name(path), |n| n.to_string_lossy().into_owned());
-            let (reader, temp, warnings) = if trace::is_plain_compact(path, opts)? {
+            let (reader, temp, warnings, decoded) = if trace::is_plain_compact(path, opts)? {
                 let reader = Reader::open(path, trace::Compression::None)?;
                 if reader.header.source == trace::Source::Qemu {
                     return Err(TraceError::Other(format!(
@@ -131,9 +160,9 @@ impl TraceSet {
                         reader.name
                     )));
                 }
-                reader.validate()?;
+                let decoded = reader.validate_keeping(room, window)?;
                 let warnings = reader.warning().into_iter().collect();
-                (reader, None, warnings)
+                (reader, None, warnings, decoded)
             } else {
                 let tmp = std::env::temp_dir().join(format!(
                     "memvirt-replay-{}-{i}-{}.mvt",
@@ -145,12 +174,16 @@ impl TraceSet {
                 let temp = TempFile::new(tmp);
                 let summary =
                     trace::convert(path, &temp.path, opts, trace::compact::DEFAULT_LEVEL)?;
-                (
-                    Reader::open(&temp.path, trace::Compression::None)?,
-                    Some(temp),
-                    summary.read.warnings,
-                )
+                let reader = Reader::open(&temp.path, trace::Compression::None)?;
+                // memvirt wrote it: decoding it is only worth it to keep the records.
+                let wanted: u64 = reader.streams.iter().map(|s| window.replayed(s.records)).sum();
+                let fits = wanted.saturating_mul(RECORD_BYTES) <= room;
+                let decoded = if fits { reader.validate_keeping(room, window)? } else { None };
+                (reader, Some(temp), summary.read.warnings, decoded)
             };
+            let kept: u64 = decoded.iter().flatten().map(|r| r.len() as u64).sum();
+            room = room.saturating_sub(kept * RECORD_BYTES);
+            let decoded = decoded.map(|streams| (window, streams));
             if reader.header.records == 0 {
                 return Err(TraceError::Format {
                     file: trace::display_name(path),
@@ -158,7 +191,7 @@ impl TraceSet {
                     detail: "the trace holds no memory accesses: nothing to replay".into(),
                 });
             }
-            files.push(TraceFile { label, reader, warnings, _temp: temp });
+            files.push(TraceFile { label, reader, warnings, decoded, _temp: temp });
         }
         if files.is_empty() {
             return Err(TraceError::Other("no trace given".into()));
@@ -355,13 +388,60 @@ pub struct TraceReport {
     pub streams: Vec<StreamReport>,
 }
 
+/// Where a replayed stream's records come from.
+#[derive(Debug)]
+enum Feed {
+    /// Decoded from the file on a thread of its own.
+    Decoder(Prefetch),
+    /// Decoded once when the trace was prepared ([`TraceFile::decoded`]): `records[next..]`
+    /// are still to replay.
+    Memory { records: Arc<Vec<Record>>, next: usize },
+}
+
+impl Feed {
+    /// The records of `stream` that `window` replays: those kept decoded if they are the same
+    /// window's, else decoded from the file.
+    fn open(file: &TraceFile, stream: usize, window: Window) -> Result<Feed, TraceError> {
+        match &file.decoded {
+            Some((kept, streams)) if *kept == window && stream < streams.len() => {
+                Ok(Feed::Memory { records: Arc::clone(&streams[stream]), next: 0 })
+            }
+            _ => {
+                let decoder = file.reader.stream(stream, window.skip, window.limit)?;
+                Ok(Feed::Decoder(Prefetch::spawn(decoder)?))
+            }
+        }
+    }
+
+    /// The next batch of records, in `spent`'s buffer when it can; `None` at the end.
+    fn next_batch(&mut self, spent: Vec<Record>) -> Result<Option<Vec<Record>>, TraceError> {
+        match self {
+            Feed::Decoder(prefetch) => {
+                prefetch.recycle(spent);
+                prefetch.next_batch()
+            }
+            Feed::Memory { records, next } => {
+                if *next == records.len() {
+                    return Ok(None);
+                }
+                let upto = (*next + trace::compact::BLOCK_RECORDS).min(records.len());
+                let mut batch = spent;
+                batch.clear();
+                batch.extend_from_slice(&records[*next..upto]);
+                *next = upto;
+                Ok(Some(batch))
+            }
+        }
+    }
+}
+
 /// One stream being replayed.
 #[derive(Debug)]
 struct Replayed {
     report: StreamReport,
     file: usize,
     stream: usize,
-    feed: Option<Prefetch>,
+    feed: Option<Feed>,
     batch: Vec<Record>,
     pos: usize,
     finished: bool,
@@ -452,7 +532,7 @@ impl TraceReplay {
 
     pub(super) fn start<S: Scheme>(&mut self, os: &mut Os<S>) -> Result<(), OsError> {
         let user_top = os.layout().user_top.as_u64();
-        let limit = if self.params.limit == 0 { u64::MAX } else { self.params.limit };
+        let window = self.params.window();
         for (fi, f) in self.set.files().iter().enumerate() {
             for (si, info) in f.reader.streams.iter().enumerate() {
                 let relocation = Relocation::plan(&info.footprint, user_top).map_err(|e| {
@@ -463,7 +543,7 @@ impl TraceReplay {
                 })?;
                 let vmas = relocation.vmas(&info.footprint);
                 let skipped = self.params.skip.min(info.records);
-                let total = (info.records - skipped).min(limit);
+                let total = window.replayed(info.records);
                 let pid = os.spawn_image(&vmas)?;
                 self.by_pid.insert(pid, self.procs.len());
                 self.procs.push(Replayed {
@@ -489,16 +569,13 @@ impl TraceReplay {
         let Some(&i) = self.by_pid.get(&pid) else { return Ok(Step::Exit) };
         let mut p = &mut self.procs[i];
         if p.feed.is_none() && !p.finished {
-            let limit = if self.params.limit == 0 { u64::MAX } else { self.params.limit };
-            let reader = &self.set.files()[p.file].reader;
-            let dec = reader.stream(p.stream, self.params.skip, limit).map_err(trace_error)?;
-            p.feed = Some(Prefetch::spawn(dec).map_err(trace_error)?);
+            let file = &self.set.files()[p.file];
+            p.feed = Some(Feed::open(file, p.stream, self.params.window()).map_err(trace_error)?);
         }
         while os.slice_left() > 0 {
             if p.pos == p.batch.len() {
                 let Some(feed) = p.feed.as_mut() else { return Ok(Step::Exit) };
-                feed.recycle(std::mem::take(&mut p.batch));
-                match feed.next_batch().map_err(trace_error)? {
+                match feed.next_batch(std::mem::take(&mut p.batch)).map_err(trace_error)? {
                     Some(b) => (p.batch, p.pos) = (b, 0),
                     None => {
                         p.finished = true;
@@ -701,7 +778,13 @@ mod tests {
         let forged = with_directory(out.get_ref(), &header, &streams);
         let reader = Reader::from_bytes("lie.mvt".into(), forged)?;
         assert!(reader.validate().is_err(), "validation refuses it");
-        let file = TraceFile { label: "lie.mvt".into(), reader, warnings: Vec::new(), _temp: None };
+        let file = TraceFile {
+            label: "lie.mvt".into(),
+            reader,
+            warnings: Vec::new(),
+            decoded: None,
+            _temp: None,
+        };
         let set = TraceSet { files: Arc::new(vec![file]) };
         let profile = crate::profile::Profile::builtin("riscv-sv39")?;
         let spec = crate::run::RunSpec {
