@@ -546,11 +546,29 @@ impl<S: Scheme> Machine<S> {
     }
 
     /// One guest access: the L1 TLB, else the L2, else the scheme's miss path.
-    #[inline]
+    #[inline(always)]
     pub fn access(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
         let p = &mut self.platform;
+        // The hit path of a hardware TLB, inlined into the guest's access: everything else is
+        // out of line.
+        if !S::SOFTWARE_TLB {
+            if let Some(hpa) = p.mmu.lookup_l1(gva, access) {
+                p.stats.accesses += 1;
+                p.stats.cycles.tlb.charge(p.costs.tlb_l1_hit);
+                return Ok(hpa);
+            }
+        }
+        self.access_general(gva, access)
+    }
+
+    /// [`Machine::access`] past a hardware TLB's L1 hit: a software TLB's lookup, or an L1
+    /// miss.
+    #[inline(never)]
+    fn access_general(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
+        let p = &mut self.platform;
         p.stats.accesses += 1;
-        let hpa = match p.mmu.lookup_l1(gva, access) {
+        let hit = if S::SOFTWARE_TLB { p.mmu.lookup_l1(gva, access) } else { None };
+        let hpa = match hit {
             Some(hpa) => {
                 let cost =
                     if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { p.costs.tlb_l1_hit };

@@ -377,7 +377,7 @@ impl<S: Scheme> Os<S> {
     // ----- the access path -------------------------------------------------------------------
 
     /// A user load by the current process; returns the content token it read.
-    #[inline]
+    #[inline(always)]
     pub fn load(&mut self, va: Gva) -> Result<u64, OsError> {
         let hpa = self.user_access(va, Access::USER_LOAD)?;
         let token = self.machine.platform.host.token(hpa.page());
@@ -386,7 +386,7 @@ impl<S: Scheme> Os<S> {
     }
 
     /// A user instruction fetch by the current process; returns the content token it read.
-    #[inline]
+    #[inline(always)]
     pub fn fetch(&mut self, va: Gva) -> Result<u64, OsError> {
         let hpa = self.user_access(va, Access::USER_FETCH)?;
         let token = self.machine.platform.host.token(hpa.page());
@@ -395,14 +395,16 @@ impl<S: Scheme> Os<S> {
     }
 
     /// A user store by the current process, leaving `token` as the page's content.
-    #[inline]
+    #[inline(always)]
     pub fn store(&mut self, va: Gva, token: u64) -> Result<(), OsError> {
         let hpa = self.user_access(va, Access::USER_STORE)?;
         self.machine.platform.host.set_token(hpa.page(), token);
         Ok(())
     }
 
-    #[inline]
+    /// Inlined into every user load, fetch and store with the machine's TLB-hit path, so that
+    /// a hit is a few dozen instructions (BENCHMARKS.md, "The hit path"); the rest is out of line.
+    #[inline(always)]
     fn user_access(&mut self, va: Gva, access: Access) -> Result<Hpa, OsError> {
         if self.warmup_left != 0 {
             self.warmup_tick();

@@ -21,7 +21,7 @@
 use super::flush::TlbScope;
 use super::setassoc::{check_geometry, GeometryError};
 use super::ways::{self, SetWords, EMPTY_TAG};
-use crate::addr::{u64_to_usize, Asid, Gva, Hpa, Level, PageSize, Vmid};
+use crate::addr::{u64_to_usize, Asid, Gva, Hpa, Level, PageSize, Vmid, PAGE_SHIFT};
 use crate::paging::{Access, AllowMask};
 
 /// One cached translation.
@@ -366,6 +366,17 @@ impl TlbTable {
     /// used entry of the set.
     #[inline]
     fn lookup(&mut self, va: Gva, probe: PageSize, context: Context) -> Option<TlbEntry> {
+        self.lookup_slot(va, probe, context).map(|(e, _)| e)
+    }
+
+    /// [`lookup`](Self::lookup), with the index of the hit way's stamp in `words`.
+    #[inline]
+    fn lookup_slot(
+        &mut self,
+        va: Gva,
+        probe: PageSize,
+        context: Context,
+    ) -> Option<(TlbEntry, usize)> {
         let single = self.held.single();
         self.lookup_as(va, probe, single, context)
     }
@@ -379,7 +390,7 @@ impl TlbTable {
         probe: PageSize,
         single: Option<PageSize>,
         context: Context,
-    ) -> Option<TlbEntry> {
+    ) -> Option<(TlbEntry, usize)> {
         if self.live == 0 {
             return None;
         }
@@ -399,13 +410,25 @@ impl TlbTable {
         probe: PageSize,
         single: Option<PageSize>,
         context: Context,
-    ) -> Option<TlbEntry> {
+    ) -> Option<(TlbEntry, usize)> {
         let set = self.set_of(va.as_u64() >> probe.shift());
         let words = SetWords::of(&mut self.words, set, ways);
         let way = first_match(&words, self.held, single, va, context)?;
         self.clock += 1;
         words.stamps[way] = self.clock;
-        self.entries[set * ways + way]
+        // The way's stamp in `words` (see the layout above), for the hit memo.
+        let stamp = set * 3 * ways + 2 * ways + way;
+        self.entries[set * ways + way].map(|e| (e, stamp))
+    }
+
+    /// Makes the way whose stamp is `words[stamp]` the most recently used, as a search that
+    /// found it does: a hit the memo answers ([`HitMemo`]).
+    #[inline(always)]
+    fn touch(&mut self, stamp: usize) {
+        self.clock += 1;
+        if let Some(word) = self.words.get_mut(stamp) {
+            *word = self.clock;
+        }
     }
 
     /// Inserts `entry`, whose tag and context word are `tags`, into its set: over the entry of
@@ -514,6 +537,84 @@ impl TlbTable {
 pub struct Tlb {
     l1: [TlbTable; 3],
     l2: TlbTable,
+    memo: HitMemo,
+}
+
+/// The offset bits of a 4 KiB page.
+const PAGE_OFFSET_MASK: u64 = (1 << PAGE_SHIFT) - 1;
+
+/// Generations a memo key tells apart (the bits above the 33 of a context word).
+const MEMO_GENERATIONS: u64 = 1 << 31;
+
+/// The 4 KiB pages the memo remembers: as many as the default L1 4K table holds.
+const MEMO_PAGES: usize = 64;
+
+/// A direct-mapped memo of recent L1 hits, one 4 KiB virtual page per slot (the low bits of its
+/// page number), so that a repeated hit costs one compare instead of a set search. It is a
+/// shortcut of the simulator, not a modelled structure: a memo hit touches exactly the way the
+/// search found and answers what the search answered, and every change to an L1 table empties
+/// the memo, so what is simulated does not depend on it (`memo_hits_are_searches` checks
+/// that against the search alone).
+#[derive(Debug, Clone)]
+struct HitMemo {
+    slots: Box<[MemoSlot; MEMO_PAGES]>,
+    /// Bumped by every change to an L1 table: a slot is valid only in the generation it was
+    /// filled in, so that forgetting every hit costs one increment, not a sweep (L1 fills and
+    /// flushes are frequent on miss-bound workloads).
+    generation: u64,
+}
+
+/// One remembered hit.
+#[derive(Debug, Clone, Copy)]
+struct MemoSlot {
+    /// The 4 KiB virtual page number, [`u64::MAX`] for an empty slot.
+    vpage: u64,
+    /// The context word ([`tagged_context`]) of the lookup that found it, with the memo's
+    /// generation then in the bits above ([`HitMemo::key`]).
+    context: u64,
+    /// The host address of that 4 KiB page.
+    hpa_page: u64,
+    /// The access classes the entry allows; another class takes the search, which refuses it.
+    allow: AllowMask,
+    /// The L1 table that holds the entry.
+    table: u8,
+    /// The index of its way's stamp in that table's words.
+    stamp: usize,
+}
+
+impl MemoSlot {
+    const EMPTY: MemoSlot =
+        MemoSlot { vpage: u64::MAX, context: 0, hpa_page: 0, allow: 0, table: 0, stamp: 0 };
+}
+
+impl HitMemo {
+    fn new() -> Self {
+        HitMemo { slots: Box::new([MemoSlot::EMPTY; MEMO_PAGES]), generation: 0 }
+    }
+
+    #[inline(always)]
+    fn slot(vpage: u64) -> usize {
+        u64_to_usize(vpage) % MEMO_PAGES
+    }
+
+    /// The word a slot's `context` must equal for a lookup in context `(vmid, asid)` now: the
+    /// context word is 33 bits at most, the generation goes above.
+    #[inline(always)]
+    fn key(&self, vmid: Vmid, asid: Asid) -> u64 {
+        tagged_context(vmid, asid) | (self.generation << 33)
+    }
+
+    /// Forgets every hit: an L1 table changed.
+    #[inline]
+    fn clear(&mut self) {
+        self.generation += 1;
+        // The generation has 31 bits in a key: before it would wrap onto old slots' keys, the
+        // slots are emptied and counting starts over.
+        if self.generation == MEMO_GENERATIONS {
+            self.slots.fill(MemoSlot::EMPTY);
+            self.generation = 0;
+        }
+    }
 }
 
 #[inline]
@@ -535,36 +636,75 @@ impl Tlb {
                 TlbTable::new("tlb.l1_1g", cfg.l1_1g)?,
             ],
             l2: TlbTable::new("tlb.l2", cfg.l2)?,
+            memo: HitMemo::new(),
         })
     }
 
     /// Looks `va` up in the L1 tables. A hit whose entry does not allow `access` (a store to a
     /// clean page, say) is reported as a miss so that the hardware re-walks.
-    #[inline]
+    #[inline(always)]
     pub fn lookup_l1(&mut self, va: Gva, access: Access, vmid: Vmid, asid: Asid) -> Option<Hpa> {
+        let vpage = va.as_u64() >> PAGE_SHIFT;
+        let m = &self.memo.slots[HitMemo::slot(vpage)];
+        if m.vpage == vpage
+            && m.allow & access.class_bit() != 0
+            && m.context == self.memo.key(vmid, asid)
+        {
+            let (table, stamp, hpa_page) = (usize::from(m.table), m.stamp, m.hpa_page);
+            if let Some(table) = self.l1.get_mut(table) {
+                table.touch(stamp);
+                return Some(Hpa::new(hpa_page | (va.as_u64() & PAGE_OFFSET_MASK)));
+            }
+        }
+        self.lookup_l1_searched(va, access, vmid, asid)
+    }
+
+    /// The L1 lookup by searching the tables' sets, out of line so that the memo's hit stays
+    /// small; a hit is remembered.
+    #[inline(never)]
+    fn lookup_l1_searched(
+        &mut self,
+        va: Gva,
+        access: Access,
+        vmid: Vmid,
+        asid: Asid,
+    ) -> Option<Hpa> {
         let context = Context::new(vmid, asid);
         // The 4K table holds 4K pages only.
-        let e = match self.l1[0].lookup_as(va, PageSize::Size4K, Some(PageSize::Size4K), context) {
-            Some(e) => e,
-            // Most runs map no large page: no call.
-            None if self.l1[1].live == 0 && self.l1[2].live == 0 => return None,
-            None => self.lookup_l1_large(va, context)?,
+        let (e, table, stamp) =
+            match self.l1[0].lookup_as(va, PageSize::Size4K, Some(PageSize::Size4K), context) {
+                Some((e, stamp)) => (e, 0, stamp),
+                // Most runs map no large page.
+                None if self.l1[1].live == 0 && self.l1[2].live == 0 => return None,
+                None => self.lookup_l1_large(va, context)?,
+            };
+        let vpage = va.as_u64() >> PAGE_SHIFT;
+        let hpa_page = e.translate(va).as_u64() & !PAGE_OFFSET_MASK;
+        self.memo.slots[HitMemo::slot(vpage)] = MemoSlot {
+            vpage,
+            context: self.memo.key(vmid, asid),
+            hpa_page,
+            allow: e.allow,
+            table,
+            stamp,
         };
         (e.allow & access.class_bit() != 0).then(|| e.translate(va))
     }
 
-    /// The L1 lookup's probes of the large-page tables, out of line so that the common 4K probe
-    /// is compiled alone and [`lookup_l1`](Self::lookup_l1) stays small.
-    #[inline(never)]
-    fn lookup_l1_large(&mut self, va: Gva, context: Context) -> Option<TlbEntry> {
+    /// The L1 lookup's probes of the large-page tables: the entry, its table and its stamp.
+    fn lookup_l1_large(&mut self, va: Gva, context: Context) -> Option<(TlbEntry, u8, usize)> {
         let [_, l1_2m, l1_1g] = &mut self.l1;
         // The 2M table holds 2M pages only.
-        l1_2m
-            .lookup_as(va, PageSize::Size2M, Some(PageSize::Size2M), context)
-            // Larger pages share the 1G table.
-            .or_else(|| l1_1g.lookup(va, PageSize::Size1G, context))
-            .or_else(|| l1_1g.lookup(va, PageSize::Size512G, context))
-            .or_else(|| l1_1g.lookup(va, PageSize::Size256T, context))
+        if let Some((e, stamp)) =
+            l1_2m.lookup_as(va, PageSize::Size2M, Some(PageSize::Size2M), context)
+        {
+            return Some((e, 1, stamp));
+        }
+        // Larger pages share the 1G table.
+        [PageSize::Size1G, PageSize::Size512G, PageSize::Size256T]
+            .into_iter()
+            .find_map(|size| l1_1g.lookup_slot(va, size, context))
+            .map(|(e, stamp)| (e, 2, stamp))
     }
 
     /// Looks `va` up in the L2; a usable hit is copied into the L1.
@@ -574,7 +714,7 @@ impl Tlb {
         // Only the sets of sizes the L2 holds.
         let l2 = &mut self.l2;
         let e = match l2.held.single() {
-            Some(size) => l2.lookup_as(va, size, Some(size), context),
+            Some(size) => l2.lookup_as(va, size, Some(size), context).map(|(e, _)| e),
             None => l2.held.iter().find_map(|size| l2.lookup(va, size, context)),
         }?;
         if e.allow & access.class_bit() == 0 {
@@ -586,6 +726,7 @@ impl Tlb {
 
     #[inline(always)]
     fn insert_l1(&mut self, e: TlbEntry, tags: WayTags) {
+        self.memo.clear();
         self.l1[l1_index(e.size)].insert(e, tags);
     }
 
@@ -601,6 +742,7 @@ impl Tlb {
     /// Removes exactly the entries `scope` selects; returns how many went. A single-address
     /// scope only visits the sets that address maps to.
     pub fn flush(&mut self, scope: &TlbScope) -> usize {
+        self.memo.clear();
         let keep = |e: &TlbEntry| !e.flushed_by(scope);
         let Some(va) = scope.va else {
             return self.l1.iter_mut().map(|t| t.retain(keep)).sum::<usize>()
@@ -917,6 +1059,61 @@ mod tests {
                 compare_with_reference(name, &cfg, 4, sizes, 25_000);
             }
         }
+    }
+
+    /// Mostly repeated lookups of a few recent pages, as a program makes them, so that most L1
+    /// hits are the memo's: answers, and the entries in LRU order (which only the memo's
+    /// touches of the hit ways keep right), are the reference's.
+    #[test]
+    fn memo_hits_are_searches() {
+        for (name, cfg) in geometries() {
+            let (mut tlb, mut reference) = (Tlb::new(&cfg).unwrap(), Reference::new(&cfg));
+            let mut draw = Draw::new(11, &PageSize::TEST_MIX);
+            let mut pool: Vec<(Gva, Vmid, Asid)> = Vec::new();
+            let mut memo_hits = 0;
+            for step in 0..40_000 {
+                let access = draw.rng.pick(&ACCESSES);
+                if pool.len() < 24 || draw.rng.below(40) == 0 {
+                    let va = draw.va();
+                    let e = draw.entry(va);
+                    tlb.insert(e);
+                    reference.insert(e);
+                    pool.push((va, e.vmid, e.asid));
+                    if pool.len() > 24 {
+                        pool.remove(0);
+                    }
+                } else if draw.rng.below(400) == 0 {
+                    let scope = draw.scope();
+                    assert_eq!(tlb.flush(&scope), reference.flush(&scope), "{name} step {step}");
+                } else {
+                    let (base, vmid, asid) = pool[u64_to_usize(draw.rng.below(24)) % pool.len()];
+                    let va = Gva::new(base.as_u64() ^ draw.rng.below(1 << 12));
+                    let vpage = va.as_u64() >> PAGE_SHIFT;
+                    let m = tlb.memo.slots[HitMemo::slot(vpage)];
+                    let memo = m.vpage == vpage
+                        && m.context == tlb.memo.key(vmid, asid)
+                        && m.allow & access.class_bit() != 0;
+                    let hit = tlb.lookup_l1(va, access, vmid, asid);
+                    assert_eq!(hit, reference.lookup_l1(va, access, vmid, asid), "{name} {step}");
+                    memo_hits += usize::from(memo);
+                }
+            }
+            let entries: Vec<_> = tlb.entries().collect();
+            assert_eq!(entries, reference.entries().collect::<Vec<_>>(), "{name}");
+            // 3,736 to 6,941 of the 38,000 lookups, by geometry.
+            assert!(memo_hits > 3_000, "{name}: only {memo_hits} memo hits");
+        }
+    }
+
+    #[test]
+    fn the_memo_empties_its_slots_before_its_generation_would_wrap() {
+        let mut memo = HitMemo::new();
+        memo.slots[3] = MemoSlot { vpage: 3, ..MemoSlot::EMPTY };
+        memo.generation = MEMO_GENERATIONS - 2;
+        memo.clear();
+        assert_eq!((memo.slots[3].vpage, memo.generation), (3, MEMO_GENERATIONS - 1));
+        memo.clear();
+        assert_eq!((memo.slots[3].vpage, memo.generation), (u64::MAX, 0));
     }
 
     #[test]
