@@ -5,7 +5,10 @@
 # cold misses are the same in both runs and cancel, so what is left is one access's whole path:
 # the workload's step, the guest kernel's bookkeeping, the lookup and the statistics.
 #
-#   scripts/hit-path.sh [SCHEME]      (default native; needs valgrind and a release build)
+#   scripts/hit-path.sh [SCHEME]      (default native; needs valgrind)
+#
+# MEMVIRT_BIN names another memvirt binary to measure (default target/release/memvirt, built if
+# missing).
 #
 # Built-in workload: `stream` over 8 pages per array (24 pages, within the 64-entry L1 TLB).
 # Trace: a lackey trace of a loop over the same 24 pages, generated here, replayed with
@@ -13,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scheme=${1:-native}
-memvirt=target/release/memvirt
+memvirt=${MEMVIRT_BIN:-target/release/memvirt}
 [ -x "$memvirt" ] || cargo build --release --locked
 command -v valgrind >/dev/null || { echo "hit-path: valgrind is not installed" >&2; exit 1; }
 work=$(mktemp -d)

@@ -552,7 +552,7 @@ impl<S: Scheme> Machine<S> {
         // The hit path of a hardware TLB, inlined into the guest's access: everything else is
         // out of line.
         if !S::SOFTWARE_TLB {
-            if let Some(hpa) = p.mmu.lookup_l1(gva, access) {
+            if let Some(hpa) = p.mmu.memo_hit(gva, access) {
                 p.stats.accesses += 1;
                 p.stats.cycles.tlb.charge(p.costs.tlb_l1_hit);
                 return Ok(hpa);
@@ -561,14 +561,13 @@ impl<S: Scheme> Machine<S> {
         self.access_general(gva, access)
     }
 
-    /// [`Machine::access`] past a hardware TLB's L1 hit: a software TLB's lookup, or an L1
-    /// miss.
+    /// [`Machine::access`] past the hit memo: the L1 TLB's search (a software TLB's lookup),
+    /// then the L2 and the scheme's miss path.
     #[inline(never)]
     fn access_general(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
         let p = &mut self.platform;
         p.stats.accesses += 1;
-        let hit = if S::SOFTWARE_TLB { p.mmu.lookup_l1(gva, access) } else { None };
-        let hpa = match hit {
+        let hpa = match p.mmu.lookup_l1(gva, access) {
             Some(hpa) => {
                 let cost =
                     if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { p.costs.tlb_l1_hit };

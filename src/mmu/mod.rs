@@ -316,8 +316,18 @@ impl Mmu {
         })
     }
 
-    /// The TLB-hit path: an L1 hit, or `None`.
+    /// An L1 hit the TLB's hit memo answers, or `None` (then [`Mmu::lookup_l1`] searches).
     #[inline(always)]
+    pub fn memo_hit(&mut self, gva: Gva, access: Access) -> Option<Hpa> {
+        let hit = self.tlb.memo_hit(gva, access, self.vmid, self.asid);
+        if hit.is_some() {
+            self.stats.l1_hits += 1;
+        }
+        hit
+    }
+
+    /// The TLB-hit path: an L1 hit, or `None`.
+    #[inline]
     pub fn lookup_l1(&mut self, gva: Gva, access: Access) -> Option<Hpa> {
         let hit = self.tlb.lookup_l1(gva, access, self.vmid, self.asid);
         if hit.is_some() {

@@ -644,6 +644,16 @@ impl Tlb {
     /// clean page, say) is reported as a miss so that the hardware re-walks.
     #[inline(always)]
     pub fn lookup_l1(&mut self, va: Gva, access: Access, vmid: Vmid, asid: Asid) -> Option<Hpa> {
+        match self.memo_hit(va, access, vmid, asid) {
+            Some(hpa) => Some(hpa),
+            None => self.lookup_l1_searched(va, access, vmid, asid),
+        }
+    }
+
+    /// The L1 hit the memo answers, if it does ([`HitMemo`]); `None` says nothing about the
+    /// tables.
+    #[inline(always)]
+    pub fn memo_hit(&mut self, va: Gva, access: Access, vmid: Vmid, asid: Asid) -> Option<Hpa> {
         let vpage = va.as_u64() >> PAGE_SHIFT;
         let m = &self.memo.slots[HitMemo::slot(vpage)];
         if m.vpage == vpage
@@ -656,7 +666,7 @@ impl Tlb {
                 return Some(Hpa::new(hpa_page | (va.as_u64() & PAGE_OFFSET_MASK)));
             }
         }
-        self.lookup_l1_searched(va, access, vmid, asid)
+        None
     }
 
     /// The L1 lookup by searching the tables' sets, out of line so that the memo's hit stays
