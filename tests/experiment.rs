@@ -2,6 +2,9 @@
 //! an interruption, split into chunks that together give the same files, and collect into the
 //! same reports `memvirt compare` prints; bad files, flags and directories are refused by name.
 
+mod common;
+
+use common::result_files;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -48,19 +51,6 @@ fn write_experiment(dir: &Path, text: &str) -> PathBuf {
     file
 }
 
-/// Every file under `dir/points`, name and bytes, sorted.
-fn points(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<_> = fs::read_dir(dir.join("points"))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap())
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 #[test]
 fn points_run_into_files_and_collect_into_the_reports_compare_prints() {
     let dir = scratch("collect");
@@ -68,7 +58,7 @@ fn points_run_into_files_and_collect_into_the_reports_compare_prints() {
     let out = ok(&memvirt(&["experiment", "run", file.to_str().unwrap(), "--jobs", "2"]));
     assert!(out.contains("24 points, 0 done before, 24 run now, 0 failed"), "{out}");
     let results = dir.join("small.results");
-    assert_eq!(points(&results).len(), 24);
+    assert_eq!(result_files(&results).len(), 24);
     assert!(results.join("experiment.toml").is_file());
 
     let json =
@@ -152,7 +142,7 @@ fn an_interrupted_or_chunked_run_resumes_to_the_same_bytes() {
     let whole = dir.join("whole");
     let f = file.to_str().unwrap();
     ok(&memvirt(&["experiment", "run", f, "--results", whole.to_str().unwrap(), "--jobs", "1"]));
-    let expected = points(&whole);
+    let expected = result_files(&whole);
 
     // In two chunks, as two array tasks run it; collect refuses the half-done directory.
     let chunked = dir.join("chunked");
@@ -167,7 +157,7 @@ fn an_interrupted_or_chunked_run_resumes_to_the_same_bytes() {
     let status = ok(&memvirt(&["experiment", "status", c]));
     assert!(status.contains("24 points, 12 done, 12 to run"), "{status}");
     ok(&memvirt(&["experiment", "run", f, "--results", c, "--chunk", "1/2"]));
-    assert_eq!(points(&chunked), expected);
+    assert_eq!(result_files(&chunked), expected);
 
     // Lost results run again, and only they.
     let gone: Vec<PathBuf> =
@@ -177,7 +167,7 @@ fn an_interrupted_or_chunked_run_resumes_to_the_same_bytes() {
     }
     let again = ok(&memvirt(&["experiment", "run", f, "--results", c]));
     assert!(again.contains("21 done before, 3 run now"), "{again}");
-    assert_eq!(points(&chunked), expected);
+    assert_eq!(result_files(&chunked), expected);
 
     // An edited experiment keeps the results of the points it still has.
     fs::write(&file, SMALL.replace("seeds = [1, 2]", "seeds = [1, 2, 3]")).unwrap();

@@ -7,6 +7,9 @@
 //! so that there a cluster that cannot start fails the test. Elsewhere the test says why it
 //! cannot run and passes.
 
+mod common;
+
+use common::result_files;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -60,19 +63,6 @@ fn ok(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-/// Every result file, name and bytes, sorted.
-fn points(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<_> = fs::read_dir(dir.join("points"))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap())
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 /// 2 seeds × 2 exit costs × 2 workloads × (nested, ssp, native) = 24 points.
@@ -140,7 +130,7 @@ fn a_job_array_gives_the_local_run_s_results_byte_for_byte() {
         "{logs:?}"
     );
 
-    assert_eq!(points(&remote), points(&local));
+    assert_eq!(result_files(&remote), result_files(&local));
     for format in ["json", "csv"] {
         let collect = |d: &Path| {
             ok(&memvirt(&["experiment", "collect", d.to_str().unwrap(), "--format", format], None))

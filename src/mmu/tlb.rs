@@ -650,8 +650,8 @@ impl Tlb {
         }
     }
 
-    /// The L1 hit the memo answers, if it does ([`HitMemo`]); `None` says nothing about the
-    /// tables.
+    /// The L1 hit the hit memo answers, if it does (see the module's `HitMemo`); `None` says
+    /// nothing about the tables.
     #[inline(always)]
     pub fn memo_hit(&mut self, va: Gva, access: Access, vmid: Vmid, asid: Asid) -> Option<Hpa> {
         let vpage = va.as_u64() >> PAGE_SHIFT;

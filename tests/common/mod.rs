@@ -29,6 +29,7 @@ pub fn small(w: WorkloadKind) -> Vec<(&'static str, &'static str)> {
 
 /// `scheme` on `workload` with the `sets` parameters under the built-in `profile`, seed 1, not
 /// verified.
+#[allow(dead_code)] // see `small`
 pub fn spec(
     scheme: SchemeKind,
     workload: WorkloadKind,
@@ -39,4 +40,21 @@ pub fn spec(
         workload_sets: sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         ..RunSpec::new(scheme, workload, Profile::builtin(profile).expect("built-in profile"))
     }
+}
+
+/// Every file in `dir/points` (an experiment's results directory), name and bytes, sorted.
+#[allow(dead_code)] // every test binary compiles its own copy of this module; not all use it
+pub fn result_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("points"))
+        .expect("a results directory")
+        .map(|e| {
+            let e = e.expect("a directory entry");
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).expect("a result file"),
+            )
+        })
+        .collect();
+    files.sort();
+    files
 }
