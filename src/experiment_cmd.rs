@@ -599,7 +599,7 @@ fn collect(args: &CollectArgs) -> Result<()> {
             text
         }
         format => {
-            let columns = point_columns(e, &rows);
+            let columns = point_columns(e, &rows, format);
             let reports: Vec<Report> = rows.into_iter().map(|(_, r)| r.report).collect();
             output::render_with_columns(&reports, &columns, format, &title)?
         }
@@ -608,20 +608,26 @@ fn collect(args: &CollectArgs) -> Result<()> {
 }
 
 /// The columns that tell the points apart besides workload and scheme: the profile when there
-/// are several, each `[vary]` key, the seed when there are several.
-fn point_columns(e: &Experiment, rows: &[(&Planned, Row)]) -> Vec<(String, Vec<String>)> {
+/// are several, each `[vary]` key, the seed when there are several. CSV rows have the profile's
+/// name and the seed already: there the profile as the experiment gives it (a built-in name or
+/// a file) is `point_profile`, and the seed is not repeated.
+fn point_columns(
+    e: &Experiment,
+    rows: &[(&Planned, Row)],
+    format: Format,
+) -> Vec<(String, Vec<String>)> {
+    let csv = format == Format::Csv;
     let mut columns = Vec::new();
     if e.profiles.len() > 1 {
-        columns.push((
-            "profile".to_owned(),
-            rows.iter().map(|(p, _)| p.point.profile.clone()).collect(),
-        ));
+        let name = if csv { "point_profile" } else { "profile" };
+        columns
+            .push((name.to_owned(), rows.iter().map(|(p, _)| p.point.profile.clone()).collect()));
     }
     for (i, (key, _)) in e.vary.iter().enumerate() {
         let cells = rows.iter().map(|(p, _)| p.point.settings[i].1.clone()).collect();
         columns.push((key.clone(), cells));
     }
-    if e.seeds.len() > 1 {
+    if e.seeds.len() > 1 && !csv {
         columns.push((
             "seed".to_owned(),
             rows.iter().map(|(p, _)| p.point.seed.to_string()).collect(),

@@ -108,7 +108,7 @@ fn points_run_into_files_and_collect_into_the_reports_compare_prints() {
     assert_eq!(table.lines().filter(|l| l.contains("pagefault")).count(), 16);
     let csv =
         ok(&memvirt(&["experiment", "collect", results.to_str().unwrap(), "--format", "csv"]));
-    assert!(csv.starts_with("profile,smp.vcpus,seed,scheme,workload,"), "{csv}");
+    assert!(csv.starts_with("point_profile,smp.vcpus,scheme,workload,profile,seed,"), "{csv}");
     assert_eq!(csv.lines().count(), 17);
 
     // Charts: one bar chart per (profile, vCPUs, seed), one line per (profile, seed, workload)
