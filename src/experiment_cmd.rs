@@ -164,11 +164,21 @@ struct Plan {
     left_out: Vec<String>,
 }
 
+/// What a plan is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Running points: traces are opened (checked, decoded once) for the runs.
+    Run,
+    /// Naming their result files (`status`, `collect`): traces are only fingerprinted.
+    Name,
+}
+
 /// Checks every point of `experiment` and builds its run, before any simulation: a bad setting,
-/// profile or trace fails the whole experiment at once, naming the point.
-fn plan(experiment: Experiment) -> Result<Plan> {
+/// profile or trace fails the whole experiment at once, naming the point. For
+/// [`Purpose::Name`] a trace point's spec has no traces: only its identity is needed.
+fn plan(experiment: Experiment, purpose: Purpose) -> Result<Plan> {
     let schemes: Vec<SchemeKind> = experiment.point_schemes().iter().map(|&(s, _)| s).collect();
-    let traces = prepare_traces(&experiment)?;
+    let traces = prepare_traces(&experiment, purpose)?;
     let builtin = experiment.workloads.clone();
     let trace_keys = memvirt::config::keys(&TraceParams::default());
     // One setup per (profile, settings, seed), kept with the first point that needed it.
@@ -211,7 +221,7 @@ fn plan(experiment: Experiment) -> Result<Plan> {
                 TraceParams::with_sets(&sets).with_context(|| combination(&point))?;
                 let spec = RunSpec {
                     workload_sets: sets,
-                    traces: Some(set.clone()),
+                    traces: set.clone(),
                     warmup: experiment.warmup.unwrap_or(0),
                     ..setup.spec(point.scheme, WorkloadKind::Pagefault, false)
                 };
@@ -290,12 +300,13 @@ fn combination(point: &Point) -> String {
     format!("{}, workload {}", settings_of(point), point.workload.name())
 }
 
-/// Every trace of the experiment, opened once and shared by all its points (a compact trace is
-/// checked whole once, any other converted once), with what identifies its content: its path,
-/// length and CRC-32.
+/// Every trace of the experiment with what identifies its content (its path, length and
+/// CRC-32), and for [`Purpose::Run`] opened once and shared by all its points (a compact trace
+/// is checked whole once, any other converted once).
 fn prepare_traces(
     experiment: &Experiment,
-) -> Result<BTreeMap<PathBuf, (TraceSet, serde_json::Value)>> {
+    purpose: Purpose,
+) -> Result<BTreeMap<PathBuf, (Option<TraceSet>, serde_json::Value)>> {
     let mut traces = BTreeMap::new();
     // The records the points replay, if [set] says (a varied skip or limit decodes per run).
     let sets: Vec<(String, String)> = experiment
@@ -306,23 +317,48 @@ fn prepare_traces(
         .collect();
     let window = TraceParams::with_sets(&sets).map_or(Window::ALL, |p| p.window());
     for path in &experiment.traces {
-        let bytes = std::fs::read(path).with_context(|| format!("trace {}", path.display()))?;
+        let (bytes, crc32) = checksum(path).with_context(|| format!("trace {}", path.display()))?;
         let fingerprint = serde_json::json!({
             "trace": path.display().to_string(),
-            "bytes": bytes.len(),
-            "crc32": crc32fast::hash(&bytes),
+            "bytes": bytes,
+            "crc32": crc32,
         });
-        drop(bytes);
-        let set = TraceSet::prepare_keeping(
-            std::slice::from_ref(path),
-            Default::default(),
-            DEFAULT_KEEP_DECODED_BYTES,
-            window,
-        )?;
-        super::trace_cmd::warn(&set.warnings());
+        let set = match purpose {
+            Purpose::Name => None,
+            Purpose::Run => {
+                let set = TraceSet::prepare_keeping(
+                    std::slice::from_ref(path),
+                    Default::default(),
+                    DEFAULT_KEEP_DECODED_BYTES,
+                    window,
+                )?;
+                super::trace_cmd::warn(&set.warnings());
+                Some(set)
+            }
+        };
         traces.insert(path.clone(), (set, fingerprint));
     }
     Ok(traces)
+}
+
+/// The length and CRC-32 of the file at `path`, read a megabyte at a time (a trace can be far
+/// larger than memory).
+fn checksum(path: &Path) -> std::io::Result<(u64, u32)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let (mut hasher, mut bytes) = (crc32fast::Hasher::new(), 0u64);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok((bytes, hasher.finalize())),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                bytes += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -370,7 +406,7 @@ fn run(args: &RunArgs) -> Result<()> {
     let start = Instant::now();
     let experiment = Experiment::load(&args.file)?;
     let dir = results_dir(&args.file, &args.results);
-    let plan = plan(experiment)?;
+    let plan = plan(experiment, Purpose::Run)?;
     for note in &plan.left_out {
         eprintln!("memvirt: note: {note}");
     }
@@ -469,7 +505,7 @@ fn status(args: &StatusArgs) -> Result<()> {
     } else {
         (args.path.clone(), results_dir(&args.path, &args.results))
     };
-    let plan = plan(Experiment::load(&file)?)?;
+    let plan = plan(Experiment::load(&file)?, Purpose::Name)?;
     let points_dir = dir.join(POINTS_DIR);
     let mut missing = Vec::new();
     for p in &plan.points {
@@ -533,7 +569,7 @@ fn collect(args: &CollectArgs) -> Result<()> {
     if let Some(out) = &args.output {
         outfile::check(out, &[snapshot.as_path()])?;
     }
-    let plan = plan(Experiment::load(&snapshot)?)?;
+    let plan = plan(Experiment::load(&snapshot)?, Purpose::Name)?;
     let points_dir = args.dir.join(POINTS_DIR);
     let mut records: Vec<Option<Report>> = Vec::with_capacity(plan.points.len());
     for p in &plan.points {
@@ -793,7 +829,7 @@ fn slug(text: &str) -> String {
 fn submit(args: &SubmitArgs) -> Result<()> {
     let experiment = Experiment::load(&args.file)?;
     let dir = results_dir(&args.file, &args.results);
-    let plan = plan(experiment)?;
+    let plan = plan(experiment, Purpose::Run)?;
     for note in &plan.left_out {
         eprintln!("memvirt: note: {note}");
     }

@@ -561,13 +561,19 @@ impl<S: Scheme> Machine<S> {
         self.access_general(gva, access)
     }
 
-    /// [`Machine::access`] past the hit memo: the L1 TLB's search (a software TLB's lookup),
-    /// then the L2 and the scheme's miss path.
+    /// [`Machine::access`] past the hit memo: the L1 TLB's search (a software TLB's whole
+    /// lookup, the memo included), then the L2 and the scheme's miss path.
     #[inline(never)]
     fn access_general(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
         let p = &mut self.platform;
         p.stats.accesses += 1;
-        let hpa = match p.mmu.lookup_l1(gva, access) {
+        // A hardware TLB's memo was asked already, inline.
+        let hit = if S::SOFTWARE_TLB {
+            p.mmu.lookup_l1(gva, access)
+        } else {
+            p.mmu.search_l1(gva, access)
+        };
+        let hpa = match hit {
             Some(hpa) => {
                 let cost =
                     if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { p.costs.tlb_l1_hit };

@@ -81,9 +81,7 @@ impl RunSpec {
             None => self.workload.build(self.seed, &self.workload_sets),
         }
     }
-}
 
-impl RunSpec {
     /// Everything the report of this run depends on, as JSON: memvirt's version, the scheme, the
     /// settings, the whole profile, the seed, the warm-up and `--verify`. `workload` stands for
     /// the workload (its name, or what identifies a trace's content), which the spec itself

@@ -316,20 +316,29 @@ impl Mmu {
         })
     }
 
-    /// An L1 hit the TLB's hit memo answers, or `None` (then [`Mmu::lookup_l1`] searches).
+    /// An L1 hit the TLB's hit memo answers, or `None` (then [`Mmu::search_l1`] searches).
     #[inline(always)]
     pub fn memo_hit(&mut self, gva: Gva, access: Access) -> Option<Hpa> {
         let hit = self.tlb.memo_hit(gva, access, self.vmid, self.asid);
-        if hit.is_some() {
-            self.stats.l1_hits += 1;
-        }
-        hit
+        self.count_l1(hit)
     }
 
-    /// The TLB-hit path: an L1 hit, or `None`.
+    /// The L1 lookup past the hit memo: the tables' sets searched.
+    #[inline]
+    pub fn search_l1(&mut self, gva: Gva, access: Access) -> Option<Hpa> {
+        let hit = self.tlb.search_l1(gva, access, self.vmid, self.asid);
+        self.count_l1(hit)
+    }
+
+    /// An L1 lookup whole: the hit memo, else the search.
     #[inline]
     pub fn lookup_l1(&mut self, gva: Gva, access: Access) -> Option<Hpa> {
-        let hit = self.tlb.lookup_l1(gva, access, self.vmid, self.asid);
+        self.memo_hit(gva, access).or_else(|| self.search_l1(gva, access))
+    }
+
+    /// Counts an L1 hit.
+    #[inline(always)]
+    fn count_l1(&mut self, hit: Option<Hpa>) -> Option<Hpa> {
         if hit.is_some() {
             self.stats.l1_hits += 1;
         }

@@ -552,9 +552,9 @@ const MEMO_PAGES: usize = 64;
 /// A direct-mapped memo of recent L1 hits, one 4 KiB virtual page per slot (the low bits of its
 /// page number), so that a repeated hit costs one compare instead of a set search. It is a
 /// shortcut of the simulator, not a modelled structure: a memo hit touches exactly the way the
-/// search found and answers what the search answered, and every change to an L1 table empties
-/// the memo, so what is simulated does not depend on it (`memo_hits_are_searches` checks
-/// that against the search alone).
+/// search found and answers what the search answered, and every change to an L1 table makes the
+/// memo forget every hit, so what is simulated does not depend on it (`memo_hits_are_searches`
+/// checks that against the search alone).
 #[derive(Debug, Clone)]
 struct HitMemo {
     slots: Box<[MemoSlot; MEMO_PAGES]>,
@@ -646,7 +646,7 @@ impl Tlb {
     pub fn lookup_l1(&mut self, va: Gva, access: Access, vmid: Vmid, asid: Asid) -> Option<Hpa> {
         match self.memo_hit(va, access, vmid, asid) {
             Some(hpa) => Some(hpa),
-            None => self.lookup_l1_searched(va, access, vmid, asid),
+            None => self.search_l1(va, access, vmid, asid),
         }
     }
 
@@ -670,15 +670,10 @@ impl Tlb {
     }
 
     /// The L1 lookup by searching the tables' sets, out of line so that the memo's hit stays
-    /// small; a hit is remembered.
+    /// small; a hit is remembered. After a [`Tlb::memo_hit`] that said `None`, this is the rest
+    /// of [`Tlb::lookup_l1`].
     #[inline(never)]
-    fn lookup_l1_searched(
-        &mut self,
-        va: Gva,
-        access: Access,
-        vmid: Vmid,
-        asid: Asid,
-    ) -> Option<Hpa> {
+    pub fn search_l1(&mut self, va: Gva, access: Access, vmid: Vmid, asid: Asid) -> Option<Hpa> {
         let context = Context::new(vmid, asid);
         // The 4K table holds 4K pages only.
         let (e, table, stamp) =
@@ -1098,14 +1093,15 @@ mod tests {
                 } else {
                     let (base, vmid, asid) = pool[u64_to_usize(draw.rng.below(24)) % pool.len()];
                     let va = Gva::new(base.as_u64() ^ draw.rng.below(1 << 12));
-                    let vpage = va.as_u64() >> PAGE_SHIFT;
-                    let m = tlb.memo.slots[HitMemo::slot(vpage)];
-                    let memo = m.vpage == vpage
-                        && m.context == tlb.memo.key(vmid, asid)
-                        && m.allow & access.class_bit() != 0;
-                    let hit = tlb.lookup_l1(va, access, vmid, asid);
+                    // `lookup_l1` in its two steps, counting the memo's answers.
+                    let hit = match tlb.memo_hit(va, access, vmid, asid) {
+                        Some(hpa) => {
+                            memo_hits += 1;
+                            Some(hpa)
+                        }
+                        None => tlb.search_l1(va, access, vmid, asid),
+                    };
                     assert_eq!(hit, reference.lookup_l1(va, access, vmid, asid), "{name} {step}");
-                    memo_hits += usize::from(memo);
                 }
             }
             let entries: Vec<_> = tlb.entries().collect();

@@ -187,6 +187,12 @@ impl Reader {
         self.validate_keeping(0, Window::ALL).map(|_| ())
     }
 
+    /// The records a replay with `window` takes from every stream together, as the directory
+    /// claims them.
+    pub fn replayed(&self, window: Window) -> u64 {
+        self.streams.iter().map(|s| window.replayed(s.records)).sum()
+    }
+
     /// [`Reader::validate`], keeping the decoded records of every stream that a replay with
     /// `window` (records skipped, then at most that many replayed) would replay, when they take
     /// at most `keep_bytes` together (each [`Record`] is [`RECORD_BYTES`] in memory): the one
@@ -203,7 +209,7 @@ impl Reader {
         }
         // The directory's counts are claims: keeping stops if the records outgrow the budget.
         let mut room = keep_bytes / RECORD_BYTES;
-        let claimed: u64 = self.streams.iter().map(|i| window.replayed(i.records)).sum();
+        let claimed = self.replayed(window);
         let mut keep = claimed <= room;
         let mut kept: Vec<Arc<Vec<Record>>> = Vec::new();
         let mut batch = Vec::new();

@@ -176,8 +176,7 @@ impl TraceSet {
                     trace::convert(path, &temp.path, opts, trace::compact::DEFAULT_LEVEL)?;
                 let reader = Reader::open(&temp.path, trace::Compression::None)?;
                 // memvirt wrote it: decoding it is only worth it to keep the records.
-                let wanted: u64 = reader.streams.iter().map(|s| window.replayed(s.records)).sum();
-                let fits = wanted.saturating_mul(RECORD_BYTES) <= room;
+                let fits = reader.replayed(window).saturating_mul(RECORD_BYTES) <= room;
                 let decoded = if fits { reader.validate_keeping(room, window)? } else { None };
                 (reader, Some(temp), summary.read.warnings, decoded)
             };
