@@ -5,7 +5,7 @@
 //! memory, the guest's memory map, the MMU, the guest's registers, counters and costs); the
 //! scheme is a separate value so that `Machine<S>` dispatches statically on the hot path.
 
-use crate::addr::{Asid, Gfn, Gpa, GuestPhys, GuestVirt, Gva, Hpa, PageSize, Vmid};
+use crate::addr::{Asid, Gfn, Gpa, GuestPhys, GuestVirt, Gva, Hfn, Hpa, PageSize, Vmid};
 use crate::cost::Costs;
 use crate::mem::{GuestBacking, HostMemory, HostPage, MemError, TablePool};
 use crate::mmu::setassoc::GeometryError;
@@ -15,7 +15,7 @@ use crate::paging::mapper::TableStore;
 use crate::paging::walk::PageTable;
 use crate::paging::{Access, Format, Regime};
 use crate::stats::Charge;
-use crate::stats::{ExitCause, Stats, TrapCause};
+use crate::stats::{Cycles, ExitCause, Stats, TrapCause};
 
 /// Simulator errors (never guest-visible events).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -182,7 +182,7 @@ impl Platform {
             )));
         }
         let mut mmu = Mmu::new(&cfg.mmu)?;
-        mmu.vmid = cfg.vmid;
+        mmu.set_vmid(cfg.vmid);
         if !(1..=MAX_VCPUS).contains(&cfg.vcpus) {
             return Err(SimError::Config(format!(
                 "{} vCPUs: a guest has 1 to {MAX_VCPUS}",
@@ -244,6 +244,13 @@ impl Platform {
     /// Every vCPU's MMU, the running one's first.
     pub fn mmus_mut(&mut self) -> impl Iterator<Item = &mut Mmu> + '_ {
         std::iter::once(&mut self.mmu).chain(self.parked.iter_mut().flatten().map(|(m, _)| m))
+    }
+
+    /// Guest accesses simulated (user and kernel) since counting started: each ended in one L1
+    /// hit, L2 hit or miss of some vCPU's MMU ([`Machine::access`]).
+    pub fn accesses(&self) -> u64 {
+        let mmu = self.mmu_stats();
+        mmu.l1_hits + mmu.l2_hits + mmu.misses
     }
 
     /// Every vCPU's MMU counters added together.
@@ -364,7 +371,7 @@ impl Platform {
     fn oracle_forget(&mut self, ops: &[FlushOp]) {
         if let Some(oracle) = self.oracle.as_deref_mut() {
             for op in ops {
-                oracle.flush(op, self.mmu.vmid, self.mmu.asid);
+                oracle.flush(op, self.mmu.vmid(), self.mmu.asid());
             }
         }
     }
@@ -432,7 +439,7 @@ pub trait Scheme {
     /// The guest switched its page-table root. By default the new root is simply installed.
     fn guest_root_switch(&mut self, p: &mut Platform, root: GuestRoot) -> Result<(), SimError> {
         p.root = Some(root);
-        p.mmu.asid = root.asid;
+        p.mmu.set_asid(root.asid);
         Ok(())
     }
 
@@ -546,27 +553,34 @@ impl<S: Scheme> Machine<S> {
     }
 
     /// One guest access: the L1 TLB, else the L2, else the scheme's miss path.
+    ///
+    /// Every access ends in exactly one of the MMU's L1 hits, L2 hits and misses, so that those
+    /// count the accesses ([`Platform::accesses`]), and an L1 hit's cycles are charged from the
+    /// count ([`Machine::cycles`]): a hit counts once, in one counter.
     #[inline(always)]
     pub fn access(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
-        let p = &mut self.platform;
-        // The hit path of a hardware TLB, inlined into the guest's access: everything else is
-        // out of line.
-        if !S::SOFTWARE_TLB {
-            if let Some(hpa) = p.mmu.memo_hit(gva, access) {
-                p.stats.accesses += 1;
-                p.stats.cycles.tlb.charge(p.costs.tlb_l1_hit);
-                return Ok(hpa);
-            }
+        if let Some(frame) = self.memo_hit(gva, access) {
+            return Ok(Hpa::new(frame.addr().as_u64() | gva.page_offset(PageSize::Size4K)));
         }
-        self.access_general(gva, access)
+        self.access_past_memo(gva, access)
+    }
+
+    /// The host frame of an access the hit memo of a hardware TLB answers (counted as an L1
+    /// hit), or `None`: then [`Machine::access_past_memo`] makes the access. The hit path,
+    /// inlined into the guest's accesses; everything else is out of line.
+    #[inline(always)]
+    pub fn memo_hit(&mut self, gva: Gva, access: Access) -> Option<Hfn> {
+        if S::SOFTWARE_TLB {
+            return None;
+        }
+        self.platform.mmu.memo_hit(gva, access)
     }
 
     /// [`Machine::access`] past the hit memo: the L1 TLB's search (a software TLB's whole
     /// lookup, the memo included), then the L2 and the scheme's miss path.
     #[inline(never)]
-    fn access_general(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
+    pub fn access_past_memo(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
         let p = &mut self.platform;
-        p.stats.accesses += 1;
         // A hardware TLB's memo was asked already, inline.
         let hit = if S::SOFTWARE_TLB {
             p.mmu.lookup_l1(gva, access)
@@ -574,18 +588,24 @@ impl<S: Scheme> Machine<S> {
             p.mmu.search_l1(gva, access)
         };
         let hpa = match hit {
-            Some(hpa) => {
-                let cost =
-                    if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { p.costs.tlb_l1_hit };
-                p.stats.cycles.tlb.charge(cost);
-                hpa
-            }
+            Some(hpa) => hpa,
             None => self.access_slow(gva, access)?,
         };
         if S::SOFTWARE_TLB {
             self.scheme.host_data_access(&mut self.platform, hpa, access)?;
         }
         Ok(hpa)
+    }
+
+    /// The cycles charged so far by category, the L1 TLB hits' included: those are charged
+    /// here, from the MMU's count, at [`Costs::tlb_l1_hit`] each (a software TLB's inline
+    /// lookup, [`Costs::soft_tlb_lookup`]), rather than one by one on the hit path.
+    pub fn cycles(&self) -> Cycles {
+        let p = &self.platform;
+        let per_hit = if S::SOFTWARE_TLB { p.costs.soft_tlb_lookup } else { p.costs.tlb_l1_hit };
+        let mut cycles = p.stats.cycles;
+        cycles.tlb.charge(p.mmu_stats().l1_hits.saturating_mul(per_hit));
+        cycles
     }
 
     #[cold]

@@ -274,7 +274,7 @@ impl Oracle {
             }
             _ => vec!["no translation"],
         };
-        let own = Tag::Asid(p.mmu.asid);
+        let own = Tag::Asid(p.mmu.asid());
         if wrong.is_empty() {
             if let Some(leaf) = leaf {
                 // The hardware may cache a global mapping as global, whatever this fill says.

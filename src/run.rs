@@ -411,7 +411,7 @@ pub fn machine_report<S: Scheme>(
 ) -> Result<Report, SimError> {
     let p = &machine.platform;
     compute.cycles_per_instruction = p.costs.cycles_per_instruction;
-    let mut cycles = p.stats.cycles;
+    let mut cycles = machine.cycles();
     cycles.compute = p.costs.compute_cycles(compute.instructions);
     if cycles.checked_total().is_none() {
         return Err(SimError::Config(format!(
@@ -421,7 +421,7 @@ pub fn machine_report<S: Scheme>(
     }
     let stats = &p.stats;
     let mmu = &p.mmu_stats();
-    let accesses = stats.accesses;
+    let accesses = p.accesses();
     let mut counters = BTreeMap::new();
     machine.scheme.counters(&mut counters);
     Ok(Report {

@@ -129,11 +129,11 @@ impl Charge for u64 {
     }
 }
 
-/// Counters of one run.
+/// Counters of one run. Accesses and L1 TLB hits are not here: the MMU counts them
+/// ([`Platform::accesses`](crate::machine::Platform::accesses)), and the L1 hits' TLB cycles are
+/// added to `cycles.tlb` when read ([`Machine::cycles`](crate::machine::Machine::cycles)).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Guest accesses simulated.
-    pub accesses: u64,
     /// VM exits by cause.
     pub exits: [u64; ExitCause::ALL.len()],
     /// Hardware-mode traps by cause.

@@ -169,7 +169,7 @@ fn hspt_single_address_flush_unmaps_one_page() {
         let a = os.spawn().unwrap();
         os.switch_to(a).unwrap();
         let va = touched(&mut os, a, 3);
-        let asid = os.machine.platform.mmu.asid;
+        let asid = os.machine.platform.mmu.asid();
         let before = counters(&os);
         os.machine.guest_flush(FlushOp::SfenceVma { va: Some(va), asid: Some(asid) }).unwrap();
         assert_eq!(grew(&os, &before, "host_mprotects"), 1, "{}", org.name());
@@ -231,7 +231,7 @@ fn softmmu_flushes_clear_exactly_the_right_entries() {
     assert!((0..4).all(|i| page_in(&os, va.wrapping_add(i * PAGE)) >= 1));
     let before = counters(&os);
     // A flush naming another ASID still drops the page: QEMU's TLB has no ASID tags.
-    let other = memvirt::addr::Asid(os.machine.platform.mmu.asid.0.wrapping_add(1));
+    let other = memvirt::addr::Asid(os.machine.platform.mmu.asid().0.wrapping_add(1));
     os.machine.guest_flush(FlushOp::SfenceVma { va: Some(va), asid: Some(other) }).unwrap();
     assert_eq!(entries(&os), held - of_va, "only the entries of that page went");
     assert_eq!(page_in(&os, va), 0);

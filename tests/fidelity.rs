@@ -60,7 +60,7 @@ fn equal_shadow_tables_give_asp_and_ssp_equal_walk_costs() -> Result<(), RunErro
 fn platform_with_full_tlb(profile: &str) -> Platform {
     let p = Profile::builtin(profile).expect("built-in profile");
     let mut platform = Platform::new(&p.platform_config().expect("valid"), p.costs).expect("fits");
-    platform.mmu.vmid = Vmid(1);
+    platform.mmu.set_vmid(Vmid(1));
     for page in 0..p.mmu.tlb.l2.entries as u64 {
         let va = Gva::new(page << 12);
         platform.mmu.fill(va, PageSize::Size4K, Hpa::new(page << 12), false, 0xff);

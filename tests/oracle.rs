@@ -65,7 +65,7 @@ impl Scheme for Forgetful {
 
     fn tlb_miss(&mut self, p: &mut Platform, gva: Gva, access: Access) -> Result<Hpa, Stop> {
         let page = PageSize::Size4K;
-        let key = (p.mmu.asid.0, gva.as_u64() >> page.shift());
+        let key = (p.mmu.asid().0, gva.as_u64() >> page.shift());
         if let Some(&(base, allow)) = self.kept.get(&key) {
             if allow & access.class_bit() != 0 {
                 p.fill_tlb(gva, page, base, false, allow)?;

@@ -320,7 +320,7 @@ impl<S: Scheme> Os<S> {
     /// it took): the MMU's accesses less the kernel's and the retries.
     pub fn user_accesses(&self) -> u64 {
         let s = &self.stats;
-        self.machine.platform.stats.accesses.saturating_sub(s.kernel_accesses + s.retried_accesses)
+        self.machine.platform.accesses().saturating_sub(s.kernel_accesses + s.retried_accesses)
     }
 
     /// What the warm-up ran, once it has ended; `None` without one or before its end.

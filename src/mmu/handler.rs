@@ -99,7 +99,7 @@ impl Mmu {
         }
         if f.flush_guest_tlb {
             let scope =
-                TlbScope { vmid: Some(self.vmid), va: None, asid: AsidScope::All, globals: true };
+                TlbScope { vmid: Some(self.vmid()), va: None, asid: AsidScope::All, globals: true };
             self.tlb.flush(&scope);
             self.pwc.flush(&scope);
         }
@@ -113,7 +113,7 @@ mod tests {
 
     fn mmu() -> Mmu {
         let mut m = Mmu::new(&MmuConfig::default()).unwrap();
-        m.vmid = Vmid(1);
+        m.set_vmid(Vmid(1));
         m
     }
 

@@ -27,7 +27,7 @@ use self::pwc::{PageWalkCache, PwcConfig};
 use self::setassoc::GeometryError;
 use self::tlb::Tlb;
 use crate::addr::{
-    Asid, Gpa, GuestPhys, GuestVirt, Gva, HostPhys, Hpa, Level, PageSize, Space, Vmid,
+    Asid, Gpa, GuestPhys, GuestVirt, Gva, Hfn, HostPhys, Hpa, Level, PageSize, Space, Vmid,
 };
 use crate::mem::{GuestBacking, GuestTableMemory, HostMemory, HostTableMemory, OutsideGuestMemory};
 use crate::paging::walk::{walk, Leaf, PageTable, WalkError, WalkFault, WalkRef, WalkTrace};
@@ -277,10 +277,11 @@ pub struct Mmu {
     pub ptcache: PtCache,
     /// The references of the walk in progress (reused, never reallocated).
     pub trace: WalkTrace,
-    /// Current VMID (`Vmid::HOST` natively).
-    pub vmid: Vmid,
-    /// Current ASID/PCID.
-    pub asid: Asid,
+    /// Current VMID (`Vmid::HOST` natively), set through [`Mmu::set_context`] so that the
+    /// TLB's hit memo knows.
+    vmid: Vmid,
+    /// Current ASID/PCID, likewise.
+    asid: Asid,
     /// Counters.
     pub stats: MmuStats,
     cfg: MmuConfig,
@@ -296,7 +297,8 @@ impl Mmu {
     pub fn reset(&mut self) {
         if let Ok(fresh) = Mmu::new(&self.cfg) {
             let (vmid, asid, stats) = (self.vmid, self.asid, self.stats);
-            *self = Mmu { vmid, asid, stats, ..fresh };
+            *self = Mmu { stats, ..fresh };
+            self.set_context(vmid, asid);
         }
     }
 
@@ -316,11 +318,46 @@ impl Mmu {
         })
     }
 
-    /// An L1 hit the TLB's hit memo answers, or `None` (then [`Mmu::search_l1`] searches).
+    /// The current VMID.
+    #[inline]
+    pub fn vmid(&self) -> Vmid {
+        self.vmid
+    }
+
+    /// The current ASID/PCID.
+    #[inline]
+    pub fn asid(&self) -> Asid {
+        self.asid
+    }
+
+    /// Makes (`vmid`, `asid`) the current context: the tags of fills and of lookups.
+    #[inline]
+    pub fn set_context(&mut self, vmid: Vmid, asid: Asid) {
+        (self.vmid, self.asid) = (vmid, asid);
+        self.tlb.set_context(vmid, asid);
+    }
+
+    /// Changes the current VMID only.
+    #[inline]
+    pub fn set_vmid(&mut self, vmid: Vmid) {
+        self.set_context(vmid, self.asid);
+    }
+
+    /// Changes the current ASID only (a guest's root switch).
+    #[inline]
+    pub fn set_asid(&mut self, asid: Asid) {
+        self.set_context(self.vmid, asid);
+    }
+
+    /// The host frame of an L1 hit the TLB's hit memo answers, or `None` (then
+    /// [`Mmu::search_l1`] searches). Counted as an L1 hit.
     #[inline(always)]
-    pub fn memo_hit(&mut self, gva: Gva, access: Access) -> Option<Hpa> {
-        let hit = self.tlb.memo_hit(gva, access, self.vmid, self.asid);
-        self.count_l1(hit)
+    pub fn memo_hit(&mut self, gva: Gva, access: Access) -> Option<Hfn> {
+        let hit = self.tlb.memo_hit(gva, access);
+        if hit.is_some() {
+            self.stats.l1_hits += 1;
+        }
+        hit
     }
 
     /// The L1 lookup past the hit memo: the tables' sets searched.
@@ -333,7 +370,8 @@ impl Mmu {
     /// An L1 lookup whole: the hit memo, else the search.
     #[inline]
     pub fn lookup_l1(&mut self, gva: Gva, access: Access) -> Option<Hpa> {
-        self.memo_hit(gva, access).or_else(|| self.search_l1(gva, access))
+        let hit = self.tlb.lookup_l1(gva, access, self.vmid, self.asid);
+        self.count_l1(hit)
     }
 
     /// Counts an L1 hit.

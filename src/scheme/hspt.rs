@@ -233,8 +233,7 @@ impl Hspt {
             walk_caches,
         )?;
         // The host MMU translates the guest's accesses: it replaces the platform's.
-        mmu.vmid = p.mmu.vmid;
-        mmu.asid = p.mmu.asid;
+        mmu.set_context(p.mmu.vmid(), p.mmu.asid());
         p.mmu = mmu;
         Ok(Hspt {
             org,
@@ -536,7 +535,7 @@ impl Scheme for Hspt {
         if matches!(op, FlushOp::HfenceGvma { .. }) {
             return Ok(());
         }
-        let Some(scope) = op.effect(p.mmu.vmid, p.mmu.asid).tlb else { return Ok(()) };
+        let Some(scope) = op.effect(p.mmu.vmid(), p.mmu.asid()).tlb else { return Ok(()) };
         let covered: Vec<usize> = match (self.org, scope.asid) {
             (Organization::Private, AsidScope::One(asid)) if !scope.globals => {
                 self.regions.iter().position(|g| g.asid == asid).into_iter().collect()
@@ -561,7 +560,7 @@ impl Scheme for Hspt {
 
     fn guest_root_switch(&mut self, p: &mut Platform, root: GuestRoot) -> Result<(), SimError> {
         p.root = Some(root);
-        p.mmu.asid = root.asid;
+        p.mmu.set_asid(root.asid);
         let r = self.region_for(p, root)?;
         self.current = Some(r);
         match self.org {

@@ -162,9 +162,9 @@ impl Softmmu {
         opts: SoftmmuOptions,
         walk_caches: bool,
     ) -> Result<Self, SimError> {
-        let vmid = p.mmu.vmid;
+        let vmid = p.mmu.vmid();
         p.mmu = Mmu::new(&opts.mmu_config(mmu))?;
-        p.mmu.vmid = vmid;
+        p.mmu.set_vmid(vmid);
         let ram_bits =
             HostProcess::region_bits_for(p.guest_mem.frames() * PageSize::Size4K.bytes());
         let regions = RAM_REGION as u64 + 1;
@@ -312,7 +312,7 @@ impl Scheme for Softmmu {
     }
 
     fn guest_flush(&mut self, p: &mut Platform, op: FlushOp) -> Result<(), SimError> {
-        let Some(scope) = op.effect(p.mmu.vmid, p.mmu.asid).tlb else { return Ok(()) };
+        let Some(scope) = op.effect(p.mmu.vmid(), p.mmu.asid()).tlb else { return Ok(()) };
         match scope.va {
             Some(va) => {
                 // tlb_flush_page: the page in every address space, globals included.
@@ -328,7 +328,7 @@ impl Scheme for Softmmu {
 
     fn guest_root_switch(&mut self, p: &mut Platform, root: GuestRoot) -> Result<(), SimError> {
         p.root = Some(root);
-        p.mmu.asid = root.asid;
+        p.mmu.set_asid(root.asid);
         // QEMU's write_satp and cpu_x86_update_cr3 call tlb_flush.
         self.flush_all(p);
         Ok(())

@@ -87,7 +87,7 @@ struct VcpuShadow {
 /// any vCPU).
 fn drop_walk_pointers(p: &mut Platform) {
     for mmu in p.mmus_mut() {
-        let vmid = mmu.vmid;
+        let vmid = mmu.vmid();
         mmu.pwc.flush(&TlbScope {
             vmid: Some(vmid),
             va: None,
@@ -792,7 +792,7 @@ impl Scheme for Shadow {
         if matches!(op, FlushOp::HfenceGvma { .. }) {
             return Ok(());
         }
-        let Some(scope) = op.effect(p.mmu.vmid, p.mmu.asid).tlb else { return Ok(()) };
+        let Some(scope) = op.effect(p.mmu.vmid(), p.mmu.asid()).tlb else { return Ok(()) };
         let (at, work) = self.handle_flush(p, scope)?;
         if part_of_switch {
             p.stats.cycles.vm_exit.charge(p.costs.hv_per_entry * work);
@@ -807,7 +807,7 @@ impl Scheme for Shadow {
 
     fn guest_root_switch(&mut self, p: &mut Platform, root: GuestRoot) -> Result<(), SimError> {
         p.root = Some(root);
-        p.mmu.asid = root.asid;
+        p.mmu.set_asid(root.asid);
         let old = self.current;
         let key = (root.table.root(), root.asid);
         let buffered = self.opts.root_buffer > 0
@@ -858,7 +858,7 @@ impl Scheme for Shadow {
         let mut work = 0;
         if !self.per_vcpu() {
             for op in ops {
-                let Some(scope) = op.effect(p.mmu.vmid, p.mmu.asid).tlb else { continue };
+                let Some(scope) = op.effect(p.mmu.vmid(), p.mmu.asid()).tlb else { continue };
                 let (handled_at, w) = self.handle_flush(p, scope)?;
                 work += w;
                 if handled_at == HandlerAt::Hypervisor {
@@ -886,7 +886,7 @@ impl Scheme for Shadow {
         let mut work = 0;
         if self.per_vcpu() {
             for op in ops {
-                let Some(scope) = op.effect(p.mmu.vmid, p.mmu.asid).tlb else { continue };
+                let Some(scope) = op.effect(p.mmu.vmid(), p.mmu.asid()).tlb else { continue };
                 work += self.handle_flush(p, scope)?.1;
             }
         }
@@ -907,7 +907,7 @@ impl Scheme for Shadow {
         }
         let mut work = 0;
         for op in ops {
-            let Some(scope) = op.effect(p.mmu.vmid, p.mmu.asid).tlb else { continue };
+            let Some(scope) = op.effect(p.mmu.vmid(), p.mmu.asid()).tlb else { continue };
             work += self.handle_flush(p, scope)?.1;
         }
         p.stats.cycles.vm_exit.charge(p.costs.hv_per_entry * work);
