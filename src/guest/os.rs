@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::addr::{Gfn, Gpa, GuestPhys, GuestVirt, Gva, Hpa, PageSize};
+use crate::addr::{Gfn, Gpa, GuestPhys, GuestVirt, Gva, Hfn, Hpa, PageSize};
 use crate::machine::{GuestRoot, Machine, Scheme, SimError, Stop};
 use crate::mem::MemError;
 use crate::mmu::{FlushOp, TranslationFault};
@@ -379,8 +379,8 @@ impl<S: Scheme> Os<S> {
     /// A user load by the current process; returns the content token it read.
     #[inline(always)]
     pub fn load(&mut self, va: Gva) -> Result<u64, OsError> {
-        let hpa = self.user_access(va, Access::USER_LOAD)?;
-        let token = self.machine.platform.host.token(hpa.page());
+        let frame = self.user_access(va, Access::USER_LOAD)?;
+        let token = self.machine.platform.host.token(frame);
         self.history = (self.history ^ token).wrapping_mul(HISTORY_PRIME);
         Ok(token)
     }
@@ -388,8 +388,8 @@ impl<S: Scheme> Os<S> {
     /// A user instruction fetch by the current process; returns the content token it read.
     #[inline(always)]
     pub fn fetch(&mut self, va: Gva) -> Result<u64, OsError> {
-        let hpa = self.user_access(va, Access::USER_FETCH)?;
-        let token = self.machine.platform.host.token(hpa.page());
+        let frame = self.user_access(va, Access::USER_FETCH)?;
+        let token = self.machine.platform.host.token(frame);
         self.history = (self.history ^ token).wrapping_mul(HISTORY_PRIME);
         Ok(token)
     }
@@ -397,22 +397,32 @@ impl<S: Scheme> Os<S> {
     /// A user store by the current process, leaving `token` as the page's content.
     #[inline(always)]
     pub fn store(&mut self, va: Gva, token: u64) -> Result<(), OsError> {
-        let hpa = self.user_access(va, Access::USER_STORE)?;
-        self.machine.platform.host.set_token(hpa.page(), token);
+        let frame = self.user_access(va, Access::USER_STORE)?;
+        self.machine.platform.host.set_token(frame, token);
         Ok(())
     }
 
-    /// Inlined into every user load, fetch and store with the machine's TLB-hit path, so that
-    /// a hit is a few dozen instructions (BENCHMARKS.md, "The hit path"); the rest is out of line.
+    /// The host frame a user access reaches. Inlined into every user load, fetch and store with
+    /// the machine's TLB-hit path, so that a hit is a few dozen instructions (BENCHMARKS.md,
+    /// "The hit path"); the rest is out of line.
     #[inline(always)]
-    fn user_access(&mut self, va: Gva, access: Access) -> Result<Hpa, OsError> {
+    fn user_access(&mut self, va: Gva, access: Access) -> Result<Hfn, OsError> {
         if self.warmup_left != 0 {
             self.warmup_tick();
         }
         self.slice_left = self.slice_left.saturating_sub(1);
-        match self.machine.access(va, access) {
-            Ok(hpa) => Ok(hpa),
-            Err(stop) => self.fault_and_retry(va, access, stop),
+        match self.machine.memo_hit(va, access) {
+            Some(frame) => Ok(frame),
+            None => self.user_access_past_memo(va, access),
+        }
+    }
+
+    /// [`Os::user_access`] past the hit memo: the whole access, page faults included.
+    #[inline(never)]
+    fn user_access_past_memo(&mut self, va: Gva, access: Access) -> Result<Hfn, OsError> {
+        match self.machine.access_past_memo(va, access) {
+            Ok(hpa) => Ok(hpa.page()),
+            Err(stop) => self.fault_and_retry(va, access, stop).map(Hpa::page),
         }
     }
 

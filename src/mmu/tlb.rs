@@ -15,7 +15,8 @@
 //!   the context word only where the tag matched: a 12-way miss is twelve compare-and-branch
 //!   pairs over 96 contiguous bytes;
 //! - the entries themselves, which only hits, fills, flushes and [`Tlb::entries`] read, are apart;
-//! - LRU stamps come from a clock per table, as before; an empty way's stamp is 0, so the first
+//! - LRU stamps come from one clock for the TLB, which orders each set's ways as a clock per
+//!   table did; an empty way's stamp is 0, so the first
 //!   empty way is the least recently used one and a fill needs a single scan for its victim.
 
 use super::flush::TlbScope;
@@ -266,18 +267,39 @@ pub enum TlbLevel {
     L2,
 }
 
+/// The words of every table of a TLB, one table after another, and the clock their LRU stamps
+/// come from: one vector, so that the hit memo names the stamp of a way of any table by one
+/// index, and one clock, which orders the stamps of each set as a clock per table would.
+#[derive(Debug, Clone, Default)]
+struct Words {
+    words: Vec<u64>,
+    clock: u64,
+}
+
+impl Words {
+    /// Makes the way whose stamp is `words[stamp]` the most recently used of its set, as a
+    /// search that found it does: a hit the memo answers ([`HitMemo`]).
+    #[inline(always)]
+    fn touch(&mut self, stamp: usize) {
+        self.clock += 1;
+        if let Some(word) = self.words.get_mut(stamp) {
+            *word = self.clock;
+        }
+    }
+}
+
 /// One set-associative table of TLB entries with LRU replacement.
 ///
-/// The words searches read are kept per set, together: set `s` is
-/// `words[s * 3 * ways..][..3 * ways]`, its ways' tags ([`WayTags::tag`], [`EMPTY_TAG`] for an
-/// empty way), then their context words ([`WayTags::context`]), then their LRU stamps (the
-/// table's clock at the way's last hit or fill, 0 for an empty way). The entries are apart, way
-/// `w` of set `s` at `entries[s * ways + w]`.
+/// The words searches read are kept per set, together, in the TLB's [`Words`] from `base` on:
+/// set `s` is `words[base + s * 3 * ways..][..3 * ways]`, its ways' tags ([`WayTags::tag`],
+/// [`EMPTY_TAG`] for an empty way), then their context words ([`WayTags::context`]), then their
+/// LRU stamps (the clock at the way's last hit or fill, 0 for an empty way). The entries are
+/// apart, way `w` of set `s` at `entries[s * ways + w]`.
 #[derive(Debug, Clone)]
 struct TlbTable {
-    words: Vec<u64>,
+    /// Where its words start in the TLB's.
+    base: usize,
     entries: Vec<Option<TlbEntry>>,
-    clock: u64,
     /// Every size the table ever held: a search looks for the tags of these sizes only (one
     /// search when it holds one size, as every L1 table but the 1G one and most L2s do).
     held: PageSizes,
@@ -338,15 +360,17 @@ fn way_for(
 impl TlbTable {
     /// A table of `g.entries` entries in sets of `g.ways`; zero entries is a disabled table that
     /// never hits and keeps nothing.
-    fn new(name: &str, g: Geometry) -> Result<Self, GeometryError> {
+    /// Its words go at the end of `words`.
+    fn new(name: &str, g: Geometry, words: &mut Words) -> Result<Self, GeometryError> {
         let (sets, ways) = match g.entries {
             0 => (0, 0),
             entries => (check_geometry(name, entries, g.ways)?, g.ways),
         };
+        let base = words.words.len();
+        words.words.extend(ways::empty_table(sets, ways));
         Ok(TlbTable {
-            words: ways::empty_table(sets, ways),
+            base,
             entries: vec![None; g.entries],
-            clock: 0,
             held: PageSizes::default(),
             set_mask: (sets as u64).saturating_sub(1),
             ways,
@@ -365,20 +389,27 @@ impl TlbTable {
     /// whose entry (of any size) translates `va` in `context`. A hit becomes the most recently
     /// used entry of the set.
     #[inline]
-    fn lookup(&mut self, va: Gva, probe: PageSize, context: Context) -> Option<TlbEntry> {
-        self.lookup_slot(va, probe, context).map(|(e, _)| e)
+    fn lookup(
+        &mut self,
+        w: &mut Words,
+        va: Gva,
+        probe: PageSize,
+        context: Context,
+    ) -> Option<TlbEntry> {
+        self.lookup_slot(w, va, probe, context).map(|(e, _)| e)
     }
 
-    /// [`lookup`](Self::lookup), with the index of the hit way's stamp in `words`.
+    /// [`lookup`](Self::lookup), with the index of the hit way's stamp in `w`'s words.
     #[inline]
     fn lookup_slot(
         &mut self,
+        w: &mut Words,
         va: Gva,
         probe: PageSize,
         context: Context,
     ) -> Option<(TlbEntry, usize)> {
         let single = self.held.single();
-        self.lookup_as(va, probe, single, context)
+        self.lookup_as(w, va, probe, single, context)
     }
 
     /// [`lookup`](Self::lookup) in a table that holds `single`-size pages only if `single` is
@@ -386,6 +417,7 @@ impl TlbTable {
     #[inline(always)]
     fn lookup_as(
         &mut self,
+        w: &mut Words,
         va: Gva,
         probe: PageSize,
         single: Option<PageSize>,
@@ -396,15 +428,16 @@ impl TlbTable {
         }
         // The default associativities as constants, so that the scans are unrolled for them.
         match self.ways {
-            4 => self.lookup_in(4, va, probe, single, context),
-            12 => self.lookup_in(12, va, probe, single, context),
-            ways => self.lookup_in(ways, va, probe, single, context),
+            4 => self.lookup_in(w, 4, va, probe, single, context),
+            12 => self.lookup_in(w, 12, va, probe, single, context),
+            ways => self.lookup_in(w, ways, va, probe, single, context),
         }
     }
 
     #[inline(always)]
     fn lookup_in(
         &mut self,
+        w: &mut Words,
         ways: usize,
         va: Gva,
         probe: PageSize,
@@ -412,42 +445,32 @@ impl TlbTable {
         context: Context,
     ) -> Option<(TlbEntry, usize)> {
         let set = self.set_of(va.as_u64() >> probe.shift());
-        let words = SetWords::of(&mut self.words, set, ways);
+        let words = SetWords::of(&mut w.words[self.base..], set, ways);
         let way = first_match(&words, self.held, single, va, context)?;
-        self.clock += 1;
-        words.stamps[way] = self.clock;
-        // The way's stamp in `words` (see the layout above), for the hit memo.
-        let stamp = set * 3 * ways + 2 * ways + way;
+        w.clock += 1;
+        words.stamps[way] = w.clock;
+        // The way's stamp in `w`'s words (see the layout above), for the hit memo.
+        let stamp = self.base + set * 3 * ways + 2 * ways + way;
         self.entries[set * ways + way].map(|e| (e, stamp))
-    }
-
-    /// Makes the way whose stamp is `words[stamp]` the most recently used, as a search that
-    /// found it does: a hit the memo answers ([`HitMemo`]).
-    #[inline(always)]
-    fn touch(&mut self, stamp: usize) {
-        self.clock += 1;
-        if let Some(word) = self.words.get_mut(stamp) {
-            *word = self.clock;
-        }
     }
 
     /// Inserts `entry`, whose tag and context word are `tags`, into its set: over the entry of
     /// the same page and context if there is one, else into the first empty way, else over the
     /// least recently used entry. A disabled table is left alone.
     #[inline]
-    fn insert(&mut self, entry: TlbEntry, tags: WayTags) {
+    fn insert(&mut self, w: &mut Words, entry: TlbEntry, tags: WayTags) {
         match self.ways {
             0 => {}
-            4 => self.insert_in(4, entry, tags),
-            12 => self.insert_in(12, entry, tags),
-            ways => self.insert_in(ways, entry, tags),
+            4 => self.insert_in(w, 4, entry, tags),
+            12 => self.insert_in(w, 12, entry, tags),
+            ways => self.insert_in(w, ways, entry, tags),
         }
     }
 
     #[inline(always)]
-    fn insert_in(&mut self, ways: usize, entry: TlbEntry, new: WayTags) {
+    fn insert_in(&mut self, w: &mut Words, ways: usize, entry: TlbEntry, new: WayTags) {
         let set = self.set_of(entry.vpn);
-        let words = SetWords::of(&mut self.words, set, ways);
+        let words = SetWords::of(&mut w.words[self.base..], set, ways);
         let entries = &mut self.entries[set * ways..][..ways];
         let way = way_for(&words, &entry, new, entries);
         if words.tags[way] == EMPTY_TAG {
@@ -457,16 +480,17 @@ impl TlbTable {
         }
         self.bytes += entry.size.bytes();
         entries[way] = Some(entry);
-        self.clock += 1;
+        w.clock += 1;
         words.tags[way] = new.tag;
         words.contexts[way] = new.context;
-        words.stamps[way] = self.clock;
+        words.stamps[way] = w.clock;
         self.held.insert(entry.size);
     }
 
     /// Empties the ways of `sets` whose entry `keep` rejects; returns how many.
     fn retain_sets(
         &mut self,
+        w: &mut Words,
         sets: std::ops::Range<usize>,
         keep: impl Fn(&TlbEntry) -> bool,
     ) -> usize {
@@ -481,7 +505,7 @@ impl TlbTable {
                 if let Some(e) = slot.filter(|e| !keep(e)) {
                     self.bytes -= e.size.bytes();
                     *slot = None;
-                    let words = SetWords::of(&mut self.words, set, ways);
+                    let words = SetWords::of(&mut w.words[self.base..], set, ways);
                     words.tags[way] = EMPTY_TAG;
                     words.stamps[way] = 0;
                     dropped += 1;
@@ -493,14 +517,15 @@ impl TlbTable {
     }
 
     /// Empties every way whose entry `keep` rejects; returns how many.
-    fn retain(&mut self, keep: impl Fn(&TlbEntry) -> bool) -> usize {
-        self.retain_sets(0..self.entries.len() / self.ways.max(1), keep)
+    fn retain(&mut self, w: &mut Words, keep: impl Fn(&TlbEntry) -> bool) -> usize {
+        self.retain_sets(w, 0..self.entries.len() / self.ways.max(1), keep)
     }
 
     /// Like [`retain`](Self::retain), only in the set `va`'s `probe`-size page maps to, for a
     /// flush of `va`: `keep` must keep every entry that does not cover `va`.
     fn retain_covering(
         &mut self,
+        w: &mut Words,
         va: Gva,
         probe: PageSize,
         keep: impl Fn(&TlbEntry) -> bool,
@@ -513,7 +538,8 @@ impl TlbTable {
         // without that tag (most sets a single-page flush visits) loses nothing.
         if let Some(size) = self.held.single() {
             let tag = page_tag_of(va, size);
-            let mut has_tag = |ways| SetWords::of(&mut self.words, set, ways).tags.contains(&tag);
+            let words = &mut w.words[self.base..];
+            let mut has_tag = |ways| SetWords::of(words, set, ways).tags.contains(&tag);
             let maybe = match self.ways {
                 4 => has_tag(4),
                 12 => has_tag(12),
@@ -523,7 +549,7 @@ impl TlbTable {
                 return 0;
             }
         }
-        self.retain_sets(set..set + 1, keep)
+        self.retain_sets(w, set..set + 1, keep)
     }
 
     /// Every valid entry, in way order.
@@ -537,6 +563,8 @@ impl TlbTable {
 pub struct Tlb {
     l1: [TlbTable; 3],
     l2: TlbTable,
+    /// The four tables' words and LRU clock.
+    words: Words,
     memo: HitMemo,
 }
 
@@ -576,18 +604,15 @@ struct MemoSlot {
     key: u64,
     /// The host frame of that page.
     frame: Hfn,
-    /// The index of its way's stamp in the words of the table that holds the entry.
+    /// The index of its way's stamp in the TLB's [`Words`].
     stamp: usize,
     /// The access classes the entry allows; another class takes the search, which refuses it
     /// (none in an empty slot).
     allow: AllowMask,
-    /// The L1 table that holds the entry.
-    table: u8,
 }
 
 impl MemoSlot {
-    const EMPTY: MemoSlot =
-        MemoSlot { key: u64::MAX, frame: Hfn::new(0), stamp: 0, allow: 0, table: 0 };
+    const EMPTY: MemoSlot = MemoSlot { key: u64::MAX, frame: Hfn::new(0), stamp: 0, allow: 0 };
 }
 
 impl HitMemo {
@@ -634,15 +659,14 @@ fn l1_index(size: PageSize) -> usize {
 impl Tlb {
     /// A TLB with the given geometry, in context (`Vmid::HOST`, ASID 0).
     pub fn new(cfg: &TlbConfig) -> Result<Self, GeometryError> {
-        Ok(Tlb {
-            l1: [
-                TlbTable::new("tlb.l1_4k", cfg.l1_4k)?,
-                TlbTable::new("tlb.l1_2m", cfg.l1_2m)?,
-                TlbTable::new("tlb.l1_1g", cfg.l1_1g)?,
-            ],
-            l2: TlbTable::new("tlb.l2", cfg.l2)?,
-            memo: HitMemo::new(Vmid::HOST, Asid(0)),
-        })
+        let mut words = Words::default();
+        let l1 = [
+            TlbTable::new("tlb.l1_4k", cfg.l1_4k, &mut words)?,
+            TlbTable::new("tlb.l1_2m", cfg.l1_2m, &mut words)?,
+            TlbTable::new("tlb.l1_1g", cfg.l1_1g, &mut words)?,
+        ];
+        let l2 = TlbTable::new("tlb.l2", cfg.l2, &mut words)?;
+        Ok(Tlb { l1, l2, words, memo: HitMemo::new(Vmid::HOST, Asid(0)) })
     }
 
     /// Makes (`vmid`, `asid`) the current context, the one [`Tlb::memo_hit`] answers for (the
@@ -675,11 +699,9 @@ impl Tlb {
         let vpage = va.as_u64() >> PAGE_SHIFT;
         let m = &self.memo.slots[HitMemo::slot(vpage)];
         if m.key == self.memo.key(vpage) && m.allow & access.class_bit() != 0 {
-            let (table, stamp, frame) = (usize::from(m.table), m.stamp, m.frame);
-            if let Some(table) = self.l1.get_mut(table) {
-                table.touch(stamp);
-                return Some(frame);
-            }
+            let (stamp, frame) = (m.stamp, m.frame);
+            self.words.touch(stamp);
+            return Some(frame);
         }
         None
     }
@@ -691,13 +713,19 @@ impl Tlb {
     pub fn search_l1(&mut self, va: Gva, access: Access, vmid: Vmid, asid: Asid) -> Option<Hpa> {
         let context = Context::new(vmid, asid);
         // The 4K table holds 4K pages only.
-        let (e, table, stamp) =
-            match self.l1[0].lookup_as(va, PageSize::Size4K, Some(PageSize::Size4K), context) {
-                Some((e, stamp)) => (e, 0, stamp),
-                // Most runs map no large page.
-                None if self.l1[1].live == 0 && self.l1[2].live == 0 => return None,
-                None => self.lookup_l1_large(va, context)?,
-            };
+        let (e, stamp) = match self.l1[0].lookup_as(
+            &mut self.words,
+            va,
+            PageSize::Size4K,
+            Some(PageSize::Size4K),
+            context,
+        ) {
+            Some(hit) => hit,
+            // Most runs map no large page.
+            // Most runs map no large page.
+            None if self.l1[1].live == 0 && self.l1[2].live == 0 => return None,
+            None => self.lookup_l1_large(va, context)?,
+        };
         if context.tagged == self.memo.context {
             let vpage = va.as_u64() >> PAGE_SHIFT;
             self.memo.slots[HitMemo::slot(vpage)] = MemoSlot {
@@ -705,26 +733,24 @@ impl Tlb {
                 frame: e.translate(va).page(),
                 stamp,
                 allow: e.allow,
-                table,
             };
         }
         (e.allow & access.class_bit() != 0).then(|| e.translate(va))
     }
 
     /// The L1 lookup's probes of the large-page tables: the entry, its table and its stamp.
-    fn lookup_l1_large(&mut self, va: Gva, context: Context) -> Option<(TlbEntry, u8, usize)> {
+    fn lookup_l1_large(&mut self, va: Gva, context: Context) -> Option<(TlbEntry, usize)> {
         let [_, l1_2m, l1_1g] = &mut self.l1;
+        let w = &mut self.words;
         // The 2M table holds 2M pages only.
-        if let Some((e, stamp)) =
-            l1_2m.lookup_as(va, PageSize::Size2M, Some(PageSize::Size2M), context)
+        if let Some(hit) = l1_2m.lookup_as(w, va, PageSize::Size2M, Some(PageSize::Size2M), context)
         {
-            return Some((e, 1, stamp));
+            return Some(hit);
         }
         // Larger pages share the 1G table.
         [PageSize::Size1G, PageSize::Size512G, PageSize::Size256T]
             .into_iter()
-            .find_map(|size| l1_1g.lookup_slot(va, size, context))
-            .map(|(e, stamp)| (e, 2, stamp))
+            .find_map(|size| l1_1g.lookup_slot(w, va, size, context))
     }
 
     /// Looks `va` up in the L2; a usable hit is copied into the L1.
@@ -732,10 +758,10 @@ impl Tlb {
     pub fn lookup_l2(&mut self, va: Gva, access: Access, vmid: Vmid, asid: Asid) -> Option<Hpa> {
         let context = Context::new(vmid, asid);
         // Only the sets of sizes the L2 holds.
-        let l2 = &mut self.l2;
+        let (l2, w) = (&mut self.l2, &mut self.words);
         let e = match l2.held.single() {
-            Some(size) => l2.lookup_as(va, size, Some(size), context).map(|(e, _)| e),
-            None => l2.held.iter().find_map(|size| l2.lookup(va, size, context)),
+            Some(size) => l2.lookup_as(w, va, size, Some(size), context).map(|(e, _)| e),
+            None => l2.held.iter().find_map(|size| l2.lookup(w, va, size, context)),
         }?;
         if e.allow & access.class_bit() == 0 {
             return None;
@@ -747,7 +773,7 @@ impl Tlb {
     #[inline(always)]
     fn insert_l1(&mut self, e: TlbEntry, tags: WayTags) {
         self.memo.clear();
-        self.l1[l1_index(e.size)].insert(e, tags);
+        self.l1[l1_index(e.size)].insert(&mut self.words, e, tags);
     }
 
     /// Inserts a fresh translation into both levels. Inlined into its one caller on the miss
@@ -756,7 +782,7 @@ impl Tlb {
     pub fn insert(&mut self, e: TlbEntry) {
         let tags = e.way_tags();
         self.insert_l1(e, tags);
-        self.l2.insert(e, tags);
+        self.l2.insert(&mut self.words, e, tags);
     }
 
     /// Removes exactly the entries `scope` selects; returns how many went. A single-address
@@ -765,14 +791,16 @@ impl Tlb {
         self.memo.clear();
         let keep = |e: &TlbEntry| !e.flushed_by(scope);
         let Some(va) = scope.va else {
-            return self.l1.iter_mut().map(|t| t.retain(keep)).sum::<usize>()
-                + self.l2.retain(keep);
+            let w = &mut self.words;
+            return self.l1.iter_mut().map(|t| t.retain(w, keep)).sum::<usize>()
+                + self.l2.retain(w, keep);
         };
         let mut dropped = 0;
+        let w = &mut self.words;
         for size in PageSize::ALL {
-            dropped += self.l1[l1_index(size)].retain_covering(va, size, keep);
+            dropped += self.l1[l1_index(size)].retain_covering(w, va, size, keep);
             if self.l2.held.contains(size) {
-                dropped += self.l2.retain_covering(va, size, keep);
+                dropped += self.l2.retain_covering(w, va, size, keep);
             }
         }
         dropped

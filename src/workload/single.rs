@@ -330,15 +330,22 @@ impl Stream {
         let per_pass = self.per_pass();
         let total = per_pass * self.params.passes;
         let [a, b, c] = self.arrays;
+        let stride = self.params.stride;
+        let pass_bytes = per_pass * stride;
+        // The offset is stepped rather than divided out of `done` each time.
+        let mut offset = (self.done % per_pass) * stride;
         while os.slice_left() > 0 {
             if self.done == total {
                 return Ok(Step::Exit);
             }
-            let offset = (self.done % per_pass) * self.params.stride;
             let x = os.load(b.wrapping_add(offset))?;
             let y = os.load(c.wrapping_add(offset))?;
             os.store(a.wrapping_add(offset), x.wrapping_add(y.wrapping_mul(3)) | 1)?;
             self.done += 1;
+            offset += stride;
+            if offset == pass_bytes {
+                offset = 0;
+            }
         }
         Ok(Step::Preempted)
     }
