@@ -577,15 +577,16 @@ const MEMO_GENERATION_SHIFT: u32 = u64::BITS - PAGE_SHIFT;
 /// The 4 KiB pages the memo remembers: as many as the default L1 4K table holds.
 const MEMO_PAGES: usize = 64;
 
-/// A direct-mapped memo of recent L1 hits in the current context, one 4 KiB virtual page per
-/// slot (the low bits of its page number), so that a repeated hit costs one compare instead of a
-/// set search. It is a shortcut of the simulator, not a modelled structure: a memo hit touches
+/// A direct-mapped memo of recent L1 hits in the current context, per access class (load,
+/// store, fetch; user or supervisor), one 4 KiB virtual page per slot (the low bits of its page
+/// number), so that a repeated hit costs one compare instead of a set search and a permission
+/// check: a slot is filled only for a class its entry allows. It is a shortcut of the simulator, not a modelled structure: a memo hit touches
 /// exactly the way the search found and answers what the search answered, and every change to
 /// an L1 table or to the current context makes the memo forget every hit, so what is simulated
 /// does not depend on it (`memo_hits_are_searches` checks that against the search alone).
 #[derive(Debug, Clone)]
 struct HitMemo {
-    slots: Box<[MemoSlot; MEMO_PAGES]>,
+    slots: Box<[[MemoSlot; MEMO_PAGES]; Access::CLASSES]>,
     /// The generation in a key's top bits ([`HitMemo::key`]), kept shifted. Bumped by every
     /// change to an L1 table and of context: a slot is valid only in the generation it was
     /// filled in, so that forgetting every hit costs one addition, not a sweep (L1 fills and
@@ -606,19 +607,16 @@ struct MemoSlot {
     frame: Hfn,
     /// The index of its way's stamp in the TLB's [`Words`].
     stamp: usize,
-    /// The access classes the entry allows; another class takes the search, which refuses it
-    /// (none in an empty slot).
-    allow: AllowMask,
 }
 
 impl MemoSlot {
-    const EMPTY: MemoSlot = MemoSlot { key: u64::MAX, frame: Hfn::new(0), stamp: 0, allow: 0 };
+    const EMPTY: MemoSlot = MemoSlot { key: u64::MAX, frame: Hfn::new(0), stamp: 0 };
 }
 
 impl HitMemo {
     fn new(vmid: Vmid, asid: Asid) -> Self {
         HitMemo {
-            slots: Box::new([MemoSlot::EMPTY; MEMO_PAGES]),
+            slots: Box::new([[MemoSlot::EMPTY; MEMO_PAGES]; Access::CLASSES]),
             generation: 0,
             context: tagged_context(vmid, asid),
         }
@@ -642,7 +640,7 @@ impl HitMemo {
         // The generation has 12 bits in a key: when it wraps to 0, onto old slots' keys, the
         // slots are emptied first (once every 4,096 changes).
         if self.generation == 0 {
-            self.slots.fill(MemoSlot::EMPTY);
+            self.slots.fill([MemoSlot::EMPTY; MEMO_PAGES]);
         }
     }
 }
@@ -697,8 +695,8 @@ impl Tlb {
     #[inline(always)]
     pub fn memo_hit(&mut self, va: Gva, access: Access) -> Option<Hfn> {
         let vpage = va.as_u64() >> PAGE_SHIFT;
-        let m = &self.memo.slots[HitMemo::slot(vpage)];
-        if m.key == self.memo.key(vpage) && m.allow & access.class_bit() != 0 {
+        let m = &self.memo.slots[access.class_index()][HitMemo::slot(vpage)];
+        if m.key == self.memo.key(vpage) {
             let (stamp, frame) = (m.stamp, m.frame);
             self.words.touch(stamp);
             return Some(frame);
@@ -726,16 +724,15 @@ impl Tlb {
             None if self.l1[1].live == 0 && self.l1[2].live == 0 => return None,
             None => self.lookup_l1_large(va, context)?,
         };
+        if e.allow & access.class_bit() == 0 {
+            return None;
+        }
         if context.tagged == self.memo.context {
             let vpage = va.as_u64() >> PAGE_SHIFT;
-            self.memo.slots[HitMemo::slot(vpage)] = MemoSlot {
-                key: self.memo.key(vpage),
-                frame: e.translate(va).page(),
-                stamp,
-                allow: e.allow,
-            };
+            self.memo.slots[access.class_index()][HitMemo::slot(vpage)] =
+                MemoSlot { key: self.memo.key(vpage), frame: e.translate(va).page(), stamp };
         }
-        (e.allow & access.class_bit() != 0).then(|| e.translate(va))
+        Some(e.translate(va))
     }
 
     /// The L1 lookup's probes of the large-page tables: the entry, its table and its stamp.
@@ -1172,12 +1169,12 @@ mod tests {
     fn the_memo_empties_its_slots_before_its_generation_would_wrap() {
         let mut memo = HitMemo::new(Vmid::HOST, Asid(0));
         let last = u64::MAX << MEMO_GENERATION_SHIFT;
-        memo.slots[3] = MemoSlot { key: 3, ..MemoSlot::EMPTY };
+        memo.slots[1][3] = MemoSlot { key: 3, ..MemoSlot::EMPTY };
         memo.generation = last - (1 << MEMO_GENERATION_SHIFT);
         memo.clear();
-        assert_eq!((memo.slots[3].key, memo.generation), (3, last));
+        assert_eq!((memo.slots[1][3].key, memo.generation), (3, last));
         memo.clear();
-        assert_eq!((memo.slots[3].key, memo.generation), (u64::MAX, 0));
+        assert_eq!((memo.slots[1][3].key, memo.generation), (u64::MAX, 0));
     }
 
     #[test]

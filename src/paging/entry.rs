@@ -68,6 +68,13 @@ impl Access {
     /// Bit of this access in an [`AllowMask`].
     #[inline]
     pub const fn class_bit(self) -> u8 {
+        1 << self.class_index()
+    }
+
+    /// The access's class (kind × privilege), 0 to [`Access::CLASSES`] − 1: its bit's index in
+    /// an [`AllowMask`].
+    #[inline]
+    pub const fn class_index(self) -> usize {
         let k = match self.kind {
             AccessKind::Load => 0,
             AccessKind::Store => 1,
@@ -77,8 +84,11 @@ impl Access {
             Privilege::User => 0,
             Privilege::Supervisor => 3,
         };
-        1 << (k + p)
+        k + p
     }
+
+    /// The number of access classes.
+    pub const CLASSES: usize = 6;
 }
 
 /// A bit set of the six (kind × privilege) access classes a cached translation allows; a TLB hit

@@ -332,19 +332,21 @@ impl Stream {
         let [a, b, c] = self.arrays;
         let stride = self.params.stride;
         let pass_bytes = per_pass * stride;
-        // The offset is stepped rather than divided out of `done` each time.
-        let mut offset = (self.done % per_pass) * stride;
         while os.slice_left() > 0 {
             if self.done == total {
                 return Ok(Step::Exit);
             }
-            let x = os.load(b.wrapping_add(offset))?;
-            let y = os.load(c.wrapping_add(offset))?;
-            os.store(a.wrapping_add(offset), x.wrapping_add(y.wrapping_mul(3)) | 1)?;
-            self.done += 1;
-            offset += stride;
-            if offset == pass_bytes {
-                offset = 0;
+            // The rest of this pass (or of the run), element by element, with the offset
+            // stepped rather than divided out of `done` each time.
+            let mut offset = (self.done % per_pass) * stride;
+            let end =
+                pass_bytes.min(offset.saturating_add((total - self.done).saturating_mul(stride)));
+            while offset < end && os.slice_left() > 0 {
+                let x = os.load(b.wrapping_add(offset))?;
+                let y = os.load(c.wrapping_add(offset))?;
+                os.store(a.wrapping_add(offset), x.wrapping_add(y.wrapping_mul(3)) | 1)?;
+                self.done += 1;
+                offset += stride;
             }
         }
         Ok(Step::Preempted)
