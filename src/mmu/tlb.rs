@@ -1159,9 +1159,9 @@ mod tests {
             }
             let entries: Vec<_> = tlb.entries().collect();
             assert_eq!(entries, reference.entries().collect::<Vec<_>>(), "{name}");
-            // 1,398 to 5,681 of about 37,000 lookups, by geometry (softmmu's L1 holds 4K pages
-            // only).
-            assert!(memo_hits > 1_000, "{name}: only {memo_hits} memo hits");
+            // 514 to 2,263 of about 37,000 lookups, by geometry (softmmu's L1 holds 4K pages
+            // only; a lookup's class is one of six drawn at random, and each has its slots).
+            assert!(memo_hits > 400, "{name}: only {memo_hits} memo hits");
         }
     }
 
