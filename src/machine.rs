@@ -241,6 +241,21 @@ impl Platform {
         }
     }
 
+    /// Turns every MMU's TLB hit memo on or off ([`Tlb::set_memo`](crate::mmu::tlb::Tlb::set_memo)).
+    pub fn set_memo(&mut self, on: bool) {
+        for mmu in self.mmus_mut() {
+            mmu.tlb.set_memo(on);
+        }
+    }
+
+    /// Starts the platform's and every MMU's counters again from zero.
+    pub fn reset_counts(&mut self) {
+        self.stats = Stats::default();
+        for mmu in self.mmus_mut() {
+            mmu.reset_counts();
+        }
+    }
+
     /// Every vCPU's MMU, the running one's first.
     pub fn mmus_mut(&mut self) -> impl Iterator<Item = &mut Mmu> + '_ {
         std::iter::once(&mut self.mmu).chain(self.parked.iter_mut().flatten().map(|(m, _)| m))
@@ -255,9 +270,9 @@ impl Platform {
 
     /// Every vCPU's MMU counters added together.
     pub fn mmu_stats(&self) -> crate::mmu::MmuStats {
-        let mut total = self.mmu.stats;
+        let mut total = self.mmu.stats();
         for (mmu, _) in self.parked.iter().flatten() {
-            total.add(&mmu.stats);
+            total.add(&mmu.stats());
         }
         total
     }
@@ -542,10 +557,7 @@ impl<S: Scheme> Machine<S> {
     /// while TLBs, caches and tables keep what the warm-up left in them.
     pub fn reset_counts(&mut self) {
         let p = &mut self.platform;
-        p.stats = crate::stats::Stats::default();
-        for mmu in p.mmus_mut() {
-            mmu.stats = crate::mmu::MmuStats::default();
-        }
+        p.reset_counts();
         if let Some(oracle) = p.oracle.as_deref_mut() {
             oracle.reset_counts();
         }

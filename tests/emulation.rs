@@ -190,7 +190,7 @@ fn softmmu_direct_mapped_conflicts_miss_or_hit_the_victim_tlb() {
         let va = touched(&mut os, a, 257);
         let (x, y) = (va, va.wrapping_add(256 * PAGE));
         let stats = |os: &Os<Softmmu>| {
-            let s = &os.machine.platform.mmu.stats;
+            let s = &os.machine.platform.mmu.stats();
             (s.misses, s.l2_hits)
         };
         os.load(x).unwrap();

@@ -45,12 +45,12 @@ fn svadu_walker_sets_accessed_then_dirty_with_one_write_each() {
     assert_eq!((t.reads(), t.total() - t.reads()), (3, 1), "3 reads and the A update");
     assert_eq!(leaf_raw(&mut m, &g, VA) & 0xc0, 0x40, "A set, D clear");
     // The first store hits a TLB entry that withholds stores from a clean page: a re-walk sets D.
-    let walks = m.platform.mmu.stats.walks;
+    let walks = m.platform.mmu.stats().walks;
     m.access(VA, Access::USER_STORE).unwrap();
-    assert_eq!(m.platform.mmu.stats.walks, walks + 1);
+    assert_eq!(m.platform.mmu.stats().walks, walks + 1);
     assert_eq!(leaf_raw(&mut m, &g, VA) & 0xc0, 0xc0, "A and D set");
     m.access(VA, Access::USER_STORE).unwrap();
-    assert_eq!(m.platform.mmu.stats.walks, walks + 1, "now dirty: stores hit the TLB");
+    assert_eq!(m.platform.mmu.stats().walks, walks + 1, "now dirty: stores hit the TLB");
 }
 
 #[test]

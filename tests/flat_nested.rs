@@ -64,7 +64,7 @@ fn flat_walk_caches_cut_sv39_misses_to_7_then_2() {
     g.map_fresh(&mut m, VA, 2).unwrap();
     assert_eq!(walk_reads(&mut m, VA), (7, 3, 4));
     assert_eq!(walk_reads(&mut m, VA.wrapping_add(PAGE)), (2, 1, 1));
-    assert_eq!(m.platform.mmu.stats.nested_pwc.lookups, 0, "a flat table has no upper levels");
+    assert_eq!(m.platform.mmu.stats().nested_pwc.lookups, 0, "a flat table has no upper levels");
 }
 
 /// An empty flat table costs one nested-fault exit per guest frame the guest touches first: the
@@ -98,14 +98,14 @@ fn a_guest_superpage_is_translated_4k_at_a_time() {
     let gfn = g.alloc_aligned(PageSize::Size2M).unwrap();
     g.map(&mut m, VA, gfn.addr(), PageSize::Size2M, LeafAttrs::new(fixture::USER_RW)).unwrap();
     assert_eq!(walk_reads(&mut m, VA), (5, 2, 3));
-    let walks = m.platform.mmu.stats.walks;
+    let walks = m.platform.mmu.stats().walks;
     for i in 1..512 {
         let va = VA.wrapping_add(i * PAGE);
         let hpa = m.access(va, Access::USER_LOAD).unwrap();
         let gpa = gfn.addr().wrapping_add(i * PAGE);
         assert_eq!(Some(hpa), m.platform.gpa_to_hpa(gpa).unwrap(), "page {i}");
     }
-    assert_eq!(m.platform.mmu.stats.walks, walks + 511, "one 4 KiB TLB entry per page");
+    assert_eq!(m.platform.mmu.stats().walks, walks + 511, "one 4 KiB TLB entry per page");
 }
 
 #[test]

@@ -65,10 +65,10 @@ fn a_first_store_maps_one_huge_page_for_the_whole_aligned_2m() {
         os.store(page(base, i), 1).unwrap();
     }
     assert_eq!(total_faults(&os), 1, "one fault for 512 pages");
-    let walks = os.machine.platform.mmu.stats.walks;
+    let walks = os.machine.platform.mmu.stats().walks;
     os.store(page(base, HUGE_PAGES), 1).unwrap();
     assert_eq!(os.thp.fault_alloc, 2, "the second 2 MiB is a second huge page");
-    assert!(os.machine.platform.mmu.stats.walks > walks);
+    assert!(os.machine.platform.mmu.stats().walks > walks);
 }
 
 #[test]

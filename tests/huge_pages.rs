@@ -57,12 +57,12 @@ fn walk_reads<S: Scheme>(m: &mut Machine<S>, va: Gva) -> (usize, usize) {
 /// Checks that the TLB entry behind [`VA`] covers exactly `covered` bytes: the last 4 KiB
 /// page inside it hits, the first one past it (if still inside the guest's page) walks.
 fn assert_tlb_covers<S: Scheme>(m: &mut Machine<S>, covered: u64, guest: PageSize, what: &str) {
-    let walks = m.platform.mmu.stats.walks;
+    let walks = m.platform.mmu.stats().walks;
     m.access(VA.wrapping_add(covered - PAGE), Access::USER_LOAD).unwrap();
-    assert_eq!(m.platform.mmu.stats.walks, walks, "{what}: the entry covers {covered} bytes");
+    assert_eq!(m.platform.mmu.stats().walks, walks, "{what}: the entry covers {covered} bytes");
     if covered < guest.bytes() {
         m.access(VA.wrapping_add(covered), Access::USER_LOAD).unwrap();
-        assert!(m.platform.mmu.stats.walks > walks, "{what}: the entry covers no more");
+        assert!(m.platform.mmu.stats().walks > walks, "{what}: the entry covers no more");
     }
 }
 

@@ -175,9 +175,9 @@ fn a_broadcast_invalidation_reaches_the_other_vcpu_without_an_ipi() {
         assert_eq!(got, expected, "broadcast {broadcast}: (IPI exits, INVLPGs executed)");
         // Either way CPU 1's cached translation of the page is gone: its next load walks.
         os.next_cpu();
-        let walks = os.machine.platform.mmu.stats.walks;
+        let walks = os.machine.platform.mmu.stats().walks;
         assert_eq!(os.load(va).unwrap(), 1);
-        assert!(os.machine.platform.mmu.stats.walks > walks, "broadcast {broadcast}");
+        assert!(os.machine.platform.mmu.stats().walks > walks, "broadcast {broadcast}");
     }
 }
 

@@ -55,10 +55,10 @@ fn one_snp_miss_reads_every_entry_of_the_2d_walk_in_one_trap() {
             asid: memvirt::mmu::flush::AsidScope::All,
             globals: true,
         });
-        let s = os.machine.platform.mmu.stats;
+        let s = os.machine.platform.mmu.stats();
         let (exits_before, traps_before) = (exits(&os), traps(&os, TrapCause::TlbRefill));
         assert_eq!(os.load(va).unwrap(), 5);
-        let after = os.machine.platform.mmu.stats;
+        let after = os.machine.platform.mmu.stats();
         assert_eq!(after.walks - s.walks, 1, "{profile}");
         let read = after.guest_refs + after.nested_refs - s.guest_refs - s.nested_refs;
         assert_eq!(read, refs, "{profile} (flat: {flat}): entries read");
@@ -77,7 +77,7 @@ fn a_software_refilled_tlb_traps_once_per_walk() {
     for i in 0..64 {
         os.store(va.wrapping_add(i * 4096), i).unwrap();
     }
-    let walks = os.machine.platform.mmu.stats.walks;
+    let walks = os.machine.platform.mmu.stats().walks;
     assert!(walks >= 64);
     assert_eq!(traps(&os, TrapCause::TlbRefill), walks);
     assert_eq!(exits(&os), 0, "native has no hypervisor");

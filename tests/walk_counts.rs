@@ -106,9 +106,9 @@ fn nested_walk_caches_cut_sv39_misses_to_9_then_2() {
     assert_eq!(walk_reads(&mut m, VA), (9, 3, 6));
     assert_eq!(walk_reads(&mut m, VA.wrapping_add(PAGE)), (2, 1, 1));
     // The same page again hits the TLB: no walk.
-    let walks = m.platform.mmu.stats.walks;
+    let walks = m.platform.mmu.stats().walks;
     m.access(VA, Access::USER_LOAD).unwrap();
-    assert_eq!(m.platform.mmu.stats.walks, walks);
+    assert_eq!(m.platform.mmu.stats().walks, walks);
 }
 
 /// With an empty nested table every guest frame costs exactly one nested-fault exit the first
@@ -144,9 +144,9 @@ fn a_superpage_walk_stops_early_and_fills_one_tlb_entry_for_the_region() {
     let attrs = memvirt::paging::LeafAttrs::new(fixture::USER_RW);
     g.map(&mut m, VA, gfn.addr(), PageSize::Size2M, attrs).unwrap();
     assert_eq!(walk_reads(&mut m, VA).0, 2, "root and a level-1 leaf");
-    let walks = m.platform.mmu.stats.walks;
+    let walks = m.platform.mmu.stats().walks;
     for i in 1..512 {
         m.access(VA.wrapping_add(i * PAGE), Access::USER_LOAD).unwrap();
     }
-    assert_eq!(m.platform.mmu.stats.walks, walks, "one 2 MiB TLB entry covers all 512 pages");
+    assert_eq!(m.platform.mmu.stats().walks, walks, "one 2 MiB TLB entry covers all 512 pages");
 }

@@ -286,11 +286,7 @@ impl<S: Scheme> Os<S> {
     /// Zeroes every counter (the machine's, the MMU's and the kernel's) but keeps all state:
     /// reports then cover the workload, not the boot.
     pub fn reset_counters(&mut self) {
-        let p = &mut self.machine.platform;
-        p.stats = crate::stats::Stats::default();
-        for mmu in p.mmus_mut() {
-            mmu.stats = crate::mmu::MmuStats::default();
-        }
+        self.machine.platform.reset_counts();
         self.stats = GuestStats::default();
         self.thp = ThpStats::default();
     }
@@ -302,6 +298,9 @@ impl<S: Scheme> Os<S> {
         self.warmup_requested = accesses;
         // The count is checked before each access, so it runs out just before access N + 1.
         self.warmup_left = if accesses == 0 { 0 } else { accesses.saturating_add(1) };
+        // The warm-up's count is kept past the hit memo ([`Os::user_access_past_memo`]): every
+        // access must reach it.
+        self.machine.platform.set_memo(self.warmup_left == 0);
     }
 
     /// Ends the warm-up now (a trace replay's, counted in instructions, or the accesses of
@@ -313,6 +312,7 @@ impl<S: Scheme> Os<S> {
         self.stats = GuestStats::default();
         self.thp = ThpStats::default();
         self.warmup_left = 0;
+        self.machine.platform.set_memo(true);
         self.warmed = Some(warmed);
     }
 
@@ -407,9 +407,6 @@ impl<S: Scheme> Os<S> {
     /// "The hit path"); the rest is out of line.
     #[inline(always)]
     fn user_access(&mut self, va: Gva, access: Access) -> Result<Hfn, OsError> {
-        if self.warmup_left != 0 {
-            self.warmup_tick();
-        }
         self.slice_left = self.slice_left.saturating_sub(1);
         match self.machine.memo_hit(va, access) {
             Some(frame) => Ok(frame),
@@ -417,9 +414,13 @@ impl<S: Scheme> Os<S> {
         }
     }
 
-    /// [`Os::user_access`] past the hit memo: the whole access, page faults included.
+    /// [`Os::user_access`] past the hit memo: the whole access, page faults included, and the
+    /// warm-up's count, which the memo is off for ([`Os::warm_up_for`]).
     #[inline(never)]
     fn user_access_past_memo(&mut self, va: Gva, access: Access) -> Result<Hfn, OsError> {
+        if self.warmup_left != 0 {
+            self.warmup_tick();
+        }
         match self.machine.access_past_memo(va, access) {
             Ok(hpa) => Ok(hpa.page()),
             Err(stop) => self.fault_and_retry(va, access, stop).map(Hpa::page),

@@ -136,7 +136,7 @@ mod tests {
         // Fill the whole L2 (and so the L1) with guest entries.
         fill(&mut m, 0, cfg.l2.entries as u64);
         let before = guest_resident(&m);
-        let counters = m.stats;
+        let counters = m.stats();
         let f = HandlerFootprint { tlb_pages: 4, cache_lines: 0, flush_guest_tlb: false };
         m.run_handler(&f, Hpa::new(1 << 40));
         // Four handler pages went into the L1 and the L2: four guest entries left each level.
@@ -144,7 +144,7 @@ mod tests {
         // The second run finds its pages and evicts nothing more.
         m.run_handler(&f, Hpa::new(1 << 40));
         assert_eq!(guest_resident(&m), before - 8);
-        assert_eq!(m.stats, counters, "guest counters untouched");
+        assert_eq!(m.stats(), counters, "guest counters untouched");
     }
 
     #[test]

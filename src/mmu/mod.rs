@@ -282,8 +282,10 @@ pub struct Mmu {
     vmid: Vmid,
     /// Current ASID/PCID, likewise.
     asid: Asid,
-    /// Counters.
-    pub stats: MmuStats,
+    /// Counters, but for the L1 hits the TLB's hit memo answered ([`Mmu::stats`] adds those).
+    stats: MmuStats,
+    /// [`Tlb::memo_hits`] when counting last started.
+    memo_hits_before: u64,
     cfg: MmuConfig,
 }
 
@@ -296,9 +298,11 @@ impl Mmu {
     /// Empties every structure (keeping the context and the counters), as after a cold start.
     pub fn reset(&mut self) {
         if let Ok(fresh) = Mmu::new(&self.cfg) {
-            let (vmid, asid, stats) = (self.vmid, self.asid, self.stats);
+            let (vmid, asid, stats) = (self.vmid, self.asid, self.stats());
+            let memo = self.tlb.memo_on();
             *self = Mmu { stats, ..fresh };
             self.set_context(vmid, asid);
+            self.tlb.set_memo(memo);
         }
     }
 
@@ -314,6 +318,7 @@ impl Mmu {
             vmid: Vmid::HOST,
             asid: Asid(0),
             stats: MmuStats::default(),
+            memo_hits_before: 0,
             cfg: *cfg,
         })
     }
@@ -349,15 +354,24 @@ impl Mmu {
         self.set_context(self.vmid, asid);
     }
 
+    /// What the MMU counted since counting last started.
+    pub fn stats(&self) -> MmuStats {
+        let mut stats = self.stats;
+        stats.l1_hits += self.tlb.memo_hits() - self.memo_hits_before;
+        stats
+    }
+
+    /// Starts counting again from zero (the structures keep their contents).
+    pub fn reset_counts(&mut self) {
+        self.stats = MmuStats::default();
+        self.memo_hits_before = self.tlb.memo_hits();
+    }
+
     /// The host frame of an L1 hit the TLB's hit memo answers, or `None` (then
-    /// [`Mmu::search_l1`] searches). Counted as an L1 hit.
+    /// [`Mmu::search_l1`] searches). Counted as an L1 hit, by the TLB ([`Mmu::stats`]).
     #[inline(always)]
     pub fn memo_hit(&mut self, gva: Gva, access: Access) -> Option<Hfn> {
-        let hit = self.tlb.memo_hit(gva, access);
-        if hit.is_some() {
-            self.stats.l1_hits += 1;
-        }
-        hit
+        self.tlb.memo_hit(gva, access)
     }
 
     /// The L1 lookup past the hit memo: the tables' sets searched.
@@ -370,8 +384,10 @@ impl Mmu {
     /// An L1 lookup whole: the hit memo, else the search.
     #[inline]
     pub fn lookup_l1(&mut self, gva: Gva, access: Access) -> Option<Hpa> {
-        let hit = self.tlb.lookup_l1(gva, access, self.vmid, self.asid);
-        self.count_l1(hit)
+        if let Some(frame) = self.memo_hit(gva, access) {
+            return Some(Hpa::new(frame.addr().as_u64() | gva.page_offset(PageSize::Size4K)));
+        }
+        self.search_l1(gva, access)
     }
 
     /// Counts an L1 hit.

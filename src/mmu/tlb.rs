@@ -274,11 +274,15 @@ pub enum TlbLevel {
 struct Words {
     words: Vec<u64>,
     clock: u64,
+    /// The clock's ticks made by searches, fills and counted memo hits: the others are the
+    /// memo hits the MMU counts as L1 hits ([`Tlb::memo_hits`]).
+    counted_ticks: u64,
 }
 
 impl Words {
     /// Makes the way whose stamp is `words[stamp]` the most recently used of its set, as a
-    /// search that found it does: a hit the memo answers ([`HitMemo`]).
+    /// search that found it does: a hit the memo answers ([`HitMemo`]). The tick is the hit's
+    /// count ([`Tlb::memo_hits`]).
     #[inline(always)]
     fn touch(&mut self, stamp: usize) {
         self.clock += 1;
@@ -448,6 +452,7 @@ impl TlbTable {
         let words = SetWords::of(&mut w.words[self.base..], set, ways);
         let way = first_match(&words, self.held, single, va, context)?;
         w.clock += 1;
+        w.counted_ticks += 1;
         words.stamps[way] = w.clock;
         // The way's stamp in `w`'s words (see the layout above), for the hit memo.
         let stamp = self.base + set * 3 * ways + 2 * ways + way;
@@ -481,6 +486,7 @@ impl TlbTable {
         self.bytes += entry.size.bytes();
         entries[way] = Some(entry);
         w.clock += 1;
+        w.counted_ticks += 1;
         words.tags[way] = new.tag;
         words.contexts[way] = new.context;
         words.stamps[way] = w.clock;
@@ -595,6 +601,9 @@ struct HitMemo {
     /// The context word ([`tagged_context`]) of the current context: the only one the memo
     /// answers for, so that its keys need not hold one.
     context: u64,
+    /// Whether searches remember their hits: off, the memo answers nothing
+    /// ([`Tlb::set_memo`]).
+    on: bool,
 }
 
 /// One remembered hit.
@@ -619,6 +628,7 @@ impl HitMemo {
             slots: Box::new([[MemoSlot::EMPTY; MEMO_PAGES]; Access::CLASSES]),
             generation: 0,
             context: tagged_context(vmid, asid),
+            on: true,
         }
     }
 
@@ -678,20 +688,46 @@ impl Tlb {
         }
     }
 
+    /// Turns the hit memo on or off. Off, it forgets every hit and remembers none, so that
+    /// every L1 lookup takes [`Tlb::search_l1`]: a guest kernel that must see each access (a
+    /// warm-up counting them) turns it off meanwhile.
+    pub fn set_memo(&mut self, on: bool) {
+        if !on {
+            self.memo.clear();
+        }
+        self.memo.on = on;
+    }
+
+    /// Whether the hit memo is on ([`Tlb::set_memo`]).
+    pub fn memo_on(&self) -> bool {
+        self.memo.on
+    }
+
     /// Looks `va` up in the L1 tables. A hit whose entry does not allow `access` (a store to a
     /// clean page, say) is reported as a miss so that the hardware re-walks.
     #[inline(always)]
     pub fn lookup_l1(&mut self, va: Gva, access: Access, vmid: Vmid, asid: Asid) -> Option<Hpa> {
         if tagged_context(vmid, asid) == self.memo.context {
             if let Some(frame) = self.memo_hit(va, access) {
+                // Not one of the memo hits `memo_hits` counts for the MMU.
+                self.words.counted_ticks += 1;
                 return Some(Hpa::new(frame.addr().as_u64() | (va.as_u64() & PAGE_OFFSET_MASK)));
             }
         }
         self.search_l1(va, access, vmid, asid)
     }
 
+    /// The memo hits [`Tlb::memo_hit`] answered since the TLB was built: the LRU clock's ticks
+    /// that no search, fill or [`Tlb::lookup_l1`] made, so that a hit costs no count of its
+    /// own.
+    #[inline]
+    pub fn memo_hits(&self) -> u64 {
+        self.words.clock - self.words.counted_ticks
+    }
+
     /// The host frame of the L1 hit the hit memo answers in the current context, if it does
-    /// (see the module's `HitMemo`); `None` says nothing about the tables.
+    /// (see the module's `HitMemo`); `None` says nothing about the tables. Counted by
+    /// [`Tlb::memo_hits`].
     #[inline(always)]
     pub fn memo_hit(&mut self, va: Gva, access: Access) -> Option<Hfn> {
         let vpage = va.as_u64() >> PAGE_SHIFT;
@@ -727,7 +763,7 @@ impl Tlb {
         if e.allow & access.class_bit() == 0 {
             return None;
         }
-        if context.tagged == self.memo.context {
+        if context.tagged == self.memo.context && self.memo.on {
             let vpage = va.as_u64() >> PAGE_SHIFT;
             self.memo.slots[access.class_index()][HitMemo::slot(vpage)] =
                 MemoSlot { key: self.memo.key(vpage), frame: e.translate(va).page(), stamp };
@@ -1159,6 +1195,7 @@ mod tests {
             }
             let entries: Vec<_> = tlb.entries().collect();
             assert_eq!(entries, reference.entries().collect::<Vec<_>>(), "{name}");
+            assert_eq!(tlb.memo_hits(), memo_hits, "{name}: the memo's own count");
             // 514 to 2,263 of about 37,000 lookups, by geometry (softmmu's L1 holds 4K pages
             // only; a lookup's class is one of six drawn at random, and each has its slots).
             assert!(memo_hits > 400, "{name}: only {memo_hits} memo hits");

@@ -212,7 +212,6 @@ impl Reader {
         let claimed = self.replayed(window);
         let mut keep = claimed <= room;
         let mut kept: Vec<Arc<Vec<Record>>> = Vec::new();
-        let mut batch = Vec::new();
         for (s, info) in self.streams.iter().enumerate() {
             let claim = |detail: String| {
                 format(
@@ -223,30 +222,43 @@ impl Reader {
             };
             let mut check = ClaimCheck::new(info).map_err(claim)?;
             let mut dec = self.stream(s, 0, u64::MAX)?;
+            // Each block is decoded onto the end of the records kept so far, checked, and cut
+            // to the window's part of it there: kept records are never copied. A block is at
+            // most `BLOCK_RECORDS`, so the room reserved for one more never grows the vector.
             let mut records: Vec<Record> = Vec::new();
             if keep {
                 let wanted = window.replayed(info.records).min(room);
-                records.reserve_exact(usize::try_from(wanted).unwrap_or(0));
+                let wanted = usize::try_from(wanted).unwrap_or(0);
+                records.reserve_exact(wanted.saturating_add(BLOCK_RECORDS));
             }
-            // Records of this stream decoded before the batch.
+            // Records of this stream decoded before the block.
             let mut at = 0u64;
-            while dec.next_batch(&mut batch)? {
-                for r in &batch {
+            let mut start = 0;
+            while dec.append_batch(&mut records)? {
+                let block = &records[start..];
+                for r in block {
                     check.record(r).map_err(claim)?;
                 }
-                let (from, to) = window.overlap(at, batch.len() as u64);
-                at += batch.len() as u64;
-                if keep && to > from {
-                    if to - from > room {
-                        (keep, records, kept) = (false, Vec::new(), Vec::new());
-                        continue;
-                    }
-                    room -= to - from;
-                    let (from, to) = (usize::try_from(from), usize::try_from(to));
-                    if let (Ok(from), Ok(to)) = (from, to) {
-                        records.extend_from_slice(&batch[from..to]);
-                    }
+                let n = block.len() as u64;
+                let (from, to) = window.overlap(at, n);
+                at += n;
+                if keep && to - from > room {
+                    // Over the budget: nothing is kept, and `records` only holds a block.
+                    (keep, kept) = (false, Vec::new());
+                    records = Vec::new();
+                    start = 0;
                 }
+                if !keep || to == from {
+                    records.truncate(start);
+                    continue;
+                }
+                room -= to - from;
+                // Offsets into a block of at most `BLOCK_RECORDS` fit.
+                let (from, to) =
+                    (usize::try_from(from).unwrap_or(0), usize::try_from(to).unwrap_or(0));
+                records.truncate(start + to);
+                records.drain(start..start + from);
+                start = records.len();
             }
             check.finish().map_err(claim)?;
             if keep {
@@ -699,7 +711,7 @@ impl BlockDecoder {
         BlockDecoder { dec: None, comp: Vec::new(), raw: Vec::new() }
     }
 
-    /// Decodes block `b` of `stream` onto `out` (cleared first). `end` bounds the blocks.
+    /// Decodes block `b` of `stream`, appending its records to `out`. `end` bounds the blocks.
     #[allow(clippy::too_many_arguments)]
     fn read(
         &mut self,
@@ -711,7 +723,6 @@ impl BlockDecoder {
         end: u64,
         out: &mut Vec<Record>,
     ) -> Result<(), TraceError> {
-        out.clear();
         self.read_raw(r, name, layout, stream, b, end, MAX_RECORD_BYTES)?;
         let bad = |detail: String| format(name, b.offset, detail);
         let gaps = decode_records(&self.raw, b.records as usize, out)
@@ -827,6 +838,12 @@ impl StreamDecoder {
     /// Replaces `out` with the next records; `false` when there are none left.
     pub fn next_batch(&mut self, out: &mut Vec<Record>) -> Result<bool, TraceError> {
         out.clear();
+        self.append_batch(out)
+    }
+
+    /// [`next_batch`](Self::next_batch), appending the batch to `out` instead of replacing it.
+    pub fn append_batch(&mut self, out: &mut Vec<Record>) -> Result<bool, TraceError> {
+        let start = out.len();
         while self.left > 0 {
             let r = &mut self.blocks;
             let Some(b) = r.blocks.get(r.next).copied() else { return Ok(false) };
@@ -836,11 +853,14 @@ impl StreamDecoder {
                 continue;
             }
             r.block.read(&mut *r.source, &r.name, r.layout, r.stream, &b, r.end, out)?;
-            out.drain(..usize::try_from(self.skip).unwrap_or(out.len()).min(out.len()));
+            let decoded = out.len() - start;
+            let skip = usize::try_from(self.skip).unwrap_or(decoded).min(decoded);
+            out.drain(start..start + skip);
             self.skip = 0;
-            out.truncate(usize::try_from(self.left).unwrap_or(usize::MAX));
-            self.left -= out.len() as u64;
-            if !out.is_empty() {
+            let wanted = usize::try_from(self.left).unwrap_or(usize::MAX).min(out.len() - start);
+            out.truncate(start + wanted);
+            self.left -= wanted as u64;
+            if wanted > 0 {
                 return Ok(true);
             }
         }

@@ -375,7 +375,9 @@ pub enum Workload {
 }
 
 /// Dispatches a call to the workload inside the enum (static dispatch: the hot loops stay
-/// monomorphic in the scheme).
+/// monomorphic in the scheme). Each workload's `run` is `#[inline(never)]`: its loop gets the
+/// registers of a function of its own rather than sharing one with every other workload's, and
+/// a change to one workload does not move another's hit path (BENCHMARKS.md, "The hit path").
 macro_rules! dispatch {
     ($self:expr, $w:ident => $body:expr) => {
         match $self {

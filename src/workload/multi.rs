@@ -76,6 +76,8 @@ impl Fork {
         Ok(())
     }
 
+    // Out of line: each workload\'s loop gets the registers of a function of its own.
+    #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         if Some(pid) == self.parent {
             if !touch(os, self.heap, self.params.heap_pages, &mut self.written, 0)? {
@@ -192,6 +194,8 @@ impl Exec {
         Ok(())
     }
 
+    // Out of line: each workload\'s loop gets the registers of a function of its own.
+    #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         if Some(pid) == self.shell {
             let heap = os.layout().heap;
@@ -323,6 +327,8 @@ impl CtxSw {
         Ok(())
     }
 
+    // Out of line: each workload\'s loop gets the registers of a function of its own.
+    #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         let Some(mut me) = self.players.get(&pid).copied() else { return Ok(Step::Exit) };
         let p = self.params;
@@ -471,6 +477,8 @@ impl Server {
         Ok(())
     }
 
+    // Out of line: each workload\'s loop gets the registers of a function of its own.
+    #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         let p = self.params;
         if Some(pid) == self.master {

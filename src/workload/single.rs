@@ -64,6 +64,8 @@ impl PageFault {
         Ok(())
     }
 
+    // Out of line: each workload\'s loop gets the registers of a function of its own.
+    #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, _pid: Pid) -> Result<Step, OsError> {
         let total = self.params.pages * self.params.passes;
         while os.slice_left() > 0 {
@@ -138,6 +140,8 @@ impl MmapChurn {
         os.spawn().map(|_| ())
     }
 
+    // Out of line: each workload\'s loop gets the registers of a function of its own.
+    #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         while os.slice_left() > 0 {
             match self.mapping {
@@ -233,6 +237,8 @@ impl RandomAccess {
         Ok(())
     }
 
+    // Out of line: each workload\'s loop gets the registers of a function of its own.
+    #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, _pid: Pid) -> Result<Step, OsError> {
         if !touch(os, self.base, self.params.pages, &mut self.touched, 0)? {
             return Ok(Step::Preempted);
@@ -326,6 +332,8 @@ impl Stream {
         Ok(())
     }
 
+    // Out of line: each workload\'s loop gets the registers of a function of its own.
+    #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, _pid: Pid) -> Result<Step, OsError> {
         let per_pass = self.per_pass();
         let total = per_pass * self.params.passes;
@@ -423,6 +431,8 @@ impl PointerChase {
         Ok(())
     }
 
+    // Out of line: each workload\'s loop gets the registers of a function of its own.
+    #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, _pid: Pid) -> Result<Step, OsError> {
         if !touch(os, self.base, self.params.pages, &mut self.touched, 0)? {
             return Ok(Step::Preempted);
@@ -515,6 +525,8 @@ impl LspMicro {
         Ok(())
     }
 
+    // Out of line: each workload\'s loop gets the registers of a function of its own.
+    #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         if !touch(os, self.base, self.params.pages, &mut self.touched, 0)? {
             return Ok(Step::Preempted);

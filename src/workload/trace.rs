@@ -392,9 +392,9 @@ pub struct TraceReport {
 enum Feed {
     /// Decoded from the file on a thread of its own.
     Decoder(Prefetch),
-    /// Decoded once when the trace was prepared ([`TraceFile::decoded`]): `records[next..]`
-    /// are still to replay.
-    Memory { records: Arc<Vec<Record>>, next: usize },
+    /// Decoded once when the trace was prepared ([`TraceFile::decoded`]), replayed in place
+    /// as one batch; `None` once handed out.
+    Memory(Option<Arc<Vec<Record>>>),
 }
 
 impl Feed {
@@ -403,7 +403,7 @@ impl Feed {
     fn open(file: &TraceFile, stream: usize, window: Window) -> Result<Feed, TraceError> {
         match &file.decoded {
             Some((kept, streams)) if *kept == window && stream < streams.len() => {
-                Ok(Feed::Memory { records: Arc::clone(&streams[stream]), next: 0 })
+                Ok(Feed::Memory(Some(Arc::clone(&streams[stream]))))
             }
             _ => {
                 let decoder = file.reader.stream(stream, window.skip, window.limit)?;
@@ -412,24 +412,20 @@ impl Feed {
         }
     }
 
-    /// The next batch of records, in `spent`'s buffer when it can; `None` at the end.
-    fn next_batch(&mut self, spent: Vec<Record>) -> Result<Option<Vec<Record>>, TraceError> {
+    /// The next batch of records, a decoded one in `spent`'s buffer when it can (shared
+    /// records are never copied); `None` at the end.
+    fn next_batch(
+        &mut self,
+        spent: Arc<Vec<Record>>,
+    ) -> Result<Option<Arc<Vec<Record>>>, TraceError> {
         match self {
             Feed::Decoder(prefetch) => {
-                prefetch.recycle(spent);
-                prefetch.next_batch()
-            }
-            Feed::Memory { records, next } => {
-                if *next == records.len() {
-                    return Ok(None);
+                if let Ok(buffer) = Arc::try_unwrap(spent) {
+                    prefetch.recycle(buffer);
                 }
-                let upto = (*next + trace::compact::BLOCK_RECORDS).min(records.len());
-                let mut batch = spent;
-                batch.clear();
-                batch.extend_from_slice(&records[*next..upto]);
-                *next = upto;
-                Ok(Some(batch))
+                Ok(prefetch.next_batch()?.map(Arc::new))
             }
+            Feed::Memory(records) => Ok(records.take()),
         }
     }
 }
@@ -441,7 +437,8 @@ struct Replayed {
     file: usize,
     stream: usize,
     feed: Option<Feed>,
-    batch: Vec<Record>,
+    /// The batch being replayed, from `pos` on.
+    batch: Arc<Vec<Record>>,
     pos: usize,
     finished: bool,
     /// Records this stream will replay.
@@ -550,7 +547,7 @@ impl TraceReplay {
                     file: fi,
                     stream: si,
                     feed: None,
-                    batch: Vec::new(),
+                    batch: Arc::default(),
                     pos: 0,
                     finished: false,
                     total,
@@ -564,6 +561,8 @@ impl TraceReplay {
         Ok(())
     }
 
+    // Out of line: each workload\'s loop gets the registers of a function of its own.
+    #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         let Some(&i) = self.by_pid.get(&pid) else { return Ok(Step::Exit) };
         let mut p = &mut self.procs[i];
@@ -676,8 +675,9 @@ fn stream_report(
 }
 
 /// One record: its access, and again at the start of each further page it runs into (each page
-/// relocated on its own: the access may cross into a region that moved elsewhere).
-#[inline]
+/// relocated on its own: the access may cross into a region that moved elsewhere). Inlined into
+/// the replay loop with the access's hit path; the pages after the first are out of line.
+#[inline(always)]
 fn replay_one<S: Scheme>(
     os: &mut Os<S>,
     reloc: &Relocation,
@@ -685,6 +685,21 @@ fn replay_one<S: Scheme>(
     seq: u64,
 ) -> Result<(), OsError> {
     access(os, Gva::new(reloc.apply(r.addr)), r.kind, seq)?;
+    // Most records end in the page they start in.
+    if (r.addr & (PAGE_BYTES - 1)) + u64::from(r.size) > PAGE_BYTES {
+        replay_further_pages(os, reloc, r, seq)?;
+    }
+    Ok(())
+}
+
+/// The accesses of a record to the pages after its first ([`replay_one`]).
+#[inline(never)]
+fn replay_further_pages<S: Scheme>(
+    os: &mut Os<S>,
+    reloc: &Relocation,
+    r: Record,
+    seq: u64,
+) -> Result<(), OsError> {
     let (first, last) = r.pages();
     for page in first + 1..=last {
         access(os, Gva::new(reloc.apply(page * PAGE_BYTES)), r.kind, seq)?;
@@ -692,7 +707,7 @@ fn replay_one<S: Scheme>(
     Ok(())
 }
 
-#[inline]
+#[inline(always)]
 fn access<S: Scheme>(os: &mut Os<S>, va: Gva, kind: Kind, seq: u64) -> Result<(), OsError> {
     match kind {
         Kind::Load => os.load(va).map(drop),
