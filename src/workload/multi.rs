@@ -76,7 +76,6 @@ impl Fork {
         Ok(())
     }
 
-    // Out of line: each workload\'s loop gets the registers of a function of its own.
     #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         if Some(pid) == self.parent {
@@ -194,7 +193,6 @@ impl Exec {
         Ok(())
     }
 
-    // Out of line: each workload\'s loop gets the registers of a function of its own.
     #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         if Some(pid) == self.shell {
@@ -327,7 +325,6 @@ impl CtxSw {
         Ok(())
     }
 
-    // Out of line: each workload\'s loop gets the registers of a function of its own.
     #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         let Some(mut me) = self.players.get(&pid).copied() else { return Ok(Step::Exit) };
@@ -477,7 +474,6 @@ impl Server {
         Ok(())
     }
 
-    // Out of line: each workload\'s loop gets the registers of a function of its own.
     #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         let p = self.params;

@@ -64,7 +64,6 @@ impl PageFault {
         Ok(())
     }
 
-    // Out of line: each workload\'s loop gets the registers of a function of its own.
     #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, _pid: Pid) -> Result<Step, OsError> {
         let total = self.params.pages * self.params.passes;
@@ -140,7 +139,6 @@ impl MmapChurn {
         os.spawn().map(|_| ())
     }
 
-    // Out of line: each workload\'s loop gets the registers of a function of its own.
     #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         while os.slice_left() > 0 {
@@ -237,7 +235,6 @@ impl RandomAccess {
         Ok(())
     }
 
-    // Out of line: each workload\'s loop gets the registers of a function of its own.
     #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, _pid: Pid) -> Result<Step, OsError> {
         if !touch(os, self.base, self.params.pages, &mut self.touched, 0)? {
@@ -332,7 +329,6 @@ impl Stream {
         Ok(())
     }
 
-    // Out of line: each workload\'s loop gets the registers of a function of its own.
     #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, _pid: Pid) -> Result<Step, OsError> {
         let per_pass = self.per_pass();
@@ -431,7 +427,6 @@ impl PointerChase {
         Ok(())
     }
 
-    // Out of line: each workload\'s loop gets the registers of a function of its own.
     #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, _pid: Pid) -> Result<Step, OsError> {
         if !touch(os, self.base, self.params.pages, &mut self.touched, 0)? {
@@ -525,7 +520,6 @@ impl LspMicro {
         Ok(())
     }
 
-    // Out of line: each workload\'s loop gets the registers of a function of its own.
     #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         if !touch(os, self.base, self.params.pages, &mut self.touched, 0)? {

@@ -108,7 +108,6 @@ impl Threads {
         Ok(())
     }
 
-    // Out of line: each workload\'s loop gets the registers of a function of its own.
     #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         let p = self.params;

@@ -561,7 +561,6 @@ impl TraceReplay {
         Ok(())
     }
 
-    // Out of line: each workload\'s loop gets the registers of a function of its own.
     #[inline(never)]
     pub(super) fn run<S: Scheme>(&mut self, os: &mut Os<S>, pid: Pid) -> Result<Step, OsError> {
         let Some(&i) = self.by_pid.get(&pid) else { return Ok(Step::Exit) };
