@@ -119,3 +119,31 @@ fn a_warm_up_changes_what_is_counted_never_what_the_guest_does() -> Result<(), R
     }
     Ok(())
 }
+
+/// The TLB's hit memo is off while a warm-up counts user accesses, so that every access reaches
+/// the count: on runs of repeated L1 hits, with one vCPU and with two, the warm-up ends after
+/// exactly the accesses asked for; and the counters, memo hits included, add up to the accesses.
+#[test]
+fn a_warm_up_of_l1_hits_ends_after_exactly_its_accesses() -> Result<(), RunError> {
+    let stream = [("pages", "8"), ("passes", "40")];
+    // Three threads over 8 shared pages, on two vCPUs.
+    let threads = [("threads", "3"), ("pages", "8"), ("accesses", "8000"), ("buffer_every", "0")];
+    for (w, sets, vcpus) in
+        [(WorkloadKind::Stream, &stream[..], 1), (WorkloadKind::Threads, &threads[..], 2)]
+    {
+        let mut spec = common::spec(SchemeKind::Nested, w, sets, "riscv-sv39");
+        spec.profile.set("smp.vcpus", &vcpus.to_string()).expect("a valid vCPU count");
+        let cold = run::run(&spec, &mut |_, _| {})?;
+        spec.warmup = 5_000;
+        let warm = run::run(&spec, &mut |_, _| {})?;
+        for r in [&cold, &warm] {
+            let t = &r.tlb;
+            assert_eq!(t.l1_hits + t.l2_hits + t.misses, r.accesses, "{}", w.name());
+            // Mostly hits: most of them are the memo's.
+            assert!(t.l1_hits * 10 > r.accesses * 9, "{}: {t:?}", w.name());
+        }
+        assert_eq!(warm.warmup.as_ref().map(|w| w.accesses), Some(5_000), "{}", w.name());
+        assert_eq!(cold.guest.history, warm.guest.history, "{}", w.name());
+    }
+    Ok(())
+}

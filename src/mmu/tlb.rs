@@ -15,9 +15,13 @@
 //!   the context word only where the tag matched: a 12-way miss is twelve compare-and-branch
 //!   pairs over 96 contiguous bytes;
 //! - the entries themselves, which only hits, fills, flushes and [`Tlb::entries`] read, are apart;
-//! - LRU stamps come from one clock for the TLB, which orders each set's ways as a clock per
-//!   table did; an empty way's stamp is 0, so the first
-//!   empty way is the least recently used one and a fill needs a single scan for its victim.
+//! - the four tables' words live in one vector, and their LRU stamps come from one clock for
+//!   the TLB, which orders each set's ways as a clock per table did; an empty way's stamp is 0,
+//!   so the first empty way is the least recently used one and a fill needs a single scan for
+//!   its victim;
+//! - in front of the L1 tables, a hit memo (`HitMemo`) answers a repeated hit in the current
+//!   context with one compare, touching the hit way's stamp by its index in that vector; the
+//!   clock's ticks are then the memo hits' count, so that a hit counts nothing else.
 
 use super::flush::TlbScope;
 use super::setassoc::{check_geometry, GeometryError};
