@@ -183,7 +183,11 @@ initramfs() { # OUT INIT [FILE...]
 }
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PLUGIN=$REPO/target/release/libmemvirt_qemu_plugin.so
+# Where cargo builds: CARGO_TARGET_DIR if set (relative to the working directory, as cargo takes
+# it), else the repository's target/.
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+case $TARGET_DIR in /*) ;; *) TARGET_DIR=$PWD/$TARGET_DIR ;; esac
+PLUGIN=$TARGET_DIR/release/libmemvirt_qemu_plugin.so
 
 # memvirt's QEMU plugin, built if missing or older than its sources.
 build_plugin() {
