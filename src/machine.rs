@@ -574,6 +574,12 @@ impl<S: Scheme> Machine<S> {
         if let Some(frame) = self.memo_hit(gva, access) {
             return Ok(Hpa::new(frame.addr().as_u64() | gva.page_offset(PageSize::Size4K)));
         }
+        self.access_general(gva, access)
+    }
+
+    /// [`Machine::access_past_memo`] out of line, for [`Machine::access`].
+    #[inline(never)]
+    fn access_general(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
         self.access_past_memo(gva, access)
     }
 
@@ -589,8 +595,10 @@ impl<S: Scheme> Machine<S> {
     }
 
     /// [`Machine::access`] past the hit memo: the L1 TLB's search (a software TLB's whole
-    /// lookup, the memo included), then the L2 and the scheme's miss path.
-    #[inline(never)]
+    /// lookup, the memo included), then the L2 and the scheme's miss path. Inlined into the out
+    /// of line paths that call it (the guest's, [`Machine::access`]'s), so that a miss of the
+    /// memo costs one call.
+    #[inline]
     pub fn access_past_memo(&mut self, gva: Gva, access: Access) -> Result<Hpa, Stop> {
         let p = &mut self.platform;
         // A hardware TLB's memo was asked already, inline.
