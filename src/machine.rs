@@ -264,8 +264,7 @@ impl Platform {
     /// Guest accesses simulated (user and kernel) since counting started: each ended in one L1
     /// hit, L2 hit or miss of some vCPU's MMU ([`Machine::access`]).
     pub fn accesses(&self) -> u64 {
-        let mmu = self.mmu_stats();
-        mmu.l1_hits + mmu.l2_hits + mmu.misses
+        self.mmu_stats().lookups()
     }
 
     /// Every vCPU's MMU counters added together.

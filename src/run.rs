@@ -421,7 +421,8 @@ pub fn machine_report<S: Scheme>(
     }
     let stats = &p.stats;
     let mmu = &p.mmu_stats();
-    let accesses = p.accesses();
+    // Every access is one TLB lookup ([`Platform::accesses`]).
+    let accesses = mmu.lookups();
     let mut counters = BTreeMap::new();
     machine.scheme.counters(&mut counters);
     Ok(Report {

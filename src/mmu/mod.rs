@@ -117,6 +117,11 @@ pub struct MmuStats {
 }
 
 impl MmuStats {
+    /// The translations asked of the TLB: each ends in exactly one L1 hit, L2 hit or miss.
+    pub fn lookups(&self) -> u64 {
+        self.l1_hits + self.l2_hits + self.misses
+    }
+
     /// Adds another vCPU's counters to these (a VM's MMUs counted together). The page-walk
     /// caches' and nested TLB's counters add up too, so their hit rates are the VM's.
     pub fn add(&mut self, o: &MmuStats) {

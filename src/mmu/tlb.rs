@@ -584,16 +584,21 @@ const PAGE_OFFSET_MASK: u64 = (1 << PAGE_SHIFT) - 1;
 /// Where a memo key's generation starts: a 4 KiB page number (`va >> 12`) has 52 bits at most.
 const MEMO_GENERATION_SHIFT: u32 = u64::BITS - PAGE_SHIFT;
 
+/// The generation the memo never uses (all ones, kept shifted), so that no key equals an empty
+/// slot's [`u64::MAX`], not even the top page's (`va` `0xffff_ffff_ffff_f000`).
+const MEMO_SPARE_GENERATION: u64 = u64::MAX << MEMO_GENERATION_SHIFT;
+
 /// The 4 KiB pages the memo remembers: as many as the default L1 4K table holds.
 const MEMO_PAGES: usize = 64;
 
 /// A direct-mapped memo of recent L1 hits in the current context, per access class (load,
 /// store, fetch; user or supervisor), one 4 KiB virtual page per slot (the low bits of its page
 /// number), so that a repeated hit costs one compare instead of a set search and a permission
-/// check: a slot is filled only for a class its entry allows. It is a shortcut of the simulator, not a modelled structure: a memo hit touches
-/// exactly the way the search found and answers what the search answered, and every change to
-/// an L1 table or to the current context makes the memo forget every hit, so what is simulated
-/// does not depend on it (`memo_hits_are_searches` checks that against the search alone).
+/// check: a slot is filled only for a class its entry allows. It is a shortcut of the simulator,
+/// not a modelled structure: a memo hit touches exactly the way the search found and answers
+/// what the search answered, and every change to an L1 table or to the current context makes
+/// the memo forget every hit, so what is simulated does not depend on it
+/// (`memo_hits_are_searches` checks that against the search alone).
 #[derive(Debug, Clone)]
 struct HitMemo {
     slots: Box<[[MemoSlot; MEMO_PAGES]; Access::CLASSES]>,
@@ -650,11 +655,13 @@ impl HitMemo {
     /// Forgets every hit: an L1 table or the context changed.
     #[inline]
     fn clear(&mut self) {
-        self.generation = self.generation.wrapping_add(1 << MEMO_GENERATION_SHIFT);
-        // The generation has 12 bits in a key: when it wraps to 0, onto old slots' keys, the
-        // slots are emptied first (once every 4,096 changes).
-        if self.generation == 0 {
+        self.generation += 1 << MEMO_GENERATION_SHIFT;
+        // The generation has 12 bits in a key, the last spare: before it would reach that, the
+        // slots are emptied and counting starts over at 0 (once every 4,095 changes), so that
+        // no old slot's key comes back either.
+        if self.generation == MEMO_SPARE_GENERATION {
             self.slots.fill([MemoSlot::EMPTY; MEMO_PAGES]);
+            self.generation = 0;
         }
     }
 }
@@ -759,7 +766,6 @@ impl Tlb {
             context,
         ) {
             Some(hit) => hit,
-            // Most runs map no large page.
             // Most runs map no large page.
             None if self.l1[1].live == 0 && self.l1[2].live == 0 => return None,
             None => self.lookup_l1_large(va, context)?,
@@ -1209,13 +1215,26 @@ mod tests {
     #[test]
     fn the_memo_empties_its_slots_before_its_generation_would_wrap() {
         let mut memo = HitMemo::new(Vmid::HOST, Asid(0));
-        let last = u64::MAX << MEMO_GENERATION_SHIFT;
+        let step = 1 << MEMO_GENERATION_SHIFT;
+        let last = MEMO_SPARE_GENERATION - step;
         memo.slots[1][3] = MemoSlot { key: 3, ..MemoSlot::EMPTY };
-        memo.generation = last - (1 << MEMO_GENERATION_SHIFT);
+        memo.generation = last - step;
         memo.clear();
         assert_eq!((memo.slots[1][3].key, memo.generation), (3, last));
         memo.clear();
         assert_eq!((memo.slots[1][3].key, memo.generation), (u64::MAX, 0));
+    }
+
+    /// An empty slot's key is all ones: the top page's key in the last generation would be the
+    /// same, and the memo would answer for a page it never saw.
+    #[test]
+    fn an_empty_slot_answers_for_no_page_in_any_generation() {
+        let mut tlb = Tlb::new(&TlbConfig::default()).unwrap();
+        let top = Gva::new(!PAGE_OFFSET_MASK);
+        for _ in 0..2 * (1 << PAGE_SHIFT) {
+            assert_eq!(tlb.memo_hit(top, Access::KERNEL_LOAD), None, "{:#x}", tlb.memo.generation);
+            tlb.memo.clear();
+        }
     }
 
     #[test]
