@@ -66,7 +66,7 @@ fn decode(c: &mut Criterion) {
                 .expect("a thread");
             let mut sum = 0u64;
             while let Some(batch) = feed.next_batch().expect("decodes") {
-                sum = batch.iter().fold(sum, |a, r| a.wrapping_add(r.addr));
+                sum = batch.words().iter().fold(sum, |a, w| a.wrapping_add(*w));
                 feed.recycle(batch);
             }
             sum

@@ -21,5 +21,5 @@ pub mod syscalls;
 pub mod thp;
 
 pub use config::KernelConfig;
-pub use os::{FaultResolution, GuestStats, Os, OsError};
+pub use os::{FaultResolution, GuestStats, HitRun, Os, OsError};
 pub use process::{Layout, Pid, Vma};

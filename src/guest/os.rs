@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::addr::{Gfn, Gpa, GuestPhys, GuestVirt, Gva, Hfn, Hpa, PageSize};
 use crate::machine::{GuestRoot, Machine, Scheme, SimError, Stop};
-use crate::mem::MemError;
+use crate::mem::{HostMemory, MemError};
+use crate::mmu::tlb::MemoRun;
 use crate::mmu::{FlushOp, TranslationFault};
 use crate::paging::mapper::{self, MapError};
 use crate::paging::walk::PageTable;
@@ -142,6 +143,75 @@ const MAX_FAULTS_PER_ACCESS: usize = 4;
 
 /// FNV-1a's prime: folds history events into the digest.
 const HISTORY_PRIME: u64 = 0x0000_0100_0000_01B3;
+
+/// A run of user accesses by the current process, each made only if the TLB's hit memo answers
+/// it, an L1-TLB hit in the current context; `None` (or `false`), with nothing done, otherwise,
+/// and the caller makes that access the usual way ([`Os::load`]). A hit's whole effect is its
+/// count, its LRU touch and the content, which the run keeps in locals (the LRU clock, the
+/// history digest, the accesses it counts against the slice) until it ends (dropped): nothing
+/// else runs meanwhile (the run borrows the kernel), and nothing reads them but the scheduler
+/// and the workloads, between accesses.
+#[derive(Debug)]
+pub struct HitRun<'a, S: Scheme> {
+    memo: MemoRun<'a>,
+    host: &'a mut HostMemory,
+    history: u64,
+    history_out: &'a mut u64,
+    accesses: u64,
+    slice_left: &'a mut u64,
+    scheme: std::marker::PhantomData<S>,
+}
+
+impl<S: Scheme> HitRun<'_, S> {
+    /// The host frame of a hit; a software TLB (an emulator's) has no memo.
+    #[inline(always)]
+    fn hit(&mut self, va: Gva, access: Access) -> Option<Hfn> {
+        if S::SOFTWARE_TLB {
+            return None;
+        }
+        let frame = self.memo.hit(va, access)?;
+        self.accesses += 1;
+        Some(frame)
+    }
+
+    /// A read's content token, folded into the history as [`Os::load`] does.
+    #[inline(always)]
+    fn read(&mut self, frame: Hfn) -> u64 {
+        let token = self.host.token(frame);
+        self.history = (self.history ^ token).wrapping_mul(HISTORY_PRIME);
+        token
+    }
+
+    /// [`Os::load`] if it hits; the token read.
+    #[inline(always)]
+    pub fn load(&mut self, va: Gva) -> Option<u64> {
+        let frame = self.hit(va, Access::USER_LOAD)?;
+        Some(self.read(frame))
+    }
+
+    /// [`Os::fetch`] if it hits; the token read.
+    #[inline(always)]
+    pub fn fetch(&mut self, va: Gva) -> Option<u64> {
+        let frame = self.hit(va, Access::USER_FETCH)?;
+        Some(self.read(frame))
+    }
+
+    /// [`Os::store`] if it hits.
+    #[inline(always)]
+    pub fn store(&mut self, va: Gva, token: u64) -> bool {
+        let Some(frame) = self.hit(va, Access::USER_STORE) else { return false };
+        self.host.set_token(frame, token);
+        true
+    }
+}
+
+impl<S: Scheme> Drop for HitRun<'_, S> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        *self.history_out = self.history;
+        *self.slice_left = self.slice_left.saturating_sub(self.accesses);
+    }
+}
 
 /// The guest kernel and the machine it runs on.
 #[derive(Debug)]
@@ -380,18 +450,14 @@ impl<S: Scheme> Os<S> {
     #[inline(always)]
     pub fn load(&mut self, va: Gva) -> Result<u64, OsError> {
         let frame = self.user_access(va, Access::USER_LOAD)?;
-        let token = self.machine.platform.host.token(frame);
-        self.history = (self.history ^ token).wrapping_mul(HISTORY_PRIME);
-        Ok(token)
+        Ok(self.read_token(frame))
     }
 
     /// A user instruction fetch by the current process; returns the content token it read.
     #[inline(always)]
     pub fn fetch(&mut self, va: Gva) -> Result<u64, OsError> {
         let frame = self.user_access(va, Access::USER_FETCH)?;
-        let token = self.machine.platform.host.token(frame);
-        self.history = (self.history ^ token).wrapping_mul(HISTORY_PRIME);
-        Ok(token)
+        Ok(self.read_token(frame))
     }
 
     /// A user store by the current process, leaving `token` as the page's content.
@@ -400,6 +466,31 @@ impl<S: Scheme> Os<S> {
         let frame = self.user_access(va, Access::USER_STORE)?;
         self.machine.platform.host.set_token(frame, token);
         Ok(())
+    }
+
+    /// The content token of `frame`, read by the current process (and folded into the
+    /// history).
+    #[inline(always)]
+    fn read_token(&mut self, frame: Hfn) -> u64 {
+        let token = self.machine.platform.host.token(frame);
+        self.history = (self.history ^ token).wrapping_mul(HISTORY_PRIME);
+        token
+    }
+
+    /// A run of user accesses by the current process that stops short of anything but an
+    /// L1-TLB hit the hit memo answers ([`HitRun`]): a replay's fast path (a trace's).
+    #[inline(always)]
+    pub fn hit_run(&mut self) -> HitRun<'_, S> {
+        let platform = &mut self.machine.platform;
+        HitRun {
+            memo: platform.mmu.tlb.memo_run(),
+            host: &mut platform.host,
+            history: self.history,
+            history_out: &mut self.history,
+            accesses: 0,
+            slice_left: &mut self.slice_left,
+            scheme: std::marker::PhantomData,
+        }
     }
 
     /// The host frame a user access reaches. Inlined into every user load, fetch and store with

@@ -296,6 +296,40 @@ impl Words {
     }
 }
 
+/// A run of memo hits ([`Tlb::memo_run`]): each answers and touches as [`Tlb::memo_hit`]
+/// does, with the clock's ticks counted in `now` and written back when the run ends.
+#[derive(Debug)]
+pub struct MemoRun<'a> {
+    now: u64,
+    clock: &'a mut u64,
+    words: &'a mut Vec<u64>,
+    memo: &'a HitMemo,
+}
+
+impl MemoRun<'_> {
+    /// [`Tlb::memo_hit`].
+    #[inline(always)]
+    pub fn hit(&mut self, va: Gva, access: Access) -> Option<Hfn> {
+        let vpage = va.as_u64() >> PAGE_SHIFT;
+        let m = &self.memo.slots[access.class_index()][HitMemo::slot(vpage)];
+        if m.key != self.memo.key(vpage) {
+            return None;
+        }
+        self.now += 1;
+        if let Some(word) = self.words.get_mut(m.stamp) {
+            *word = self.now;
+        }
+        Some(m.frame)
+    }
+}
+
+impl Drop for MemoRun<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        *self.clock = self.now;
+    }
+}
+
 /// One set-associative table of TLB entries with LRU replacement.
 ///
 /// The words searches read are kept per set, together, in the TLB's [`Words`] from `base` on:
@@ -749,6 +783,14 @@ impl Tlb {
             return Some(frame);
         }
         None
+    }
+
+    /// A run of [`Tlb::memo_hit`]s that keeps the LRU clock in a local until the run ends
+    /// (dropped): nothing but memo hits happens to the TLB meanwhile, which the borrow ensures.
+    #[inline(always)]
+    pub fn memo_run(&mut self) -> MemoRun<'_> {
+        let Words { words, clock, .. } = &mut self.words;
+        MemoRun { now: *clock, clock, words, memo: &self.memo }
     }
 
     /// The L1 lookup by searching the tables' sets, out of line so that the memo's hit stays
@@ -1255,6 +1297,38 @@ mod tests {
         assert_eq!(tlb.memo_hit(va, Access::USER_LOAD), None);
         assert_eq!(tlb.lookup_l1(va, Access::USER_LOAD, Vmid(1), Asid(7)), Some(Hpa::new(0x9000)));
         assert_eq!(tlb.memo_hit(va, Access::USER_LOAD), Some(Hfn::new(9)));
+    }
+
+    #[test]
+    fn a_run_of_memo_hits_answers_and_touches_as_memo_hits_do() {
+        // Eight pages, two in each of four sets of the 4-way L1 (16 sets) and each in a memo slot
+        // of its own, each remembered by a search; then hits on them in another order, one at
+        // a time and as a run.
+        let mut tlb = Tlb::new(&TlbConfig::default()).unwrap();
+        tlb.set_context(Vmid(1), Asid(7));
+        let tags = (Vmid(1), Asid(7), false);
+        let page = |i: u64| Gva::new(0x40_0000 + (i % 4) * 0x1000 + (i / 4) * 0x1_0000);
+        for i in 0..8 {
+            tlb.insert(TlbEntry::new(page(i), PageSize::Size4K, Hpa::new(i << 20), tags, 0xff));
+        }
+        // (Every fill makes the memo forget, so the searches come after the fills.)
+        for i in 0..8 {
+            assert!(tlb.search_l1(page(i), Access::USER_STORE, Vmid(1), Asid(7)).is_some());
+        }
+        let (mut one, mut run) = (tlb.clone(), tlb);
+        let order = [3u64, 0, 7, 7, 1, 5, 2, 6, 4, 0, 3];
+        let singly: Vec<_> =
+            order.iter().map(|&i| one.memo_hit(page(i), Access::USER_STORE)).collect();
+        let mut memo = run.memo_run();
+        let in_run: Vec<_> = order.iter().map(|&i| memo.hit(page(i), Access::USER_STORE)).collect();
+        // A class no search remembered, and a page never filled: no answer, no touch.
+        assert_eq!(memo.hit(page(2), Access::USER_FETCH), None);
+        assert_eq!(memo.hit(page(9), Access::USER_STORE), None);
+        drop(memo);
+        assert_eq!(in_run, singly);
+        assert!(singly.iter().all(Option::is_some));
+        assert_eq!((run.words.clock, run.memo_hits()), (one.words.clock, one.memo_hits()));
+        assert_eq!(run.words.words, one.words.words, "the same LRU stamps");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::compact::{
     BLOCK_HEADER_LEN, BLOCK_RECORDS, BLOCK_TAG, DIR_TAG, HEADER_CHECKSUM_AT, HEADER_LEN,
     LEGACY_VERSION, MAGIC, MAX_DIR_BYTES, MAX_RECORD_BYTES, VERSION,
 };
+use super::packed::{Packed, PACKED_RECORD_BYTES};
 use super::{
     display_name, Compression, PageFlags, Record, Source, StreamMeta, TraceError, PAGE_BYTES,
 };
@@ -193,25 +194,26 @@ impl Reader {
         self.streams.iter().map(|s| window.replayed(s.records)).sum()
     }
 
-    /// [`Reader::validate`], keeping the decoded records of every stream that a replay with
-    /// `window` (records skipped, then at most that many replayed) would replay, when they take
-    /// at most `keep_bytes` together (each [`Record`] is [`RECORD_BYTES`] in memory): the one
-    /// decoding every run that replays the trace can share ([`crate::workload::TraceSet`]).
-    /// `None` when they take more, or for a full-system trace.
+    /// [`Reader::validate`], keeping the records of every stream that a replay with `window`
+    /// (records skipped, then at most that many replayed) would replay, packed ([`Packed`]),
+    /// when they take at most `keep_bytes` together: the one decoding every run that replays
+    /// the trace can share ([`crate::workload::TraceSet`]). `None` when they take more, or for
+    /// a full-system trace.
     pub fn validate_keeping(
         &self,
         keep_bytes: u64,
         window: Window,
-    ) -> Result<Option<Vec<Arc<Vec<Record>>>>, TraceError> {
+    ) -> Result<Option<Vec<Arc<Packed>>>, TraceError> {
         if self.header.source == Source::Qemu {
             super::system::validate(self)?;
             return Ok(None);
         }
         // The directory's counts are claims: keeping stops if the records outgrow the budget.
-        let mut room = keep_bytes / RECORD_BYTES;
+        let mut room = keep_bytes;
         let claimed = self.replayed(window);
-        let mut keep = claimed <= room;
-        let mut kept: Vec<Arc<Vec<Record>>> = Vec::new();
+        let mut keep = claimed.saturating_mul(PACKED_RECORD_BYTES as u64) <= room;
+        let mut kept: Vec<Arc<Packed>> = Vec::new();
+        let mut block: Vec<Record> = Vec::new();
         for (s, info) in self.streams.iter().enumerate() {
             let claim = |detail: String| {
                 format(
@@ -222,47 +224,39 @@ impl Reader {
             };
             let mut check = ClaimCheck::new(info).map_err(claim)?;
             let mut dec = self.stream(s, 0, u64::MAX)?;
-            // Each block is decoded onto the end of the records kept so far, checked, and cut
-            // to the window's part of it there: kept records are never copied. A block is at
-            // most `BLOCK_RECORDS`, so the room reserved for one more never grows the vector.
-            let mut records: Vec<Record> = Vec::new();
+            let mut packed = Packed::default();
             if keep {
-                let wanted = window.replayed(info.records).min(room);
-                let wanted = usize::try_from(wanted).unwrap_or(0);
-                records.reserve_exact(wanted.saturating_add(BLOCK_RECORDS));
+                let wanted = window.replayed(info.records).min(room / PACKED_RECORD_BYTES as u64);
+                packed = Packed::with_capacity(usize::try_from(wanted).unwrap_or(0));
             }
             // Records of this stream decoded before the block.
             let mut at = 0u64;
-            let mut start = 0;
-            while dec.append_batch(&mut records)? {
-                let block = &records[start..];
-                for r in block {
+            while dec.next_batch(&mut block)? {
+                for r in &block {
                     check.record(r).map_err(claim)?;
                 }
                 let n = block.len() as u64;
                 let (from, to) = window.overlap(at, n);
                 at += n;
-                if keep && to - from > room {
-                    // Over the budget: nothing is kept, and `records` only holds a block.
-                    (keep, kept) = (false, Vec::new());
-                    records = Vec::new();
-                    start = 0;
-                }
                 if !keep || to == from {
-                    records.truncate(start);
                     continue;
                 }
-                room -= to - from;
                 // Offsets into a block of at most `BLOCK_RECORDS` fit.
                 let (from, to) =
                     (usize::try_from(from).unwrap_or(0), usize::try_from(to).unwrap_or(0));
-                records.truncate(start + to);
-                records.drain(start..start + from);
-                start = records.len();
+                let before = packed.bytes();
+                packed.extend_from(&block[from..to]);
+                let grew = packed.bytes() - before;
+                if grew > room {
+                    // Over the budget: nothing is kept.
+                    (keep, kept, packed) = (false, Vec::new(), Packed::default());
+                } else {
+                    room -= grew;
+                }
             }
             check.finish().map_err(claim)?;
             if keep {
-                kept.push(Arc::new(records));
+                kept.push(Arc::new(packed));
             }
         }
         Ok(keep.then_some(kept))
@@ -296,10 +290,6 @@ impl Window {
         (from - at, to.max(from) - at)
     }
 }
-
-/// Bytes one decoded [`Record`] takes in memory, for the budget of
-/// [`Reader::validate_keeping`].
-pub const RECORD_BYTES: u64 = std::mem::size_of::<Record>() as u64;
 
 /// Checks one stream's directory entry against its records as they are decoded.
 struct ClaimCheck<'a> {
@@ -838,12 +828,6 @@ impl StreamDecoder {
     /// Replaces `out` with the next records; `false` when there are none left.
     pub fn next_batch(&mut self, out: &mut Vec<Record>) -> Result<bool, TraceError> {
         out.clear();
-        self.append_batch(out)
-    }
-
-    /// [`next_batch`](Self::next_batch), appending the batch to `out` instead of replacing it.
-    pub fn append_batch(&mut self, out: &mut Vec<Record>) -> Result<bool, TraceError> {
-        let start = out.len();
         while self.left > 0 {
             let r = &mut self.blocks;
             let Some(b) = r.blocks.get(r.next).copied() else { return Ok(false) };
@@ -853,12 +837,12 @@ impl StreamDecoder {
                 continue;
             }
             r.block.read(&mut *r.source, &r.name, r.layout, r.stream, &b, r.end, out)?;
-            let decoded = out.len() - start;
+            let decoded = out.len();
             let skip = usize::try_from(self.skip).unwrap_or(decoded).min(decoded);
-            out.drain(start..start + skip);
+            out.drain(..skip);
             self.skip = 0;
-            let wanted = usize::try_from(self.left).unwrap_or(usize::MAX).min(out.len() - start);
-            out.truncate(start + wanted);
+            let wanted = usize::try_from(self.left).unwrap_or(usize::MAX).min(out.len());
+            out.truncate(wanted);
             self.left -= wanted as u64;
             if wanted > 0 {
                 return Ok(true);
@@ -870,16 +854,17 @@ impl StreamDecoder {
 
 /// What the decoding thread sends.
 enum Msg {
-    Batch(Vec<Record>),
+    Batch(Packed),
     End,
     Error(TraceError),
 }
 
-/// A [`StreamDecoder`] on its own thread, one batch ahead of its consumer.
+/// A [`StreamDecoder`] on its own thread, one batch ahead of its consumer, which it hands the
+/// records packed for replay ([`Packed`]).
 #[derive(Debug)]
 pub struct Prefetch {
     rx: Option<Receiver<Msg>>,
-    back: Sender<Vec<Record>>,
+    back: Sender<Packed>,
     handle: Option<JoinHandle<()>>,
     done: bool,
 }
@@ -896,13 +881,18 @@ impl Prefetch {
         // A rendezvous channel: the thread decodes the next batch, then waits for the consumer
         // to take it, so a stream holds at most two batches (about 1 MiB).
         let (tx, rx): (SyncSender<Msg>, _) = mpsc::sync_channel(0);
-        let (back, back_rx) = mpsc::channel::<Vec<Record>>();
+        let (back, back_rx) = mpsc::channel::<Packed>();
+        let mut records = Vec::new();
         let handle = std::thread::Builder::new()
             .name(format!("memvirt-decode-{}", dec.blocks.stream))
             .spawn(move || loop {
-                let mut buf = back_rx.try_recv().unwrap_or_default();
-                let msg = match dec.next_batch(&mut buf) {
-                    Ok(true) => Msg::Batch(buf),
+                let msg = match dec.next_batch(&mut records) {
+                    Ok(true) => {
+                        let mut batch: Packed = back_rx.try_recv().unwrap_or_default();
+                        batch.clear();
+                        batch.extend_from(&records);
+                        Msg::Batch(batch)
+                    }
                     Ok(false) => Msg::End,
                     Err(e) => Msg::Error(e),
                 };
@@ -916,7 +906,7 @@ impl Prefetch {
     }
 
     /// The next batch; `None` at the end of the stream.
-    pub fn next_batch(&mut self) -> Result<Option<Vec<Record>>, TraceError> {
+    pub fn next_batch(&mut self) -> Result<Option<Packed>, TraceError> {
         if self.done {
             return Ok(None);
         }
@@ -939,7 +929,7 @@ impl Prefetch {
     }
 
     /// Hands a consumed batch back for reuse.
-    pub fn recycle(&self, batch: Vec<Record>) {
+    pub fn recycle(&self, batch: Packed) {
         let _ = self.back.send(batch);
     }
 }

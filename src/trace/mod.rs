@@ -24,6 +24,7 @@ pub mod fuzz;
 pub mod input;
 pub mod insn;
 pub mod lackey;
+pub mod packed;
 pub mod record;
 pub mod system;
 

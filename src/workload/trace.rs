@@ -26,7 +26,8 @@ use crate::machine::{Scheme, SimError};
 use crate::paging::Perms;
 use crate::report::WarmupReport;
 use crate::trace::compact::{PageRun, StreamInfo};
-use crate::trace::decode::{Prefetch, Reader, Window, RECORD_BYTES};
+use crate::trace::decode::{Prefetch, Reader, Window};
+use crate::trace::packed::{Packed, ADDR_MASK, FETCH, PACKED_RECORD_BYTES, STORE};
 use crate::trace::{self, Kind, PageFlags, ReadOptions, Record, TraceError, PAGE_BYTES};
 
 /// Relocation moves whole regions of this size (1 GiB: what one entry of the level above the
@@ -103,10 +104,10 @@ pub struct TraceFile {
     pub reader: Reader,
     /// What the user should know about it (a version-1 compact trace has no checksums).
     pub warnings: Vec<String>,
-    /// The records of every stream that a replay with the window replays, decoded once when
-    /// the trace was prepared and shared by every run that replays the same window; `None` when
-    /// they did not fit the budget, and each run decodes the file itself.
-    pub decoded: Option<(Window, Vec<Arc<Vec<Record>>>)>,
+    /// The records of every stream that a replay with the window replays, decoded (and packed)
+    /// once when the trace was prepared and shared by every run that replays the same window;
+    /// `None` when they did not fit the budget, and each run decodes the file itself.
+    pub decoded: Option<(Window, Vec<Arc<Packed>>)>,
     _temp: Option<TempFile>,
 }
 
@@ -117,7 +118,8 @@ pub struct TraceSet {
 }
 
 /// How much memory [`TraceSet::prepare`] may keep the decoded records of its traces in, by
-/// default: 4 GiB, 268 M records, a sixth of the development machine's memory. Above it every run
+/// default: 4 GiB, 477 M records packed for replay ([`Packed`]: 9 bytes a record that is a
+/// load, store or fetch within one page), a sixth of the development machine's memory. Above it every run
 /// decodes the file again on a thread of its own.
 pub const DEFAULT_KEEP_DECODED_BYTES: u64 = 4 << 30;
 
@@ -176,12 +178,13 @@ impl TraceSet {
                     trace::convert(path, &temp.path, opts, trace::compact::DEFAULT_LEVEL)?;
                 let reader = Reader::open(&temp.path, trace::Compression::None)?;
                 // memvirt wrote it: decoding it is only worth it to keep the records.
-                let fits = reader.replayed(window).saturating_mul(RECORD_BYTES) <= room;
+                let fits =
+                    reader.replayed(window).saturating_mul(PACKED_RECORD_BYTES as u64) <= room;
                 let decoded = if fits { reader.validate_keeping(room, window)? } else { None };
                 (reader, Some(temp), summary.read.warnings, decoded)
             };
-            let kept: u64 = decoded.iter().flatten().map(|r| r.len() as u64).sum();
-            room = room.saturating_sub(kept * RECORD_BYTES);
+            let kept: u64 = decoded.iter().flatten().map(|r| r.bytes()).sum();
+            room = room.saturating_sub(kept);
             let decoded = decoded.map(|streams| (window, streams));
             if reader.header.records == 0 {
                 return Err(TraceError::Format {
@@ -394,7 +397,7 @@ enum Feed {
     Decoder(Prefetch),
     /// Decoded once when the trace was prepared ([`TraceFile::decoded`]), replayed in place
     /// as one batch; `None` once handed out.
-    Memory(Option<Arc<Vec<Record>>>),
+    Memory(Option<Arc<Packed>>),
 }
 
 impl Feed {
@@ -414,10 +417,7 @@ impl Feed {
 
     /// The next batch of records, a decoded one in `spent`'s buffer when it can (shared
     /// records are never copied); `None` at the end.
-    fn next_batch(
-        &mut self,
-        spent: Arc<Vec<Record>>,
-    ) -> Result<Option<Arc<Vec<Record>>>, TraceError> {
+    fn next_batch(&mut self, spent: Arc<Packed>) -> Result<Option<Arc<Packed>>, TraceError> {
         match self {
             Feed::Decoder(prefetch) => {
                 if let Ok(buffer) = Arc::try_unwrap(spent) {
@@ -438,7 +438,7 @@ struct Replayed {
     stream: usize,
     feed: Option<Feed>,
     /// The batch being replayed, from `pos` on.
-    batch: Arc<Vec<Record>>,
+    batch: Arc<Packed>,
     pos: usize,
     finished: bool,
     /// Records this stream will replay.
@@ -583,26 +583,24 @@ impl TraceReplay {
                     }
                 }
             }
-            let r = p.batch[p.pos];
+            if self.warming == 0 || p.warm {
+                let done = replay_hits(os, &p.batch, p.pos, self.seq);
+                p.report.instructions += p.batch.plain_instructions(p.pos, p.pos + done);
+                p.report.replayed += done as u64;
+                p.pos += done;
+                self.seq += done as u64;
+                if os.slice_left() == 0 || p.pos == p.batch.len() {
+                    continue;
+                }
+            }
+            // One record in full: not a hit of the memo, or replayed while the stream warms up.
+            let Some(r) = p.batch.record(p.pos) else { return Ok(Step::Exit) };
             p.pos += 1;
             p.report.replayed += 1;
             p.report.instructions += u64::from(r.gap);
             self.seq += 1;
-            replay_one(os, &p.report.relocation, r, self.seq).map_err(|e| match e {
-                // The process's VMAs are its trace's footprint, so an access they do not allow
-                // means the directory and the records disagree: the run would go on with a
-                // process missing and wrong numbers.
-                OsError::Killed { .. } => trace_error(TraceError::Other(format!(
-                    "{} stream {}: record {} ({} at {:#x}) falls outside the footprint the \
-                     trace's directory declares ({e}): the trace is inconsistent",
-                    p.report.trace,
-                    p.report.stream,
-                    p.report.skipped + p.warm_records + p.report.replayed - 1,
-                    r.kind.name(),
-                    r.addr
-                ))),
-                e => e,
-            })?;
+            replay_one(os, &p.report.relocation, r, self.seq)
+                .map_err(|e| outside_footprint(p, e))?;
             if self.warming > 0 && !p.warm && p.report.instructions >= self.warmup {
                 self.stream_warm(os, i, false);
                 p = &mut self.procs[i];
@@ -671,6 +669,53 @@ fn stream_report(
         footprint_pages: info.footprint_pages(),
         relocation,
     }
+}
+
+/// The error of an access by `p`'s last replayed record: a process killed by an access its
+/// VMAs, which are its trace's footprint, do not allow means the directory and the records
+/// disagree, and the run would go on with a process missing and wrong numbers.
+#[cold]
+fn outside_footprint(p: &Replayed, e: OsError) -> OsError {
+    let OsError::Killed { .. } = e else { return e };
+    let what = p.pos.checked_sub(1).and_then(|i| p.batch.record(i));
+    let what = what.map_or_else(String::new, |r| format!(" ({} at {:#x})", r.kind.name(), r.addr));
+    trace_error(TraceError::Other(format!(
+        "{} stream {}: record {}{what} falls outside the footprint the trace's directory \
+         declares ({e}): the trace is inconsistent",
+        p.report.trace,
+        p.report.stream,
+        p.report.skipped + p.warm_records + p.report.replayed - 1,
+    )))
+}
+
+/// The records of `batch` from `from` on that are L1-TLB hits, as many as the slice has room
+/// for: the replay's fast path, a word and a test a record before the hit memo's answer
+/// ([`Os::hit_run`]). It stops at the first record the memo does not answer: an odd one
+/// ([`Packed`]: its word's address is never a user page), one whose address relocation moves
+/// (the memo knows guest addresses only), or a miss; the caller replays that one in full.
+/// `seq` is the sequence number of the record before `from`. Returns the records replayed.
+#[inline(always)]
+fn replay_hits<S: Scheme>(os: &mut Os<S>, batch: &Packed, from: usize, seq: u64) -> usize {
+    let room = usize::try_from(os.slice_left()).unwrap_or(usize::MAX);
+    let all = batch.words();
+    let words = all.get(from..all.len().min(from.saturating_add(room))).unwrap_or_default();
+    let mut run = os.hit_run();
+    let mut done = 0;
+    while let Some(&word) = words.get(done) {
+        let va = Gva::new(word & ADDR_MASK);
+        let hit = if word & STORE != 0 {
+            run.store(va, token(va, seq + done as u64 + 1))
+        } else if word & FETCH != 0 {
+            run.fetch(va).is_some()
+        } else {
+            run.load(va).is_some()
+        };
+        if !hit {
+            break;
+        }
+        done += 1;
+    }
+    done
 }
 
 /// One record: its access, and again at the start of each further page it runs into (each page
