@@ -157,7 +157,6 @@ pub struct HitRun<'a, S: Scheme> {
     host: &'a mut HostMemory,
     history: u64,
     history_out: &'a mut u64,
-    accesses: u64,
     slice_left: &'a mut u64,
     scheme: std::marker::PhantomData<S>,
 }
@@ -169,9 +168,7 @@ impl<S: Scheme> HitRun<'_, S> {
         if S::SOFTWARE_TLB {
             return None;
         }
-        let frame = self.memo.hit(va, access)?;
-        self.accesses += 1;
-        Some(frame)
+        self.memo.hit(va, access)
     }
 
     /// A read's content token, folded into the history as [`Os::load`] does.
@@ -209,7 +206,8 @@ impl<S: Scheme> Drop for HitRun<'_, S> {
     #[inline(always)]
     fn drop(&mut self) {
         *self.history_out = self.history;
-        *self.slice_left = self.slice_left.saturating_sub(self.accesses);
+        // One access a hit, each a tick of the memo's clock.
+        *self.slice_left = self.slice_left.saturating_sub(self.memo.hits());
     }
 }
 
@@ -477,6 +475,13 @@ impl<S: Scheme> Os<S> {
         token
     }
 
+    /// Whether a user access would be a hit of the TLB's hit memo ([`HitRun`]), a look
+    /// that touches nothing: whether a run of hits is worth starting.
+    #[inline(always)]
+    pub fn would_hit(&self, va: Gva, access: Access) -> bool {
+        !S::SOFTWARE_TLB && self.machine.platform.mmu.tlb.memo_holds(va, access)
+    }
+
     /// A run of user accesses by the current process that stops short of anything but an
     /// L1-TLB hit the hit memo answers ([`HitRun`]): a replay's fast path (a trace's).
     #[inline(always)]
@@ -487,7 +492,6 @@ impl<S: Scheme> Os<S> {
             host: &mut platform.host,
             history: self.history,
             history_out: &mut self.history,
-            accesses: 0,
             slice_left: &mut self.slice_left,
             scheme: std::marker::PhantomData,
         }

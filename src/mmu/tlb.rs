@@ -307,6 +307,12 @@ pub struct MemoRun<'a> {
 }
 
 impl MemoRun<'_> {
+    /// The hits so far.
+    #[inline(always)]
+    pub fn hits(&self) -> u64 {
+        self.now - *self.clock
+    }
+
     /// [`Tlb::memo_hit`].
     #[inline(always)]
     pub fn hit(&mut self, va: Gva, access: Access) -> Option<Hfn> {
@@ -783,6 +789,13 @@ impl Tlb {
             return Some(frame);
         }
         None
+    }
+
+    /// Whether [`Tlb::memo_hit`] would answer `va`, without touching anything.
+    #[inline(always)]
+    pub fn memo_holds(&self, va: Gva, access: Access) -> bool {
+        let vpage = va.as_u64() >> PAGE_SHIFT;
+        self.memo.slots[access.class_index()][HitMemo::slot(vpage)].key == self.memo.key(vpage)
     }
 
     /// A run of [`Tlb::memo_hit`]s that keeps the LRU clock in a local until the run ends

@@ -152,7 +152,9 @@ fn byte_sum(bytes: &[u8]) -> u64 {
             lanes += (w & LANES) + ((w >> 8) & LANES);
             n += 1;
         }
-        total += lanes.wrapping_mul(0x0001_0001_0001_0001) >> 48;
+        // Four lanes of up to 65,280 each: added in pairs into 32-bit lanes, then those two.
+        let pairs = (lanes & 0x0000_ffff_0000_ffff) + ((lanes >> 16) & 0x0000_ffff_0000_ffff);
+        total += (pairs & 0xffff_ffff) + (pairs >> 32);
         if n < 128 {
             break;
         }

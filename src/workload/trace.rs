@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use super::{token, Step, Validate};
 use crate::addr::Gva;
 use crate::config::{self, ConfigError};
-use crate::guest::{Os, OsError, Pid, Vma};
+use crate::guest::{HitRun, Os, OsError, Pid, Vma};
 use crate::machine::{Scheme, SimError};
-use crate::paging::Perms;
+use crate::paging::{Access, Perms};
 use crate::report::WarmupReport;
 use crate::trace::compact::{PageRun, StreamInfo};
 use crate::trace::decode::{Prefetch, Reader, Window};
@@ -258,6 +258,9 @@ pub struct Relocation {
     /// Region number in the trace -> region number in the guest, for moved regions.
     #[serde(skip)]
     table: Vec<(u64, u64)>,
+    /// Address bits of which every address that moves has one at least (0: none moves).
+    #[serde(skip)]
+    moved_mask: u64,
 }
 
 impl Relocation {
@@ -279,6 +282,7 @@ impl Relocation {
             user_limit: format!("{user_top:#x}"),
             moved: Vec::new(),
             table: Vec::new(),
+            moved_mask: 0,
         };
         if above.is_empty() {
             return Ok(reloc);
@@ -295,6 +299,8 @@ impl Relocation {
             ));
         }
         reloc.method = "gib-regions".to_owned();
+        // Every moved region is at or above the limit, which is at least one region.
+        reloc.moved_mask = u64::MAX << (u64::BITS - 1 - (limit << REGION_SHIFT).leading_zeros());
         for (&from, &to) in above.iter().zip(free.iter().rev()) {
             reloc.table.push((from, to));
             reloc.moved.push(RegionMove {
@@ -317,6 +323,19 @@ impl Relocation {
             Ok(i) => self.table[i].1 << REGION_SHIFT | (addr & (REGION_BYTES - 1)),
             Err(_) => addr,
         }
+    }
+
+    /// Whether any address moves.
+    #[inline]
+    pub fn moves(&self) -> bool {
+        self.moved_mask != 0
+    }
+
+    /// Whether `addr` may move: false for most addresses [`Relocation::apply`] keeps where they
+    /// are, and cheaper.
+    #[inline(always)]
+    pub fn may_move(&self, addr: u64) -> bool {
+        addr & self.moved_mask != 0
     }
 
     /// The stream's VMAs: its footprint runs, relocated, with the permissions their flags ask.
@@ -583,15 +602,25 @@ impl TraceReplay {
                     }
                 }
             }
-            if self.warming == 0 || p.warm {
-                let done = replay_hits(os, &p.batch, p.pos, self.seq);
-                p.report.instructions += p.batch.plain_instructions(p.pos, p.pos + done);
-                p.report.replayed += done as u64;
-                p.pos += done;
-                self.seq += done as u64;
-                if os.slice_left() == 0 || p.pos == p.batch.len() {
-                    continue;
+            if (self.warming == 0 || p.warm)
+                && first_hits(os, &p.batch, p.pos, &p.report.relocation)
+            {
+                let reloc = &p.report.relocation;
+                let done = if reloc.moves() {
+                    replay_hits::<S, true>(os, &p.batch, p.pos, reloc, self.seq)
+                } else {
+                    replay_hits::<S, false>(os, &p.batch, p.pos, reloc, self.seq)
+                };
+                if done > 0 {
+                    p.report.instructions += p.batch.plain_instructions(p.pos, p.pos + done);
+                    p.report.replayed += done as u64;
+                    p.pos += done;
+                    self.seq += done as u64;
+                    if os.slice_left() == 0 || p.pos == p.batch.len() {
+                        continue;
+                    }
                 }
+                // The record at `p.pos` is not a hit of the memo.
             }
             // One record in full: not a hit of the memo, or replayed while the stream warms up.
             let Some(r) = p.batch.record(p.pos) else { return Ok(Step::Exit) };
@@ -690,32 +719,67 @@ fn outside_footprint(p: &Replayed, e: OsError) -> OsError {
 
 /// The records of `batch` from `from` on that are L1-TLB hits, as many as the slice has room
 /// for: the replay's fast path, a word and a test a record before the hit memo's answer
-/// ([`Os::hit_run`]). It stops at the first record the memo does not answer: an odd one
-/// ([`Packed`]: its word's address is never a user page), one whose address relocation moves
-/// (the memo knows guest addresses only), or a miss; the caller replays that one in full.
-/// `seq` is the sequence number of the record before `from`. Returns the records replayed.
-#[inline(always)]
-fn replay_hits<S: Scheme>(os: &mut Os<S>, batch: &Packed, from: usize, seq: u64) -> usize {
+/// ([`Os::hit_run`]). It stops at the first record the memo does not answer, an odd one
+/// ([`Packed`]: its word's address is never a user page) or a miss, which the caller replays
+/// in full. `seq` is the sequence number of the record before `from`. Returns the records
+/// replayed. `RELOCATES`: whether any address of the stream moves (the loop that tests each
+/// address is another one). Out of line: a call a run of hits, and registers of its own.
+#[inline(never)]
+fn replay_hits<S: Scheme, const RELOCATES: bool>(
+    os: &mut Os<S>,
+    batch: &Packed,
+    from: usize,
+    reloc: &Relocation,
+    seq: u64,
+) -> usize {
     let room = usize::try_from(os.slice_left()).unwrap_or(usize::MAX);
     let all = batch.words();
     let words = all.get(from..all.len().min(from.saturating_add(room))).unwrap_or_default();
     let mut run = os.hit_run();
     let mut done = 0;
     while let Some(&word) = words.get(done) {
-        let va = Gva::new(word & ADDR_MASK);
-        let hit = if word & STORE != 0 {
-            run.store(va, token(va, seq + done as u64 + 1))
-        } else if word & FETCH != 0 {
-            run.fetch(va).is_some()
-        } else {
-            run.load(va).is_some()
-        };
-        if !hit {
+        let mut addr = word & ADDR_MASK;
+        if RELOCATES && reloc.may_move(addr) {
+            addr = reloc.apply(addr);
+        }
+        if !hit(&mut run, word, Gva::new(addr), seq + done as u64 + 1) {
             break;
         }
         done += 1;
     }
     done
+}
+
+/// Whether record `i` of `batch` is a hit of the memo, which only a plain record can be: a
+/// look before the run of hits, whose start costs more than a miss of the memo
+/// ([`replay_hits`]).
+#[inline(always)]
+fn first_hits<S: Scheme>(os: &Os<S>, batch: &Packed, i: usize, reloc: &Relocation) -> bool {
+    let Some(&word) = batch.words().get(i) else { return false };
+    let mut addr = word & ADDR_MASK;
+    if reloc.may_move(addr) {
+        addr = reloc.apply(addr);
+    }
+    let access = if word & STORE != 0 {
+        Access::USER_STORE
+    } else if word & FETCH != 0 {
+        Access::USER_FETCH
+    } else {
+        Access::USER_LOAD
+    };
+    os.would_hit(Gva::new(addr), access)
+}
+
+/// The access of a plain record's `word` at `va`, if it hits ([`HitRun`]).
+#[inline(always)]
+fn hit<S: Scheme>(run: &mut HitRun<'_, S>, word: u64, va: Gva, seq: u64) -> bool {
+    if word & STORE != 0 {
+        run.store(va, token(va, seq))
+    } else if word & FETCH != 0 {
+        run.fetch(va).is_some()
+    } else {
+        run.load(va).is_some()
+    }
 }
 
 /// One record: its access, and again at the start of each further page it runs into (each page
