@@ -38,9 +38,10 @@ pub(super) struct TraceInputArgs {
     /// record is replayed).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit: Option<u64>,
-    /// Memory the traces' decoded records may take (16 bytes each): within it a trace is
-    /// decoded once, while it is checked, and every run shares the records; beyond it each run
-    /// decodes the file again on a thread of its own. 0: always decode in each run.
+    /// Memory the traces' decoded records may take, packed for replay (9 bytes a load, store
+    /// or fetch within one page, 25 any other): within it a trace is decoded once, while it is
+    /// checked, and every run shares the records; beyond it each run decodes the file again on
+    /// a thread of its own. 0: always decode in each run.
     #[arg(long, value_name = "MIB", default_value_t = memvirt::workload::DEFAULT_KEEP_DECODED_BYTES >> 20)]
     pub keep_decoded: u64,
     #[command(flatten)]
