@@ -1,13 +1,14 @@
 //! A stream's records packed for replay: one 8-byte word and one gap byte per record instead of
-//! a 16-byte [`Record`], so that a kept window of a trace takes 9 bytes a record, and a replay
-//! tells the records it can take on its fast path (a load, store or fetch within one page) by
-//! testing one bit.
+//! a 16-byte [`Record`], so that a kept window of a trace takes 9 bytes a record, and a replay's
+//! fast path reads a word a record.
 //!
-//! A *plain* record's word is its address (below 2^57, which holds every user half memvirt
-//! models) with its kind in two bits above it; its gap (below 256) is its byte in `gaps`. Any
-//! other record (a modify, one that runs into a further page, a larger address or gap) is
-//! *odd*: its word is [`ODD`] with its index into a side vector holding it whole, and its gap
-//! byte is 0.
+//! A *plain* record (a load, store or fetch within one page, its address below 2^57, which holds
+//! every user half memvirt models, its gap below 256) is its address with its kind in bits above
+//! it ([`FETCH`], [`STORE`]), and its gap is its byte in the gaps. Any other record (a modify,
+//! one that runs into a further page, a larger address or gap) is *odd*: its word is [`ODD`]
+//! and [`NEVER_USER`] with its index into a side vector holding it whole, and its gap byte is 0.
+//! An odd word's address is no user page, so a replay that looks it up in the TLB's hit memo as
+//! if it were plain finds nothing and replays it the usual way.
 
 use super::{Kind, Record, PAGE_BYTES};
 

@@ -119,8 +119,8 @@ pub struct TraceSet {
 
 /// How much memory [`TraceSet::prepare`] may keep the decoded records of its traces in, by
 /// default: 4 GiB, 477 M records packed for replay ([`Packed`]: 9 bytes a record that is a
-/// load, store or fetch within one page), a sixth of the development machine's memory. Above it every run
-/// decodes the file again on a thread of its own.
+/// load, store or fetch within one page), a sixth of the development machine's memory. Above
+/// it every run decodes the file again on a thread of its own.
 pub const DEFAULT_KEEP_DECODED_BYTES: u64 = 4 << 30;
 
 impl TraceSet {
