@@ -6,7 +6,8 @@
 //! - [`lackey`]: `valgrind --tool=lackey --trace-mem=yes` output, `==PID==` lines skipped.
 //! - [`compact`]: the compact format: a versioned header, delta-encoded zstd blocks of
 //!   [`Record`]s per stream, and a directory (counts, footprint, block index); [`decode`] reads
-//!   it, checks it and decodes it, on a thread of its own for replay.
+//!   it, checks it and decodes it, on a thread of its own for replay; [`packed`] holds the
+//!   records as replay reads them, 9 bytes a load, store or fetch within one page.
 //! - [`record`]: runs a program under valgrind lackey and streams its output into a compact
 //!   file, one stream per process image.
 //! - [`input`]: opening files or standard input, plain or compressed, and reading or
