@@ -11,6 +11,7 @@
 //! if it were plain finds nothing and replays it the usual way.
 
 use super::{Kind, Record, PAGE_BYTES};
+use crate::paging::{Access, AccessKind};
 
 /// The address bits of a plain record's word.
 pub const ADDR_MASK: u64 = (1 << 57) - 1;
@@ -31,6 +32,18 @@ pub struct Packed {
     words: Vec<u64>,
     gaps: Vec<u8>,
     odd: Vec<Record>,
+}
+
+/// The user access a plain record's `word` makes.
+#[inline(always)]
+pub fn plain_access(word: u64) -> Access {
+    if word & STORE != 0 {
+        Access::USER_STORE
+    } else if word & FETCH != 0 {
+        Access::USER_FETCH
+    } else {
+        Access::USER_LOAD
+    }
 }
 
 /// A plain record's kind bits, by [`Kind`] encoding; a modify's ([`ODD`]) marks it odd.
@@ -120,10 +133,10 @@ impl Packed {
         if word & ODD != 0 {
             return self.odd.get(usize::try_from(word & (NEVER_USER - 1)).ok()?).copied();
         }
-        let kind = match word & (STORE | FETCH) {
-            0 => Kind::Load,
-            STORE => Kind::Store,
-            _ => Kind::Fetch,
+        let kind = match plain_access(word).kind {
+            AccessKind::Load => Kind::Load,
+            AccessKind::Store => Kind::Store,
+            AccessKind::Fetch => Kind::Fetch,
         };
         let gap = u32::from(*self.gaps.get(i)?);
         Some(Record { addr: word & ADDR_MASK, gap, size: 1, kind })

@@ -23,11 +23,11 @@ use crate::addr::Gva;
 use crate::config::{self, ConfigError};
 use crate::guest::{HitRun, Os, OsError, Pid, Vma};
 use crate::machine::{Scheme, SimError};
-use crate::paging::{Access, Perms};
+use crate::paging::Perms;
 use crate::report::WarmupReport;
 use crate::trace::compact::{PageRun, StreamInfo};
 use crate::trace::decode::{Prefetch, Reader, Window};
-use crate::trace::packed::{Packed, ADDR_MASK, FETCH, PACKED_RECORD_BYTES, STORE};
+use crate::trace::packed::{plain_access, Packed, ADDR_MASK, FETCH, PACKED_RECORD_BYTES, STORE};
 use crate::trace::{self, Kind, PageFlags, ReadOptions, Record, TraceError, PAGE_BYTES};
 
 /// Relocation moves whole regions of this size (1 GiB: what one entry of the level above the
@@ -738,11 +738,8 @@ fn replay_hits<S: Scheme, const RELOCATES: bool>(
     let mut run = os.hit_run();
     let mut done = 0;
     while let Some(&word) = words.get(done) {
-        let mut addr = word & ADDR_MASK;
-        if RELOCATES && reloc.may_move(addr) {
-            addr = reloc.apply(addr);
-        }
-        if !hit(&mut run, word, Gva::new(addr), seq + done as u64 + 1) {
+        let va = guest_address(word, reloc, RELOCATES);
+        if !hit(&mut run, word, va, seq + done as u64 + 1) {
             break;
         }
         done += 1;
@@ -756,18 +753,15 @@ fn replay_hits<S: Scheme, const RELOCATES: bool>(
 #[inline(always)]
 fn first_hits<S: Scheme>(os: &Os<S>, batch: &Packed, i: usize, reloc: &Relocation) -> bool {
     let Some(&word) = batch.words().get(i) else { return false };
-    let mut addr = word & ADDR_MASK;
-    if reloc.may_move(addr) {
-        addr = reloc.apply(addr);
-    }
-    let access = if word & STORE != 0 {
-        Access::USER_STORE
-    } else if word & FETCH != 0 {
-        Access::USER_FETCH
-    } else {
-        Access::USER_LOAD
-    };
-    os.would_hit(Gva::new(addr), access)
+    os.would_hit(guest_address(word, reloc, true), plain_access(word))
+}
+
+/// The guest address of a plain record's `word`, relocated if `relocates` (an odd word's is
+/// no user address either way).
+#[inline(always)]
+fn guest_address(word: u64, reloc: &Relocation, relocates: bool) -> Gva {
+    let addr = word & ADDR_MASK;
+    Gva::new(if relocates && reloc.may_move(addr) { reloc.apply(addr) } else { addr })
 }
 
 /// The access of a plain record's `word` at `va`, if it hits ([`HitRun`]).
